@@ -1,0 +1,201 @@
+"""DEBA and fixed policies against hand-computed sequences (SPEC §1-2)."""
+
+import json
+import math
+
+import pytest
+
+from trainables.policies import POLICY_NAMES, make_policy, policy_options
+from trainables.policies.deba import decide_deba
+from trainables.policies.signals import SignalTracker, relative_change
+
+
+def shrinking_variance_inputs(epoch: int) -> dict:
+    """Signals that ask for an increase from epoch 2 on: variance x0.25 per epoch (c <= 0.4), constant norm and loss."""
+    return {"train_loss": 1.0, "grad_var": 0.25 ** epoch, "grad_norm": 2.0}
+
+
+def run(policy, inputs_for_epoch, epochs, start=1):
+    return [policy.step(epoch=t, **inputs_for_epoch(t)) for t in range(start, start + epochs)]
+
+
+def test_paper_growth_path_with_cooldown_10():
+    p = make_policy("deba", arch="resnet18")
+    recs = run(p, shrinking_variance_inputs, 80)
+    changes = [(t, r["batch_size"]) for t, r in enumerate(recs, 1) if r["decision"] != "hold"]
+    assert changes == [(10, 96), (20, 144), (30, 216), (40, 324), (50, 486), (60, 729), (70, 1024)]
+    assert all(r["decision"] == "increase" for r in recs if r["batch_size"] != 64 and r["decision"] != "hold")
+    # At b_max a would-be increase changes nothing: recorded as hold, outside cooldown.
+    assert recs[79]["decision"] == "hold" and recs[79]["batch_size"] == 1024
+    assert recs[79]["in_cooldown"] is False
+    # Epochs 1..9 are cooldown (t_last = 0), epoch 10 is not; 11..19 again are.
+    assert [r["in_cooldown"] for r in recs[:11]] == [True] * 9 + [False, True]
+    assert p.batch_size == 1024
+
+
+def test_cooldown_timing_short():
+    p = make_policy("deba", arch="resnet18", cooldown=3)
+    recs = run(p, shrinking_variance_inputs, 7)
+    assert [r["decision"] for r in recs] == ["hold", "hold", "increase", "hold", "hold", "increase", "hold"]
+    assert [r["batch_size"] for r in recs] == [64, 64, 96, 96, 96, 144, 144]
+    assert [r["in_cooldown"] for r in recs] == [True, True, False, True, True, False, True]
+
+
+def test_cooldown_zero_decides_every_epoch():
+    p = make_policy("deba", arch="resnet18", cooldown=0)
+    # Epoch 1: c = v/median([v]) = 1 > 0.6 -> rollback under the paper rule.
+    recs = run(p, shrinking_variance_inputs, 3)
+    assert [r["decision"] for r in recs] == ["rollback", "increase", "increase"]
+    assert [r["batch_size"] for r in recs] == [51, 76, 114]
+
+
+def test_rollback_path_and_lower_bound():
+    # Rising variance: c = v_t / median > 0.6 -> rollback each decision epoch (cooldown 1 = every epoch).
+    p = make_policy("deba", arch="resnet18", cooldown=1)
+    recs = run(p, lambda t: {"train_loss": 1.0, "grad_var": 2.0 ** t, "grad_norm": 2.0}, 5)
+    assert [r["batch_size"] for r in recs] == [51, 40, 32, 32, 32]
+    assert [r["decision"] for r in recs] == ["rollback", "rollback", "rollback", "hold", "hold"]
+
+
+def test_rounding_floors_and_caps():
+    p = make_policy("deba", arch="resnet18", b0=65, cooldown=1, b_max=100)
+    recs = run(p, shrinking_variance_inputs, 3, start=1)
+    # epoch 1: c = 1 -> rollback floor(0.8*65)=52; then floor(1.5*52)=78; then min(117, 100)=100.
+    assert [r["batch_size"] for r in recs] == [52, 78, 100]
+
+
+def test_signals_hand_computed():
+    t = SignalTracker(window=3)
+    s1 = t.update(train_loss=1.0, grad_var=1.0, grad_norm=2.0)
+    assert (s1.grad_norm_variation, s1.loss_variation) == (0.0, 0.0)
+    assert s1.confidence == pytest.approx(1.0)
+    s2 = t.update(train_loss=0.8, grad_var=2.0, grad_norm=3.0)
+    assert s2.grad_norm_variation == pytest.approx(0.5)
+    assert s2.loss_variation == pytest.approx(0.2)
+    assert s2.confidence == pytest.approx(2.0 / 1.5)  # median of [1, 2]
+    s3 = t.update(train_loss=0.6, grad_var=3.0, grad_norm=1.5)
+    assert s3.grad_norm_variation == pytest.approx(0.5)
+    assert s3.loss_variation == pytest.approx(0.25)
+    assert s3.confidence == pytest.approx(1.5)  # median of [1, 2, 3]
+    assert relative_change(-2.0, -4.0) == pytest.approx(0.5)  # |prev| in the denominator
+
+
+def test_window_vs_full_history_confidence():
+    window = SignalTracker(window=3)
+    full = SignalTracker(window=3, full_history=True)
+    for v in [1.0, 2.0, 3.0, 4.0]:
+        window.update(1.0, v, 1.0)
+        full.update(1.0, v, 1.0)
+    # window [3, 4, 10] -> median 4; full [1, 2, 3, 4, 10] -> median 3
+    assert window.update(1.0, 10.0, 1.0).confidence == pytest.approx(2.5)
+    assert full.update(1.0, 10.0, 1.0).confidence == pytest.approx(10.0 / 3.0)
+
+
+def test_full_history_option_changes_decision():
+    # Variance history 8, 8, 8, 8, 1, 1, 1, 1, 3: window 3 sees [1, 1, 3] -> c = 3 (rollback);
+    # full history median is 3 -> c = 1 (still > 0.6, rollback) -- use theta_conf 2 to separate them.
+    seq = [8, 8, 8, 8, 1, 1, 1, 1, 3]
+    decisions = {}
+    for full in (False, True):
+        p = make_policy("deba", arch="resnet18", window=3, full_history=full, cooldown=9, theta_conf=2.0)
+        recs = run(p, lambda t: {"train_loss": 1.0, "grad_var": float(seq[t - 1]), "grad_norm": 2.0}, 9)
+        decisions[full] = (recs[-1]["decision"], recs[-1]["confidence"])
+    assert decisions[False][0] == "rollback" and decisions[False][1] == pytest.approx(3.0)
+    assert decisions[True][0] == "increase" and decisions[True][1] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    "confidence, d_norm, d_loss, paper, conservative",
+    [
+        (0.5, 0.1, 0.1, "increase", "increase"),   # all stable
+        (0.7, 0.1, 0.1, "rollback", "hold"),       # noisy but stable gradients
+        (0.5, 0.9, 0.1, "rollback", "hold"),       # quiet but unstable gradient norm
+        (0.7, 0.9, 0.1, "rollback", "rollback"),   # both symptoms
+        (0.5, 0.1, 0.9, "hold", "hold"),           # unstable loss only
+        (0.6, 0.1, 0.1, "hold", "hold"),           # c == theta_conf is neither < nor >
+        (math.nan, 0.1, 0.1, "hold", "hold"),      # no information
+    ],
+)
+def test_decision_rules(confidence, d_norm, d_loss, paper, conservative):
+    assert decide_deba("paper", confidence, d_norm, d_loss, 0.55, 0.6) == paper
+    assert decide_deba("conservative", confidence, d_norm, d_loss, 0.55, 0.6) == conservative
+
+
+def test_thresholds_table_universal_and_override():
+    assert (make_policy("deba", arch="resnet50").theta_stab, make_policy("deba", arch="resnet50").theta_conf) == (12.0, 0.8)
+    u = make_policy("deba", arch="resnet50", thresholds="universal")
+    assert (u.theta_stab, u.theta_conf) == (0.3, 0.5)
+    o = make_policy("deba", arch="tiny_cnn", theta_stab=0.2, theta_conf=0.9)
+    assert (o.theta_stab, o.theta_conf) == (0.2, 0.9)
+
+
+def test_resume_mid_cooldown_gives_same_records():
+    def inputs(t):
+        return {"train_loss": 2.0 / t, "grad_var": 0.5 ** t + (0.3 if t % 7 == 0 else 0.0), "grad_norm": 1.0 + 0.01 * t}
+
+    straight = make_policy("deba", arch="resnet18", cooldown=4)
+    expected = run(straight, inputs, 20)
+    first = make_policy("deba", arch="resnet18", cooldown=4)
+    head = run(first, inputs, 6)  # epoch 4 changed the batch, so 5..7 are cooldown
+    assert head[3]["decision"] != "hold" and head[5]["in_cooldown"]
+    state = json.loads(json.dumps(first.state_dict()))
+    resumed = make_policy("deba", arch="resnet18", cooldown=4)
+    resumed.load_state_dict(state)
+    assert resumed.state_dict() == first.state_dict()
+    assert head + run(resumed, inputs, 14, start=7) == expected
+
+
+def test_fixed_holds_and_records_signals():
+    p = make_policy("fixed", b0=128)
+    recs = run(p, lambda t: {"train_loss": 1.0 / t, "grad_var": float(t), "grad_norm": 1.0}, 3)
+    assert [r["batch_size"] for r in recs] == [128, 128, 128]
+    assert {r["decision"] for r in recs} == {"hold"}
+    assert recs[1]["loss_variation"] == pytest.approx(0.5)
+    assert recs[2]["confidence"] == pytest.approx(1.5)  # 3 / median(1, 2, 3)
+    assert recs[0]["grad_diversity"] is None and p.lr_scale == 1.0 and p.measurements(1) == frozenset()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"name": "dbea"}, "unknown policy 'dbea'; known policies: fixed, deba"),
+        ({"cooldwn": 3}, "unknown option(s) cooldwn for policy 'deba'"),
+        ({"b_min": 128, "b0": 64}, "need b_min <= b0 <= b_max"),
+        ({"b_min": 2048}, "need b_min <= b0 <= b_max"),
+        ({"decision_rule": "strict"}, "decision_rule='strict' is not allowed; allowed values: 'paper', 'conservative'"),
+        ({"signal_source": "mean"}, "signal_source='mean' is not allowed; allowed values: 'last_step', 'epoch_mean'"),
+        ({"alpha": 0.9}, "alpha=0.9 must be > 1.0"),
+        ({"beta": 1.2}, "beta=1.2 must be < 1"),
+        ({"window": 0}, "window=0 must be >= 1"),
+        ({"cooldown": 2.5}, "cooldown=2.5 must be an integer"),
+        ({"theta_stab": -1.0}, "theta_stab=-1.0 must be > 0.0"),
+        ({"arch": "tiny_cnn"}, "arch='tiny_cnn' has no Table 1 thresholds"),
+    ],
+)
+def test_bad_options_name_the_field(kwargs, message):
+    kwargs = {"name": "deba", "arch": "resnet18", **kwargs}
+    with pytest.raises(ValueError) as err:
+        make_policy(**kwargs)
+    assert message in str(err.value)
+
+
+def test_out_of_order_epoch_and_wrong_state():
+    p = make_policy("fixed")
+    with pytest.raises(ValueError, match="epoch=2 out of order"):
+        p.step(epoch=2, train_loss=1.0, grad_var=1.0, grad_norm=1.0)
+    with pytest.raises(ValueError, match="cannot load"):
+        p.load_state_dict(make_policy("deba", arch="resnet18").state_dict())
+
+
+def test_registry_and_options_are_public():
+    assert POLICY_NAMES[:2] == ("fixed", "deba")
+    assert policy_options("deba")["cooldown"] == 10 and policy_options("deba")["b_max"] == 1024
+
+
+def test_policies_do_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, trainables.policies; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
