@@ -44,6 +44,8 @@ EPOCH_COLUMNS: tuple[tuple[str, str], ...] = ID_COLUMNS + (
     ("grad_diversity", "float64"),  # nullable method extras
     ("noise_scale", "float64"),
     ("lr_gain", "float64"),
+    ("estimator", "string"),  # which estimator produced grad_diversity / noise_scale
+    ("measure_time_s", "float64"),  # extra training time spent measuring method statistics
 )
 
 # One row per trial with its final state.
@@ -70,7 +72,8 @@ RUN_COLUMNS: tuple[tuple[str, str], ...] = ID_COLUMNS + (
 
 DECISIONS: tuple[str, ...] = ("increase", "rollback", "hold")
 RUN_STATUSES: tuple[str, ...] = ("completed", "failed", "diverged")
-NULLABLE_EPOCH_COLUMNS: frozenset[str] = frozenset({"grad_diversity", "noise_scale", "lr_gain"})
+NULLABLE_EPOCH_COLUMNS: frozenset[str] = frozenset(
+    {"grad_diversity", "noise_scale", "lr_gain", "estimator", "measure_time_s"})
 
 
 def epoch_column_names() -> list[str]:
