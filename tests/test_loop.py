@@ -1,0 +1,245 @@
+"""The epoch loop on CPU: config validation, records, signals, resume, divergence, measurement hook."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from trainables import loop as loop_mod
+from trainables.loop import DEFAULT_CONFIG, RECORD_COLUMNS, TrialLoop, validate_config
+from trainables.records import epoch_column_names
+from trainables.signals import grad_stats
+
+SMALL = {"arch": "tiny_cnn", "dataset": "digits", "train_limit": 160, "test_limit": 50}
+DEBA = {**SMALL, "method": "deba", "policy": {"thresholds": "universal", "cooldown": 1, "b0": 32, "b_min": 8}}
+TIMING = {"epoch_time_s", "eval_time_s", "wall_time_s", "samples_per_s", "peak_mem_mb"}
+
+
+def run(config: dict[str, Any], epochs: int | None = None) -> TrialLoop:
+    loop = TrialLoop(config)
+    for _ in range(epochs or config["epochs"]):
+        loop.run_epoch()
+    return loop
+
+
+# ---------------------------------------------------------------- config
+def test_validate_fills_defaults() -> None:
+    cfg = validate_config({"arch": "tiny_cnn", "dataset": "digits"})
+    assert cfg["lr"] == 0.01 and cfg["momentum"] == 0.9 and cfg["weight_decay"] == 5e-4
+    assert cfg["method"] == "fixed" and cfg["variant"] == "baseline" and cfg["policy"] == {}
+    assert cfg["eval_batch_size"] == 1024 and cfg["device"] == "auto" and cfg["compile"] is False
+    assert set(cfg) == set(DEFAULT_CONFIG) | {"arch", "dataset"}
+
+
+@pytest.mark.parametrize("patch, message", [
+    ({"arch": "resnet19"}, "'arch'='resnet19'.*'resnet18'"),
+    ({"dataset": "mnist"}, "'dataset'='mnist'.*'digits'"),
+    ({"method": "sgdr"}, "'method'='sgdr'.*'deba'"),
+    ({"lr": 0}, "'lr'=0: expected a finite number > 0"),
+    ({"lr": float("nan")}, "'lr'=nan"),
+    ({"momentum": 1.0}, "'momentum'=1.0.*< 1.0"),
+    ({"epochs": 0}, "'epochs'=0: expected an integer >= 1"),
+    ({"seed": True}, "'seed'=True: expected an integer"),
+    ({"train_limit": 2.5}, "'train_limit'=2.5"),
+    ({"device": "tpu"}, "'device'='tpu'.*'auto', 'cpu', 'cuda'"),
+    ({"amp": "fp16"}, "'amp'='fp16'.*'bf16'"),
+    ({"channels_last": 1}, "'channels_last'=1.*'auto', True, False"),
+    ({"policy": {"arch": "resnet18"}}, "'policy'.*without 'arch'"),
+    ({"policy": {"cooldwn": 3}}, "unknown option.*cooldwn"),
+    ({"lr_schedule": "cosine"}, "unknown config field.*'lr_schedule'"),
+])
+def test_validate_rejects(patch: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        validate_config({"arch": "tiny_cnn", "dataset": "digits", **patch})
+
+
+def test_validate_requires_arch_and_dataset() -> None:
+    with pytest.raises(ValueError, match="missing required config field.*'dataset'"):
+        validate_config({"arch": "tiny_cnn"})
+
+
+def test_cuda_requested_without_gpu() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ValueError, match="no CUDA device"):
+        TrialLoop({**SMALL, "device": "cuda"})
+
+
+# ---------------------------------------------------------------- one epoch
+def test_record_columns_and_values() -> None:
+    loop = run({**SMALL, "epochs": 2, "policy": {"b0": 32}})
+    assert loop.device_name == "cpu" and loop.status == "completed" and loop.done
+    assert RECORD_COLUMNS == tuple(c for c in epoch_column_names() if c not in ("study", "trial_id"))
+    rec = loop.history[-1]
+    assert tuple(rec) == RECORD_COLUMNS
+    assert (rec["arch"], rec["dataset"], rec["seed"], rec["method"], rec["variant"]) == \
+        ("tiny_cnn", "digits", 0, "fixed", "baseline")
+    assert rec["epoch"] == 2 and rec["batch_size"] == 32 and rec["next_batch_size"] == 32
+    assert rec["lr"] == 0.01 and rec["decision"] == "hold" and rec["in_cooldown"] is False
+    # 160 samples at 32 per batch: 5 full steps; accuracy is a multiple of 1/160.
+    assert rec["train_acc"] * 160 == pytest.approx(round(rec["train_acc"] * 160))
+    assert rec["samples_per_s"] == pytest.approx(160 / rec["epoch_time_s"])
+    assert rec["wall_time_s"] > loop.history[0]["wall_time_s"]
+    assert rec["grad_diversity"] is None and rec["estimator"] is None and rec["measure_time_s"] is None
+    assert loop.history[0]["loss_variation"] == 0.0  # dL_1 = 0 (SPEC §1)
+
+    # Signals are the last step's gradient: still live on the model after the epoch.
+    var, norm = grad_stats(loop.model.parameters())
+    assert rec["grad_var"] == var and rec["grad_norm"] == norm
+
+    # Evaluation: every test sample, model in eval mode, sample-weighted loss.
+    loop.model.eval()
+    with torch.no_grad():
+        x, y = next(loop.test_loader.epoch(50, None, shuffle=False, drop_last=False))
+        out = loop.model(x)
+    assert rec["test_loss"] == pytest.approx(F.cross_entropy(out, y).item(), rel=1e-5)
+    assert rec["test_acc"] == int((out.argmax(1) == y).sum()) / 50
+
+    with pytest.raises(RuntimeError, match="already completed"):
+        loop.run_epoch()
+
+
+def test_train_loss_is_the_mean_of_step_losses(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reproduce epoch 1 by hand from the same seeds and compare loss, accuracy and weights."""
+    cfg = {**SMALL, "epochs": 1, "policy": {"b0": 40}, "augment": False}
+    loop = TrialLoop(cfg)
+    ref = TrialLoop(cfg)  # same seed: same initial weights and generator
+    assert all(torch.equal(a, b) for a, b in zip(loop.model.parameters(), ref.model.parameters()))
+    rec = loop.run_epoch()
+    opt = torch.optim.SGD(ref.model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    losses, correct = [], 0
+    ref.model.train()
+    for x, y in ref.train_loader.epoch(40, ref.generator, shuffle=True, drop_last=True):
+        out = ref.model(x)
+        loss = F.cross_entropy(out, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        correct += int((out.argmax(1) == y).sum())
+    assert len(losses) == 4
+    assert rec["train_loss"] == pytest.approx(np.mean(losses), rel=1e-12)
+    assert rec["train_acc"] == correct / 160
+    assert all(torch.equal(a, b) for a, b in zip(loop.model.parameters(), ref.model.parameters()))
+
+
+def test_batch_larger_than_train_set_is_clamped() -> None:
+    loop = run({**SMALL, "epochs": 1, "policy": {"b0": 500}})
+    rec = loop.history[0]
+    assert rec["batch_size"] == 160  # one full batch of all training samples
+    assert rec["next_batch_size"] == 500  # the policy's own choice is recorded unchanged
+
+
+def test_lr_scale_sets_the_epoch_lr() -> None:
+    loop = TrialLoop({**SMALL, "epochs": 1, "lr": 0.05})
+    loop.policy.lr_scale = 2.0
+    rec = loop.run_epoch()
+    assert rec["lr"] == pytest.approx(0.1)
+    assert loop.optimizer.param_groups[0]["lr"] == pytest.approx(0.1)
+
+
+# ---------------------------------------------------------------- signal sources + measurement hook
+class GradProbe:
+    """Test measurement: copies every step's flattened gradient (numpy float64)."""
+
+    instances: list[GradProbe] = []
+
+    def __init__(self, loop: TrialLoop, epoch: int) -> None:
+        self.flats: list[np.ndarray] = []
+        GradProbe.instances.append(self)
+
+    def on_step(self, loop: TrialLoop, step: int, x: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> None:
+        self.flats.append(np.concatenate([p.grad.double().numpy().ravel() for p in loop.model.parameters()]))
+
+    def result(self) -> dict[str, Any]:
+        return {}
+
+
+@pytest.mark.parametrize("source", ["last_step", "epoch_mean"])
+def test_signal_sources_match_numpy(source: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(loop_mod.MEASUREMENTS, "grad_probe", GradProbe)
+    GradProbe.instances.clear()
+    loop = TrialLoop({**SMALL, "epochs": 1, "policy": {"b0": 32, "signal_source": source}})
+    monkeypatch.setattr(loop.policy, "measurements", lambda epoch: frozenset({"grad_probe"}))
+    rec = loop.run_epoch()
+    flats = GradProbe.instances[0].flats
+    assert len(flats) == 5
+    g = flats[-1] if source == "last_step" else np.mean(flats, axis=0)
+    assert rec["grad_var"] == pytest.approx(g.var(), rel=1e-6)
+    assert rec["grad_norm"] == pytest.approx(np.linalg.norm(g), rel=1e-6)
+    assert rec["measure_time_s"] is not None and rec["measure_time_s"] >= 0.0
+
+
+def test_unimplemented_measurement_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    loop = TrialLoop({**SMALL, "epochs": 1})
+    monkeypatch.setattr(loop.policy, "measurements", lambda epoch: frozenset({"two_batch"}))
+    with pytest.raises(NotImplementedError, match="'fixed' requests measurement.*two_batch.*epoch 1"):
+        loop.run_epoch()
+
+
+# ---------------------------------------------------------------- resume
+@pytest.mark.parametrize("source", ["last_step", "epoch_mean"])
+def test_resume_gives_the_same_records(tmp_path: Any, source: str) -> None:
+    cfg = {**DEBA, "epochs": 4, "policy": {**DEBA["policy"], "signal_source": source}}
+    straight = run(cfg)
+    assert straight.status == "completed"
+    sizes = [r["batch_size"] for r in straight.history]
+    assert len(set(sizes)) > 1, f"the policy should change the batch size in this run: {sizes}"
+
+    first = run(cfg, epochs=2)
+    first.save_checkpoint(tmp_path)
+    for _ in range(3):  # consume RNG in this process: the checkpoint must carry its own state
+        torch.rand(10)
+        np.random.rand()
+    resumed = TrialLoop(cfg)
+    resumed.load_checkpoint(tmp_path)
+    assert resumed.epochs_done == 2 and resumed.status == "running"
+    while not resumed.done:
+        resumed.run_epoch()
+
+    assert len(resumed.history) == 4
+    for a, b in zip(straight.history, resumed.history):
+        assert {k: v for k, v in a.items() if k not in TIMING} == {k: v for k, v in b.items() if k not in TIMING}
+    assert resumed.history[-1]["wall_time_s"] > resumed.history[1]["wall_time_s"]
+    assert all(torch.equal(a, b) for a, b in zip(straight.model.state_dict().values(),
+                                                   resumed.model.state_dict().values()))
+
+
+def test_checkpoint_of_another_trial_is_refused(tmp_path: Any) -> None:
+    run({**SMALL, "epochs": 1}).save_checkpoint(tmp_path)
+    other = TrialLoop({**SMALL, "epochs": 1, "seed": 1})
+    with pytest.raises(ValueError, match="another trial: config field 'seed'"):
+        other.load_checkpoint(tmp_path)
+
+
+def test_resume_with_more_epochs_continues(tmp_path: Any) -> None:
+    done = run({**SMALL, "epochs": 1})
+    assert done.done
+    done.save_checkpoint(tmp_path)
+    more = TrialLoop({**SMALL, "epochs": 2})
+    more.load_checkpoint(tmp_path)
+    assert more.status == "running"
+    assert more.run_epoch()["epoch"] == 2 and more.status == "completed"
+
+
+# ---------------------------------------------------------------- divergence
+def test_divergence_ends_the_run() -> None:
+    loop = TrialLoop({"arch": "tiny_mlp", "dataset": "digits", "train_limit": 256, "test_limit": 64,
+                      "lr": 1e4, "epochs": 5})
+    while not loop.done:
+        loop.run_epoch()
+    assert loop.status == "diverged"
+    last = loop.history[-1]
+    # lr = 1e4 blows the weights up: epoch 1 is still finite but huge, epoch 2 is NaN.
+    assert loop.history[0]["train_loss"] > 1e6 and math.isfinite(loop.history[0]["train_loss"])
+    assert last["epoch"] == 2 and not math.isfinite(last["train_loss"])
+    assert last["decision"] == "hold" and last["next_batch_size"] == last["batch_size"] == 64
+    assert math.isnan(last["confidence"])
+    assert loop.policy.epoch == 1  # the policy never saw the non-finite epoch
+    with pytest.raises(RuntimeError, match="already diverged"):
+        loop.run_epoch()

@@ -1,0 +1,465 @@
+"""The epoch loop of one trial: data, model, optimizer and batch-size policy from one plain dict.
+
+    from trainables.loop import TrialLoop
+    loop = TrialLoop({"arch": "tiny_cnn", "dataset": "digits", "method": "deba", "epochs": 5})
+    while not loop.done:
+        rec = loop.run_epoch()      # one epochs-table row (trainables/records.py), minus study/trial_id
+        loop.save_checkpoint(dir)   # optional; TrialLoop(cfg).load_checkpoint(dir) resumes exactly
+
+Per epoch: train at the policy's batch size (lr = cfg lr * policy.lr_scale), evaluate on the
+whole test set, compute the gradient signals, step the policy, emit one record. The training
+step never synchronises with the host: loss, accuracy and the gradient moments stay on the
+device and are read once per epoch.
+
+Documented choices:
+- A batch size larger than the training set is clamped to the number of training samples (one
+  full batch per epoch); the record's `batch_size` is the size actually used.
+- Divergence: a non-finite epoch train loss or gradient signal (checked once per epoch) ends the
+  run with status "diverged"; that epoch's record is still emitted with decision "hold",
+  next_batch_size = batch_size, NaN DEBA signals, in_cooldown False, and the policy is not stepped.
+- peak_mem_mb: the epoch's peak of torch.cuda.max_memory_allocated on CUDA; on CPU the process's
+  maximum resident set size so far (the OS gives no per-epoch peak).
+- wall_time_s: seconds since the trial's first TrialLoop was built, summed across resumes (the
+  time between a checkpoint and a crash is not counted).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import resource
+import sys
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from trainables.data import DATASETS, GpuLoader, load_dataset
+from trainables.models import ARCHITECTURES, build_model
+from trainables.policies import POLICY_NAMES, make_policy
+from trainables.records import EPOCH_COLUMNS, NULLABLE_EPOCH_COLUMNS
+from trainables.signals import EpochGradAccumulator, grad_moments, moments_to_stats, trainable_params
+
+__all__ = ["CHECKPOINT_FILE", "DEFAULT_CONFIG", "MEASUREMENTS", "RECORD_COLUMNS", "REQUIRED_KEYS",
+           "Measurement", "TrialLoop", "validate_config"]
+
+CHECKPOINT_FILE = "state.pt"
+REQUIRED_KEYS: tuple[str, ...] = ("arch", "dataset")
+DEFAULT_CONFIG: dict[str, Any] = {
+    "seed": 0,
+    "method": "fixed",
+    "variant": "baseline",
+    "policy": {},            # make_policy options (arch excluded)
+    "epochs": 100,
+    "lr": 0.01,
+    "momentum": 0.9,
+    "weight_decay": 5e-4,
+    "data_dir": None,
+    "download": True,
+    "train_limit": None,
+    "test_limit": None,
+    "eval_batch_size": 1024,
+    "augment": True,         # random crop + flip on the training set (SPEC §3)
+    "device": "auto",        # auto = cuda when available
+    "amp": "auto",           # auto = bf16 on CUDA, off on CPU
+    "channels_last": "auto",  # auto = on CUDA
+    "fused_sgd": "auto",     # auto = on CUDA
+    "compile": False,        # torch.compile with a dynamic batch dimension
+    "threads": None,         # torch.set_num_threads; None keeps torch's default
+}
+# Keys that identify the trial: a checkpoint only loads into a loop whose config agrees on them.
+IDENTITY_KEYS: tuple[str, ...] = ("arch", "dataset", "seed", "method", "variant", "policy", "train_limit",
+                                  "test_limit")
+# Columns of one record: the epochs table without the identifiers the orchestrator adds.
+RECORD_COLUMNS: tuple[str, ...] = tuple(name for name, _ in EPOCH_COLUMNS if name not in ("study", "trial_id"))
+_CHECKPOINT_FORMAT = 1
+
+
+def _fail(field: str, value: Any, expected: str) -> None:
+    raise ValueError(f"config field {field!r}={value!r}: expected {expected}")
+
+
+def _check_int(cfg: dict[str, Any], field: str, minimum: int, optional: bool = False) -> None:
+    value = cfg[field]
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        _fail(field, value, f"an integer >= {minimum}" + (" or null" if optional else ""))
+
+
+def _check_float(cfg: dict[str, Any], field: str, minimum: float, strict: bool, maximum: float | None = None) -> None:
+    value = cfg[field]
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > minimum if strict else value >= minimum) and (maximum is None or value < maximum)
+    if not ok:
+        bound = f"{'>' if strict else '>='} {minimum}" + (f" and < {maximum}" if maximum is not None else "")
+        _fail(field, value, f"a finite number {bound}")
+    cfg[field] = float(value)
+
+
+def _check_choice(cfg: dict[str, Any], field: str, allowed: tuple[Any, ...]) -> None:
+    value = cfg[field]
+    # `1 in (True,)` is true in Python; compare types too so 1 is not taken for True.
+    if not any(value == a and type(value) is type(a) for a in allowed):
+        _fail(field, value, "one of " + ", ".join(map(repr, allowed)))
+
+
+def validate_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Return a new config with defaults filled in; ValueError names a bad field and its allowed values.
+
+    The policy options are validated by building the policy (pure Python, cheap).
+    """
+    if not isinstance(config, dict):
+        raise ValueError(f"config must be a dict, got {type(config).__name__}")
+    allowed = set(REQUIRED_KEYS) | set(DEFAULT_CONFIG)
+    unknown = sorted(set(config) - allowed)
+    if unknown:
+        raise ValueError(f"unknown config field(s) {', '.join(map(repr, unknown))}; "
+                         f"allowed fields: {', '.join(sorted(allowed))}")
+    missing = [k for k in REQUIRED_KEYS if k not in config]
+    if missing:
+        raise ValueError(f"missing required config field(s) {', '.join(map(repr, missing))}")
+    cfg = {**DEFAULT_CONFIG, **config}
+    if cfg["policy"] is None:
+        cfg["policy"] = {}
+    _check_choice(cfg, "arch", tuple(ARCHITECTURES))
+    _check_choice(cfg, "dataset", tuple(DATASETS))
+    _check_choice(cfg, "method", tuple(POLICY_NAMES))
+    _check_int(cfg, "seed", 0)
+    if not isinstance(cfg["variant"], str) or not cfg["variant"]:
+        _fail("variant", cfg["variant"], "a non-empty string")
+    if not isinstance(cfg["policy"], dict):
+        _fail("policy", cfg["policy"], "a dict of policy options")
+    cfg["policy"] = dict(cfg["policy"])
+    if "arch" in cfg["policy"]:
+        _fail("policy", cfg["policy"], "policy options without 'arch' (the trial's arch is used)")
+    _check_int(cfg, "epochs", 1)
+    _check_float(cfg, "lr", 0.0, strict=True)
+    _check_float(cfg, "momentum", 0.0, strict=False, maximum=1.0)
+    _check_float(cfg, "weight_decay", 0.0, strict=False)
+    if cfg["data_dir"] is not None and not isinstance(cfg["data_dir"], str):
+        _fail("data_dir", cfg["data_dir"], "a path string or null")
+    _check_choice(cfg, "download", (True, False))
+    _check_int(cfg, "train_limit", 1, optional=True)
+    _check_int(cfg, "test_limit", 1, optional=True)
+    _check_int(cfg, "eval_batch_size", 1)
+    _check_choice(cfg, "augment", (True, False))
+    _check_choice(cfg, "device", ("auto", "cpu", "cuda"))
+    _check_choice(cfg, "amp", ("auto", "bf16", "off"))
+    _check_choice(cfg, "channels_last", ("auto", True, False))
+    _check_choice(cfg, "fused_sgd", ("auto", True, False))
+    _check_choice(cfg, "compile", (True, False))
+    _check_int(cfg, "threads", 1, optional=True)
+    make_policy(cfg["method"], arch=cfg["arch"], dataset=cfg["dataset"], **cfg["policy"])  # raises ValueError naming a bad option
+    return cfg
+
+
+class Measurement(Protocol):
+    """An extra statistic a policy asks for via `policy.measurements(epoch)` (hook for later methods).
+
+    Built once per epoch by a factory `(loop, epoch) -> Measurement` registered in MEASUREMENTS
+    under the name the policy requests.
+    """
+
+    def on_step(self, loop: TrialLoop, step: int, x: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> None:
+        """Called after each training step's backward, before optimizer.step (gradients are live)."""
+
+    def result(self) -> dict[str, Any]:
+        """Keyword arguments (plain Python values) for policy.step, read once after the epoch."""
+
+
+MEASUREMENTS: dict[str, Callable[[TrialLoop, int], Measurement]] = {}
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def _max_rss_mb() -> float:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
+
+
+class TrialLoop:
+    """One trial's training state and its per-epoch step; see the module docstring."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self._t_start = time.perf_counter()
+        self.config = cfg = validate_config(config)
+        if cfg["threads"] is not None:
+            torch.set_num_threads(cfg["threads"])
+        if cfg["device"] == "cuda" and not torch.cuda.is_available():
+            raise ValueError("config field 'device'='cuda': no CUDA device is available; use 'auto' or 'cpu'")
+        use_cuda = cfg["device"] == "cuda" or (cfg["device"] == "auto" and torch.cuda.is_available())
+        self.device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
+        self.device_name = torch.cuda.get_device_name(self.device) if use_cuda else "cpu"
+        self.amp_dtype = torch.bfloat16 if cfg["amp"] == "bf16" or (cfg["amp"] == "auto" and use_cuda) else None
+        self.channels_last = cfg["channels_last"] is True or (cfg["channels_last"] == "auto" and use_cuda)
+        fused = cfg["fused_sgd"] is True or (cfg["fused_sgd"] == "auto" and use_cuda)
+
+        _seed_everything(cfg["seed"])
+        self.data = load_dataset(cfg["dataset"], data_dir=cfg["data_dir"], download=cfg["download"],
+                                 train_limit=cfg["train_limit"], test_limit=cfg["test_limit"], seed=cfg["seed"])
+        d = self.data
+        self.train_loader = GpuLoader(d.train_x, d.train_y, d.mean, d.std, self.device, augment=cfg["augment"],
+                                      channels_last=self.channels_last)
+        self.test_loader = GpuLoader(d.test_x, d.test_y, d.mean, d.std, self.device, augment=False,
+                                     channels_last=self.channels_last)
+        self.n_train, self.n_test = int(d.train_y.shape[0]), int(d.test_y.shape[0])
+        if self.n_train == 0 or self.n_test == 0:
+            raise ValueError(f"dataset {cfg['dataset']!r}: empty train or test split")
+        # The loader's generator drives the shuffle and the augmentation; its state is checkpointed.
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(cfg["seed"])
+
+        self.model = build_model(cfg["arch"], d.num_classes).to(self.device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        # `net` is what runs forward; `model` (uncompiled) owns the parameters and the state_dict.
+        self.net: Callable[[torch.Tensor], torch.Tensor] = torch.compile(self.model) if cfg["compile"] else self.model
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
+                                         weight_decay=cfg["weight_decay"], fused=fused or None)
+        self.policy = make_policy(cfg["method"], arch=cfg["arch"], dataset=cfg["dataset"], **cfg["policy"])
+        self.params = trainable_params(self.model.parameters())
+        self._numel = sum(p.numel() for p in self.params)
+        self.accumulator = (EpochGradAccumulator(self.params) if self.policy.signal_source == "epoch_mean"
+                            else None)
+
+        self.epochs_done = 0
+        self.status = "running"
+        self.history: list[dict[str, Any]] = []
+        self._wall_offset = 0.0  # wall time of earlier processes of this trial
+
+    # ------------------------------------------------------------------ state
+    @property
+    def done(self) -> bool:
+        """True once the run diverged or trained all configured epochs."""
+        return self.status != "running"
+
+    def wall_time(self) -> float:
+        """Seconds since the trial started, summed across resumes."""
+        return self._wall_offset + time.perf_counter() - self._t_start
+
+    def _autocast(self) -> Any:
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    # ------------------------------------------------------------------ epoch
+    def _collectors(self, epoch: int) -> dict[str, Measurement]:
+        requested = sorted(self.policy.measurements(epoch))
+        missing = [name for name in requested if name not in MEASUREMENTS]
+        if missing:
+            raise NotImplementedError(
+                f"policy {self.config['method']!r} requests measurement(s) {', '.join(missing)} for epoch {epoch}, "
+                f"which the epoch loop does not implement yet (implemented: {', '.join(sorted(MEASUREMENTS)) or 'none'})")
+        return {name: MEASUREMENTS[name](self, epoch) for name in requested}
+
+    def _train(self, batch_size: int,
+               collectors: dict[str, Measurement]) -> tuple[torch.Tensor, int, float, float, float]:
+        """Train one epoch; returns ([loss sum, correct, grad count, grad sum, grad sumsq] on device,
+        steps, gradient scale, seconds, seconds of it spent in measurements)."""
+        self.model.train()
+        if self.accumulator is not None:
+            self.accumulator.reset()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        steps = 0
+        measure_time = 0.0  # part of the training time spent in the policy's measurements
+        self._sync()
+        t0 = time.perf_counter()
+        for x, y in self.train_loader.epoch(batch_size, self.generator, shuffle=True, drop_last=True):
+            steps += 1
+            if self.config["compile"]:
+                torch._dynamo.mark_dynamic(x, 0)
+            with self._autocast():
+                out = self.net(x)
+                loss = F.cross_entropy(out, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.accumulator is not None:
+                self.accumulator.add()
+            if collectors:
+                self._sync()
+                t_measure = time.perf_counter()
+                for c in collectors.values():
+                    c.on_step(self, steps, x, y, loss)
+                self._sync()
+                measure_time += time.perf_counter() - t_measure
+            self.optimizer.step()
+            loss_sum += loss.detach()
+            correct += (out.detach().argmax(dim=1) == y).sum()
+        if steps == 0:
+            raise RuntimeError(f"training loader yielded no batch at batch size {batch_size}")
+        # SGD's step leaves .grad untouched (weight decay goes into the update), so after the loop
+        # the gradients are exactly those of the epoch's last step.
+        if self.accumulator is not None:
+            moments, scale = self.accumulator.moments(), 1.0 / self.accumulator.steps
+        else:
+            grads = [p.grad for p in self.params if p.grad is not None]
+            moments, scale = grad_moments(grads, numel=self._numel), 1.0
+        self._sync()
+        seconds = time.perf_counter() - t0
+        stats = torch.cat([torch.stack([loss_sum, correct.to(torch.float64)]), moments.to(self.device)])
+        return stats, steps, scale, seconds, measure_time
+
+    @torch.no_grad()
+    def _evaluate(self) -> tuple[torch.Tensor, float]:
+        """Loss sum and correct count over the whole test set (on device), and seconds."""
+        self.model.eval()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        self._sync()
+        t0 = time.perf_counter()
+        for x, y in self.test_loader.epoch(self.config["eval_batch_size"], None, shuffle=False, drop_last=False):
+            if self.config["compile"]:
+                torch._dynamo.mark_dynamic(x, 0)
+            with self._autocast():
+                out = self.net(x)
+            loss_sum += F.cross_entropy(out.float(), y, reduction="sum")
+            correct += (out.argmax(dim=1) == y).sum()
+        self._sync()
+        return torch.stack([loss_sum, correct.to(torch.float64)]), time.perf_counter() - t0
+
+    def run_epoch(self) -> dict[str, Any]:
+        """Train, evaluate and step the policy for one epoch; returns its record (RECORD_COLUMNS)."""
+        if self.done:
+            raise RuntimeError(f"run_epoch: the trial is already {self.status} after {self.epochs_done} epochs")
+        cfg = self.config
+        epoch = self.epochs_done + 1
+        collectors = self._collectors(epoch)
+        batch_size = min(int(self.policy.batch_size), self.n_train)
+        lr = cfg["lr"] * float(self.policy.lr_scale)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+        train_stats, steps, scale, epoch_time, measure_time = self._train(batch_size, collectors)
+        eval_stats, eval_time = self._evaluate()
+        # The one host synchronisation of the epoch's statistics.
+        loss_sum, correct, *moments = train_stats.tolist()
+        test_loss_sum, test_correct = eval_stats.tolist()
+        grad_var, grad_norm = moments_to_stats(moments, scale=scale)
+        train_loss = loss_sum / steps
+        measured: dict[str, Any] = {}
+        for c in collectors.values():
+            measured.update(c.result())
+
+        diverged = not all(math.isfinite(v) for v in (train_loss, grad_var, grad_norm))
+        if diverged:
+            nan = float("nan")
+            prec = {"decision": "hold", "batch_size": batch_size, "confidence": nan, "grad_norm_variation": nan,
+                    "loss_variation": nan, "in_cooldown": False}
+        else:
+            prec = self.policy.step(epoch=epoch, train_loss=train_loss, grad_var=grad_var, grad_norm=grad_norm,
+                                    **measured)
+        peak = (torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda"
+                else _max_rss_mb())
+        values = {
+            "arch": cfg["arch"], "dataset": cfg["dataset"], "seed": cfg["seed"], "method": cfg["method"],
+            "variant": cfg["variant"], "epoch": epoch, "batch_size": batch_size,
+            "next_batch_size": int(prec["batch_size"]), "lr": lr, "train_loss": train_loss,
+            "train_acc": correct / (steps * batch_size), "test_loss": test_loss_sum / self.n_test,
+            "test_acc": test_correct / self.n_test, "epoch_time_s": epoch_time, "eval_time_s": eval_time,
+            "wall_time_s": self.wall_time(), "samples_per_s": steps * batch_size / epoch_time,
+            "grad_var": grad_var, "grad_norm": grad_norm, "peak_mem_mb": peak,
+        }
+        for key in ("grad_norm_variation", "loss_variation", "confidence", "decision", "in_cooldown"):
+            values[key] = prec[key]
+        values["in_cooldown"] = bool(values["in_cooldown"])
+        for key in NULLABLE_EPOCH_COLUMNS - {"measure_time_s"}:  # method extras: null unless measured
+            values[key] = prec.get(key)
+        values["measure_time_s"] = measure_time if collectors else None
+        record = {name: values[name] for name in RECORD_COLUMNS}
+
+        self.epochs_done = epoch
+        self.history.append(record)
+        if diverged:
+            self.status = "diverged"
+        elif self.epochs_done >= cfg["epochs"]:
+            self.status = "completed"
+        return record
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue bit-exactly (on the same device type)."""
+        np_state = np.random.get_state()
+        return {
+            "format": _CHECKPOINT_FORMAT,
+            "config": dict(self.config),
+            "device_type": self.device.type,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "policy": self.policy.state_dict(),
+            "rng": {
+                "loader": self.generator.get_state(),
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
+                "python": random.getstate(),
+                "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+            },
+            "epochs_done": self.epochs_done,
+            "status": self.status,
+            "history": [dict(r) for r in self.history],
+            "wall_time_s": self.wall_time(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what state_dict() returned; ValueError if it belongs to a different trial or device type."""
+        if state.get("format") != _CHECKPOINT_FORMAT:
+            raise ValueError(f"checkpoint format {state.get('format')!r} is not {_CHECKPOINT_FORMAT}")
+        for key in IDENTITY_KEYS:
+            if state["config"].get(key) != self.config[key]:
+                raise ValueError(f"checkpoint belongs to another trial: config field {key!r} is "
+                                 f"{state['config'].get(key)!r} there and {self.config[key]!r} here")
+        if state["device_type"] != self.device.type:
+            raise ValueError(f"checkpoint was written on {state['device_type']}, this loop runs on "
+                             f"{self.device.type}: the RNG states cannot carry over; use device={state['device_type']!r}")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.policy.load_state_dict(state["policy"])
+        rng = state["rng"]
+        self.generator.set_state(rng["loader"])
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] is not None:
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        version, internal, gauss = rng["python"]
+        random.setstate((version, tuple(internal), gauss))
+        name, keys, pos, has_gauss, cached = rng["numpy"]
+        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+        self.epochs_done = int(state["epochs_done"])
+        self.history = [dict(r) for r in state["history"]]
+        self._wall_offset = float(state["wall_time_s"])
+        # More epochs may be configured now than when the checkpoint was written (extending a study).
+        if state["status"] == "diverged":
+            self.status = "diverged"
+        else:
+            self.status = "completed" if self.epochs_done >= self.config["epochs"] else "running"
+
+    def save_checkpoint(self, directory: str | os.PathLike[str]) -> str:
+        """Write state_dict() atomically to <directory>/state.pt; returns the file path."""
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, CHECKPOINT_FILE)
+        tmp = path + ".tmp"
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)
+        return path
+
+    def load_checkpoint(self, directory: str | os.PathLike[str]) -> None:
+        """Restore from <directory>/state.pt (written by save_checkpoint)."""
+        path = os.path.join(directory, CHECKPOINT_FILE)
+        # CPU first: RNG states must be CPU tensors; load_state_dict moves weights to the device.
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        self.load_state_dict(state)
