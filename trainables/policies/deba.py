@@ -48,7 +48,8 @@ class DebaPolicy(BatchSizePolicy):
 
     Options: theta_stab, theta_conf (override the architecture's Table 1 values), thresholds
     ("arch" = Table 1, "universal" = (0.3, 0.5)), alpha, beta, b0, b_min, b_max, window, cooldown,
-    full_history, decision_rule ("paper" | "conservative"), signal_source ("last_step" | "epoch_mean").
+    full_history, decision_rule ("paper" | "conservative"), signal_source ("last_step" | "epoch_mean"),
+    and the common lr_scaling / ema_decay / micro_batches (policies/base.py; lr_scaling "none" is the paper).
 
     A decision whose update would leave B unchanged (an increase at b_max, a rollback at b_min)
     is recorded as "hold" and starts no cooldown [choice]: nothing changed, so nothing needs to settle.
@@ -59,8 +60,8 @@ class DebaPolicy(BatchSizePolicy):
                "alpha": 1.5, "beta": 0.8, "b_min": 32, "b_max": 1024, "cooldown": 10,
                "decision_rule": "paper"}
 
-    def __init__(self, arch: str | None = None, **options: Any) -> None:
-        super().__init__(arch, **options)
+    def __init__(self, arch: str | None = None, dataset: str | None = None, **options: Any) -> None:
+        super().__init__(arch, dataset, **options)
         opts = self.options
         check_choice("thresholds", opts["thresholds"], THRESHOLD_SOURCES)
         check_choice("decision_rule", opts["decision_rule"], DECISION_RULES)

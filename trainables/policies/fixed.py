@@ -11,6 +11,7 @@ class FixedPolicy(BatchSizePolicy):
     """Constant batch size `b0`; still records the DEBA signals so the run can profile."""
 
     name = "fixed"
+    can_change_batch = False
 
     def decide(self, epoch: int, signals: Any, **inputs: Any) -> dict[str, Any]:
         """Always hold."""

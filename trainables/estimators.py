@@ -1,0 +1,209 @@
+"""Method statistics measured while an epoch trains (SPEC §5): gradient diversity and two-batch noise.
+
+Two meters, each built by the epoch loop only for an epoch whose policy asks for it
+(`policy.measurements(epoch)`), so nothing here runs on other epochs:
+
+- `DiversityMeter` ("per_sample_diversity"): DiveBatch's gradient diversity
+  Delta = sum_i |g_i|^2 / |sum_i g_i|^2 over the epoch's training samples. The numerator comes from
+  exact per-sample gradient norms (`per_sample_grad_sq_norms`, torch.func, chunked); the denominator
+  from the training gradients themselves (B x the batch-mean gradient of each step, summed). After
+  each step's backward it runs one extra per-sample pass over the step's batch.
+  The per-sample pass runs with the model in eval mode [choice]. For a model without BatchNorm and
+  without active dropout the two modes compute the same function, so the norms are exact. With
+  BatchNorm a per-sample gradient is ill-defined (each output depends on the whole batch); the pass
+  then uses the running statistics, which is the DiveBatch authors' approximation (they switch
+  BatchNorm to eval for BackPACK's per-sample norms) and is recorded as "per_sample_bn_eval".
+  Dropout and stochastic depth are off in that pass too (deterministic, consumes no RNG).
+- `TwoBatchMeter` ("two_batch"): McCandlish's two-batch estimates. On a measuring epoch each step's
+  batch of B samples is split into k micro-batches (sizes differ by at most one); each micro-batch's
+  gradient is computed with torch.autograd.grad, its squared norm taken, and it is accumulated into
+  `.grad` weighted by b_j/B, so `.grad` ends as the batch-mean gradient the optimizer steps with.
+  Per step and micro-batch j, tr(Sigma) and |G|^2 are estimated from (|g_j|^2, b_j) and (|g_B|^2, B)
+  and averaged over j; the epoch's result is the mean over steps. Without BatchNorm the accumulated
+  gradient equals the unsplit one (up to rounding), so training is unchanged. With BatchNorm the
+  micro-batches normalise over b_j samples ("ghost batch norm") and update the running statistics k
+  times per step: on measuring epochs training itself differs slightly [documented consequence].
+
+Both keep their sums on the device; `result()` synchronises once per epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+__all__ = ["DiversityMeter", "TwoBatchMeter", "eval_mode", "has_batchnorm", "per_sample_grad_sq_norms"]
+
+AutocastFactory = Callable[[], AbstractContextManager[Any]]
+LossAndLogits = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    """Whether any submodule is a BatchNorm layer (its outputs couple the samples of a batch)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Put every submodule in eval mode, then restore each one's own training flag."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in flags:
+            m.training = training
+
+
+def _sq_norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Squared L2 norm of the concatenation of `tensors`, float64 on their device, no host sync."""
+    return torch.stack(torch._foreach_norm(list(tensors), 2, dtype=torch.float64)).square().sum()
+
+
+def per_sample_grad_sq_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk_size: int = 32,
+                             autocast: AutocastFactory | None = None) -> torch.Tensor:
+    """|grad_theta CE(model(x_i), y_i)|^2 for every sample i, as a float64 [N] tensor on x's device.
+
+    torch.func.vmap(grad(...)) over chunks of `chunk_size` samples: memory is bounded by
+    chunk_size x (number of trainable parameters) floats. Runs in the model's current mode (use
+    `eval_mode` for BatchNorm models); parameters that do not require grad are held fixed.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size={chunk_size!r} must be >= 1")
+    params = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+    buffers = dict(model.named_buffers())
+    make_ctx = autocast or nullcontext
+
+    def sample_loss(p: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        with make_ctx():
+            out = functional_call(model, (p, buffers), (xi.unsqueeze(0),))
+        return F.cross_entropy(out.float(), yi.unsqueeze(0))
+
+    per_sample_grads = vmap(grad(sample_loss), in_dims=(None, 0, 0))
+    norms = []
+    for start in range(0, x.shape[0], chunk_size):
+        grads = per_sample_grads(params, x[start:start + chunk_size], y[start:start + chunk_size])
+        sq = torch.stack([torch.linalg.vector_norm(g.reshape(g.shape[0], -1), dim=1, dtype=torch.float64)
+                          for g in grads.values()]).square().sum(dim=0)
+        del grads  # free the chunk's per-sample gradients before the next chunk
+        norms.append(sq)
+    return torch.cat(norms)
+
+
+class DiversityMeter:
+    """DiveBatch's gradient diversity over one epoch (see the module docstring).
+
+    Call `add(x, y)` after each training step's backward and before the optimizer step (the
+    batch-mean gradient must be in `.grad`); `result()` after the epoch.
+    """
+
+    def __init__(self, model: nn.Module, params: Sequence[torch.Tensor], chunk_size: int = 32,
+                 autocast: AutocastFactory | None = None) -> None:
+        self.model = model
+        self.params = list(params)
+        self.chunk_size = chunk_size
+        self.autocast = autocast
+        self.estimator = "per_sample_bn_eval" if has_batchnorm(model) else "per_sample"
+        device = self.params[0].device
+        self.grad_sum = [torch.zeros_like(p, dtype=torch.float32) for p in self.params]
+        self.sq_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.n_samples = 0
+
+    @torch.no_grad()
+    def _add_batch_gradient(self, batch: int) -> None:
+        # .grad holds the batch-mean gradient: the sum of the per-sample gradients is B times it.
+        pairs = [(s, p.grad) for s, p in zip(self.grad_sum, self.params) if p.grad is not None]
+        if pairs:
+            sums, grads = zip(*pairs)
+            torch._foreach_add_(list(sums), list(grads), alpha=float(batch))
+
+    def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Fold in one training step's batch (no host synchronisation)."""
+        self._add_batch_gradient(x.shape[0])
+        with eval_mode(self.model):
+            norms = per_sample_grad_sq_norms(self.model, x, y, self.chunk_size, self.autocast)
+        self.sq_sum += norms.sum()
+        self.n_samples += int(x.shape[0])
+
+    def result(self) -> dict[str, Any]:
+        """{"grad_diversity": Delta, "n_samples": n}; Delta = inf when the summed gradient is zero."""
+        if self.n_samples == 0:
+            return {"grad_diversity": float("nan"), "n_samples": 0}
+        numerator, denominator = torch.stack([self.sq_sum, _sq_norm(self.grad_sum)]).tolist()
+        diversity = numerator / denominator if denominator > 0 else float("inf")
+        return {"grad_diversity": diversity, "n_samples": self.n_samples}
+
+
+class TwoBatchMeter:
+    """McCandlish's two-batch statistics over one epoch, from micro-batches of each step.
+
+    `backward(loss_and_logits, x, y)` replaces the step's forward+backward: it leaves the
+    batch-mean gradient in `.grad` (call after zero_grad, before the optimizer step) and returns
+    (the batch-mean loss, the logits), both detached. `result()` after the epoch.
+    """
+
+    def __init__(self, params: Sequence[torch.Tensor], micro_batches: int = 2) -> None:
+        if micro_batches < 2:
+            raise ValueError(f"micro_batches={micro_batches!r} must be >= 2")
+        self.params = list(params)
+        self.micro_batches = micro_batches
+        device = self.params[0].device
+        self.sums = torch.zeros(2, dtype=torch.float64, device=device)  # [tr(Sigma), |G|^2]
+        self.steps = 0
+        self.n_samples = 0
+
+    def backward(self, loss_and_logits: LossAndLogits, x: torch.Tensor,
+                 y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward and backward the batch as k micro-batches; accumulate the step's estimates."""
+        big = int(x.shape[0])
+        k = min(self.micro_batches, big)
+        losses, logits, small_sq, sizes = [], [], [], []
+        for xj, yj in zip(x.tensor_split(k), y.tensor_split(k)):
+            b = int(xj.shape[0])
+            loss, out = loss_and_logits(xj, yj)
+            grads = torch.autograd.grad(loss, self.params, allow_unused=True)
+            present = [(p, g) for p, g in zip(self.params, grads) if g is not None]
+            small_sq.append(_sq_norm([g for _, g in present]))
+            self._accumulate(present, b / big)
+            losses.append(loss.detach() * (b / big))
+            logits.append(out.detach())
+            sizes.append(b)
+        self.n_samples += big
+        if k >= 2:
+            big_sq = _sq_norm([p.grad for p in self.params if p.grad is not None])
+            self.sums += self._estimates(torch.stack(small_sq), sizes, big_sq, big)
+            self.steps += 1
+        return torch.stack(losses).sum(), torch.cat(logits)
+
+    @torch.no_grad()
+    def _accumulate(self, present: list[tuple[torch.Tensor, torch.Tensor]], weight: float) -> None:
+        fresh, rest = [], []
+        for p, g in present:
+            (fresh if p.grad is None else rest).append((p, g))
+        for p, g in fresh:
+            # autograd.grad returned a new tensor: reuse it as .grad when its layout matches the
+            # parameter's (the layout backward() would give), copy it otherwise.
+            p.grad = g.mul_(weight) if g.stride() == p.stride() else torch.empty_like(p).copy_(g).mul_(weight)
+        if rest:
+            torch._foreach_add_([p.grad for p, _ in rest], [g for _, g in rest], alpha=weight)
+
+    @staticmethod
+    def _estimates(small_sq: torch.Tensor, sizes: list[int], big_sq: torch.Tensor, big: int) -> torch.Tensor:
+        """Mean over micro-batches j of [tr(Sigma), |G|^2] from (|g_j|^2, b_j) and (|g_B|^2, B)."""
+        b = torch.tensor(sizes, dtype=torch.float64, device=small_sq.device)
+        trace = (small_sq - big_sq) / (1.0 / b - 1.0 / big)
+        sqnorm = (big * big_sq - b * small_sq) / (big - b)
+        return torch.stack([trace.mean(), sqnorm.mean()])
+
+    def result(self) -> dict[str, Any]:
+        """{"noise_trace", "noise_sqnorm"} = mean estimates over the epoch's steps, and "n_samples"."""
+        if self.steps == 0:
+            return {"noise_trace": float("nan"), "noise_sqnorm": float("nan"), "n_samples": self.n_samples}
+        trace, sqnorm = (self.sums / self.steps).tolist()
+        return {"noise_trace": trace, "noise_sqnorm": sqnorm, "n_samples": self.n_samples}
