@@ -15,9 +15,18 @@ from trainables.loop import DEFAULT_CONFIG, RECORD_COLUMNS, TrialLoop, validate_
 from trainables.records import epoch_column_names
 from trainables.signals import grad_stats
 
-SMALL = {"arch": "tiny_cnn", "dataset": "digits", "train_limit": 160, "test_limit": 50}
+# threads=1: on a shared 2-core machine two torch threads contend with other processes and run
+# ~10x slower; the fixture below restores the process-wide setting after each test.
+SMALL = {"arch": "tiny_cnn", "dataset": "digits", "train_limit": 160, "test_limit": 50, "threads": 1}
 DEBA = {**SMALL, "method": "deba", "policy": {"thresholds": "universal", "cooldown": 1, "b0": 32, "b_min": 8}}
 TIMING = {"epoch_time_s", "eval_time_s", "wall_time_s", "samples_per_s", "peak_mem_mb"}
+
+
+@pytest.fixture(autouse=True)
+def restore_threads() -> Any:
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def run(config: dict[str, Any], epochs: int | None = None) -> TrialLoop:
@@ -230,7 +239,7 @@ def test_resume_with_more_epochs_continues(tmp_path: Any) -> None:
 # ---------------------------------------------------------------- divergence
 def test_divergence_ends_the_run() -> None:
     loop = TrialLoop({"arch": "tiny_mlp", "dataset": "digits", "train_limit": 256, "test_limit": 64,
-                      "lr": 1e4, "epochs": 5})
+                      "lr": 1e4, "epochs": 5, "threads": 1})
     while not loop.done:
         loop.run_epoch()
     assert loop.status == "diverged"
@@ -243,3 +252,49 @@ def test_divergence_ends_the_run() -> None:
     assert loop.policy.epoch == 1  # the policy never saw the non-finite epoch
     with pytest.raises(RuntimeError, match="already diverged"):
         loop.run_epoch()
+
+
+class PlainBackward:
+    """Test measurement that replaces the backward with the same computation, counting its calls."""
+
+    def __init__(self, loop: TrialLoop, epoch: int) -> None:
+        self.calls = 0
+
+    def backward(self, loss_and_logits: Any, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.calls += 1
+        loss, out = loss_and_logits(x, y)
+        loss.backward()
+        return loss.detach(), out.detach()
+
+    def result(self) -> dict[str, Any]:
+        return {}
+
+
+def test_measurement_can_replace_the_backward(monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[PlainBackward] = []
+    monkeypatch.setitem(loop_mod.MEASUREMENTS, "plain", lambda loop, epoch: made.append(PlainBackward(loop, epoch))
+                        or made[-1])
+    cfg = {**SMALL, "epochs": 1, "policy": {"b0": 32}}
+    plain = run(cfg)
+    hooked = TrialLoop(cfg)
+    monkeypatch.setattr(hooked.policy, "measurements", lambda epoch: frozenset({"plain"}))
+    rec = hooked.run_epoch()
+    assert made[0].calls == 5
+    assert {k: v for k, v in rec.items() if k not in TIMING | {"measure_time_s"}} == \
+        {k: v for k, v in plain.history[0].items() if k not in TIMING | {"measure_time_s"}}
+
+    monkeypatch.setitem(loop_mod.MEASUREMENTS, "plain2", PlainBackward)
+    two = TrialLoop(cfg)
+    monkeypatch.setattr(two.policy, "measurements", lambda epoch: frozenset({"plain", "plain2"}))
+    with pytest.raises(ValueError, match="more than one replaces the backward"):
+        two.run_epoch()
+
+
+def test_cpu_runs_the_gpu_knobs() -> None:
+    """bf16 autocast, channels_last and fused SGD (the CUDA defaults) also run on CPU."""
+    loop = run({**SMALL, "epochs": 1, "amp": "bf16", "channels_last": True, "fused_sgd": True})
+    rec = loop.history[0]
+    assert loop.amp_dtype == torch.bfloat16 and loop.optimizer.defaults["fused"] is True
+    conv = next(p for p in loop.model.parameters() if p.dim() == 4)
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    assert math.isfinite(rec["train_loss"]) and math.isfinite(rec["grad_norm"]) and rec["grad_norm"] > 0

@@ -19,6 +19,9 @@ Documented choices:
   next_batch_size = batch_size, NaN DEBA signals, in_cooldown False, and the policy is not stepped.
 - peak_mem_mb: the epoch's peak of torch.cuda.max_memory_allocated on CUDA; on CPU the process's
   maximum resident set size so far (the OS gives no per-epoch peak).
+- measure_time_s: seconds spent in the requested measurements' per-step hooks (part of
+  epoch_time_s; null when the epoch measured nothing). A measurement that replaces the backward
+  pass shows its extra cost only in epoch_time_s.
 - wall_time_s: seconds since the trial's first TrialLoop was built, summed across resumes (the
   time between a checkpoint and a crash is not counted).
 """
@@ -163,7 +166,12 @@ class Measurement(Protocol):
     """An extra statistic a policy asks for via `policy.measurements(epoch)` (hook for later methods).
 
     Built once per epoch by a factory `(loop, epoch) -> Measurement` registered in MEASUREMENTS
-    under the name the policy requests.
+    under the name the policy requests. A measurement may also define
+    `backward(loss_and_logits, x, y) -> (loss, logits)` to replace the step's forward + backward
+    (e.g. to split the batch into micro-batches); it must leave the batch-mean gradient in `.grad`
+    and return the detached batch-mean loss and the logits. `loss_and_logits(x, y)` runs the
+    model's forward under the loop's autocast and returns (mean cross-entropy, logits). At most
+    one measurement of an epoch may replace the backward.
     """
 
     def on_step(self, loop: TrialLoop, step: int, x: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> None:
@@ -266,6 +274,13 @@ class TrialLoop:
                 f"which the epoch loop does not implement yet (implemented: {', '.join(sorted(MEASUREMENTS)) or 'none'})")
         return {name: MEASUREMENTS[name](self, epoch) for name in requested}
 
+    def loss_and_logits(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward `x` under the loop's autocast; (mean cross-entropy in float32, logits)."""
+        with self._autocast():
+            out = self.net(x)
+            loss = F.cross_entropy(out, y)
+        return loss, out
+
     def _train(self, batch_size: int,
                collectors: dict[str, Measurement]) -> tuple[torch.Tensor, int, float, float, float]:
         """Train one epoch; returns ([loss sum, correct, grad count, grad sum, grad sumsq] on device,
@@ -275,6 +290,11 @@ class TrialLoop:
             self.accumulator.reset()
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        backwards = [c.backward for c in collectors.values() if callable(getattr(c, "backward", None))]
+        if len(backwards) > 1:
+            raise ValueError(f"measurements {', '.join(collectors)}: more than one replaces the backward pass")
+        custom_backward = backwards[0] if backwards else None
+        on_step = [c.on_step for c in collectors.values() if callable(getattr(c, "on_step", None))]
         steps = 0
         measure_time = 0.0  # part of the training time spent in the policy's measurements
         self._sync()
@@ -283,18 +303,19 @@ class TrialLoop:
             steps += 1
             if self.config["compile"]:
                 torch._dynamo.mark_dynamic(x, 0)
-            with self._autocast():
-                out = self.net(x)
-                loss = F.cross_entropy(out, y)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if custom_backward is not None:
+                loss, out = custom_backward(self.loss_and_logits, x, y)
+            else:
+                loss, out = self.loss_and_logits(x, y)
+                loss.backward()
             if self.accumulator is not None:
                 self.accumulator.add()
-            if collectors:
+            if on_step:
                 self._sync()
                 t_measure = time.perf_counter()
-                for c in collectors.values():
-                    c.on_step(self, steps, x, y, loss)
+                for hook in on_step:
+                    hook(self, steps, x, y, loss)
                 self._sync()
                 measure_time += time.perf_counter() - t_measure
             self.optimizer.step()
