@@ -1,0 +1,188 @@
+"""PNG plots of a study (matplotlib's object API with the Agg canvas; no pyplot state).
+
+Imported only when plots are requested, so the tables stay fast. Each function writes one PNG
+and returns its path, or None when the data for it is absent (e.g. no adaptive runs).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from analysis.stability import TaxonomyOptions
+
+CLASS_COLORS = {
+    "naturally unstable": "tab:red",
+    "dynamically stable": "tab:orange",
+    "moderately stable": "tab:green",
+    "overly stable": "tab:blue",
+    "unknown": "tab:gray",
+}
+
+
+def _grid(n: int, ncols: int = 3, size: tuple[float, float] = (4.2, 3.2)):
+    ncols = max(1, min(ncols, n))
+    nrows = math.ceil(n / ncols)
+    w, h = size[0] * ncols, size[1] * nrows + 0.5
+    fig = Figure(figsize=(w, h))
+    FigureCanvasAgg(fig)
+    # Fixed margins: a layout engine re-draws the figure several times (slow with many panels).
+    fig.subplots_adjust(left=0.7 / w, right=1 - 0.15 / w, bottom=0.55 / h, top=1 - 0.75 / h,
+                        wspace=0.3, hspace=0.55)  # fmt: skip
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes
+
+
+def _save(fig: Figure, path: str) -> str:
+    fig.savefig(path, dpi=90)
+    return path
+
+
+def _label(method: str, variant: str) -> str:
+    return method if variant == "baseline" else f"{method}/{variant}"
+
+
+def batch_size_trajectories(epochs: pd.DataFrame, path: str, fixed_method: str = "fixed"):
+    """Batch size per epoch of every adaptive run, one panel per arch, one line per seed."""
+    e = epochs[epochs["method"].ne(fixed_method)]
+    if e.empty:
+        return None
+    archs = sorted(e["arch"].unique())
+    fig, axes = _grid(len(archs))
+    series = sorted({(d, m, v) for d, m, v in e[["dataset", "method", "variant"]].itertuples(index=False)})
+    colors = {k: f"C{i % 10}" for i, k in enumerate(series)}
+    for ax, arch in zip(axes, archs):
+        seen = set()
+        for (ds, m, v, _tid), run in e[e["arch"].eq(arch)].groupby(
+            ["dataset", "method", "variant", "trial_id"], sort=True
+        ):
+            key = (ds, m, v)
+            label = None if key in seen else f"{ds} {_label(m, v)}"
+            seen.add(key)
+            ax.step(run["epoch"], run["batch_size"], where="post", color=colors[key],
+                    alpha=0.6, lw=1.2, label=label)  # fmt: skip
+        ax.set_yscale("log", base=2)
+        ax.set_title(arch)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("batch size")
+        ax.legend(fontsize=7)
+    fig.suptitle("Batch-size trajectories (one line per seed)")
+    return _save(fig, path)
+
+
+def _per_arch_vs_batch(epochs: pd.DataFrame, column: str, path: str, ylabel: str, logy: bool, title: str):
+    e = epochs[["arch", "batch_size", column]].replace([np.inf, -np.inf], np.nan).dropna()
+    if e.empty:
+        return None
+    fig = Figure(figsize=(6.5, 4.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for i, (arch, g) in enumerate(e.groupby("arch", sort=True)):
+        color = f"C{i % 10}"
+        ax.scatter(g["batch_size"], g[column], s=6, alpha=0.25, color=color)
+        med = g.groupby("batch_size")[column].median()
+        ax.plot(med.index, med.values, "-o", ms=3, color=color, label=f"{arch} (median)")
+    ax.set_xscale("log", base=2)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel("batch size")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def time_vs_batch(epochs: pd.DataFrame, path: str):
+    """Training time per epoch against the batch size used, all runs, median line per arch."""
+    return _per_arch_vs_batch(epochs, "epoch_time_s", path, "train time per epoch (s)", False,
+                              "Time per epoch vs batch size")  # fmt: skip
+
+
+def gradvar_vs_batch(epochs: pd.DataFrame, path: str):
+    """Gradient variance against the batch size used (log-log), median line per arch."""
+    e = epochs[epochs["grad_var"] > 0]
+    return _per_arch_vs_batch(e, "grad_var", path, "gradient variance", True,
+                              "Gradient variance vs batch size")  # fmt: skip
+
+
+def accuracy_curves(epochs: pd.DataFrame, summary: pd.DataFrame, path: str):
+    """Test accuracy per epoch, mean over completed seeds with a min-max band, per (arch, dataset)."""
+    done = summary[summary["status"].eq("completed")][["study", "trial_id"]]
+    e = epochs.merge(done, on=["study", "trial_id"], how="inner")
+    if e.empty:
+        return None
+    panels = sorted(e[["arch", "dataset"]].drop_duplicates().itertuples(index=False, name=None))
+    fig, axes = _grid(len(panels))
+    series = sorted({(m, v) for m, v in e[["method", "variant"]].itertuples(index=False)})
+    colors = {k: f"C{i % 10}" for i, k in enumerate(series)}
+    colors[("fixed", "baseline")] = "black"
+    for ax, (arch, ds) in zip(axes, panels):
+        sub = e[e["arch"].eq(arch) & e["dataset"].eq(ds)]
+        for (m, v), g in sub.groupby(["method", "variant"], sort=True):
+            stats = (100.0 * g["test_acc"]).groupby(g["epoch"]).agg(["mean", "min", "max"])
+            ax.plot(stats.index, stats["mean"], color=colors[(m, v)], lw=1.4,
+                    label=f"{_label(m, v)} (n={g['trial_id'].nunique()})")  # fmt: skip
+            ax.fill_between(stats.index, stats["min"], stats["max"], color=colors[(m, v)], alpha=0.15)
+        ax.set_title(f"{arch} / {ds}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("test accuracy (%)")
+        ax.legend(fontsize=7)
+    fig.suptitle("Test accuracy: mean over seeds, band = min..max")
+    return _save(fig, path)
+
+
+def taxonomy_scatter(tax: pd.DataFrame, path: str, opts: TaxonomyOptions = TaxonomyOptions()):
+    """S_mean vs sigma_S per (arch, dataset), coloured by class, with the class boundaries."""
+    t = tax.dropna(subset=["S_mean"])
+    if t.empty:
+        return None
+    fig = Figure(figsize=(6.5, 4.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    y = t["S_std"].fillna(0.0)
+    for cls, color in CLASS_COLORS.items():
+        m = t["class"].eq(cls)
+        if m.any():
+            ax.scatter(t.loc[m, "S_mean"], y[m], color=color, s=40, label=cls)
+    for row, yy in zip(t.itertuples(), y):
+        ax.annotate(f"{row.arch}/{row.dataset}", (row.S_mean, yy), fontsize=7,
+                    xytext=(3, 3), textcoords="offset points")  # fmt: skip
+    ax.axvline(opts.unstable_below, ls="--", color="gray", lw=0.8)
+    ax.axvline(opts.overly_stable_from, ls="--", color="gray", lw=0.8)
+    ax.axhline(opts.dynamic_std, ls=":", color="gray", lw=0.8)
+    ax.set_xlabel("stability score S (mean over seeds)")
+    ax.set_ylabel(r"$\sigma_S$ (seed std; 0 when one seed)")
+    ax.set_title("Stability taxonomy of the fixed-batch runs")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def make_plots(
+    epochs: pd.DataFrame,
+    summary: pd.DataFrame,
+    tax: pd.DataFrame,
+    out_dir: str,
+    opts: TaxonomyOptions = TaxonomyOptions(),
+) -> dict[str, str]:
+    """Write every plot into out_dir; return {name: path} of those that had data."""
+    os.makedirs(out_dir, exist_ok=True)
+    jobs = {
+        "batch_size_trajectories": lambda p: batch_size_trajectories(epochs, p, opts.fixed_method),
+        "time_vs_batch": lambda p: time_vs_batch(epochs, p),
+        "gradvar_vs_batch": lambda p: gradvar_vs_batch(epochs, p),
+        "accuracy_curves": lambda p: accuracy_curves(epochs, summary, p),
+        "taxonomy": lambda p: taxonomy_scatter(tax, p, opts),
+    }
+    out = {}
+    for name, job in jobs.items():
+        written = job(os.path.join(out_dir, f"{name}.png"))
+        if written:
+            out[name] = written
+    return out

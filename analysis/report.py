@@ -1,0 +1,398 @@
+"""The whole analysis of a store, as Markdown tables, a JSON object, and a report directory.
+
+Python API (the orchestrator calls :func:`summarize` at the end of a study)::
+
+    from analysis.report import analyse, summarize, write_report, to_json
+    print(summarize("results", study="paper"))          # Markdown tables, writes nothing
+    a = analyse("results", study="paper")               # all tables as DataFrames
+    write_report(a, "reports/paper")                    # report.md, calibration.json, PNGs
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from analysis import markdown as md
+from analysis.calibrate import (
+    calibrate,
+    calibrated_study_command,
+    thresholds,
+    write_calibration,
+)
+from analysis.compare import Comparison, ablation_summary, compare
+from analysis.load import list_studies, load_store
+from analysis.stability import TaxonomyOptions, deba_dynamics, taxonomy
+from analysis.trials import trial_summary
+
+
+@dataclass
+class Analysis:
+    """Every table of one analysis, as DataFrames (see the producing functions for columns)."""
+
+    root: str
+    studies: list[str]
+    epochs: pd.DataFrame
+    summary: pd.DataFrame
+    comparison: Comparison
+    ablations: pd.DataFrame
+    taxonomy: pd.DataFrame
+    dynamics: pd.DataFrame
+    calibration: pd.DataFrame
+    left_out: pd.DataFrame
+    options: TaxonomyOptions
+    notes: list[str] = field(default_factory=list)
+
+
+def analyse(
+    results_dir: str,
+    study: str | Sequence[str] | None = None,
+    options: TaxonomyOptions | None = None,
+) -> Analysis:
+    """Load the store and compute comparison, ablations, taxonomy, dynamics and calibration.
+
+    ``study``: one name, several names, or None for every study in the store (each method run
+    is paired with the fixed run of its own study first). Raises ValueError (``StoreError`` for
+    store problems) on an empty store, a wrong schema, or no completed fixed baseline.
+    """
+    opts = options or TaxonomyOptions()
+    names = [study] if isinstance(study, str) else list(study) if study else [None]
+    stores = [load_store(results_dir, s) for s in dict.fromkeys(names)]
+    epochs = pd.concat([s.epochs for s in stores], ignore_index=True)
+    runs = pd.concat([s.runs for s in stores], ignore_index=True)
+    notes = [n for s in stores for n in s.notes]
+    studies = sorted({n for s in stores for n in s.studies})
+    summary = trial_summary(epochs, runs)
+    partners = _partner_summaries(results_dir, studies, summary, opts.fixed_method)
+    comp = compare(summary, fixed_method=opts.fixed_method, partners=partners)
+    notes += comp.notes
+    tax = taxonomy(summary, comp.pairs, opts)
+    cal = calibrate(epochs, summary, fixed_method=opts.fixed_method)
+    fixed_bad = summary[
+        summary["method"].eq(opts.fixed_method)
+        & ~(summary["status"].eq("completed") & (summary["n_epochs"] > 0))
+    ].copy()
+    fixed_bad["reason"] = fixed_bad["status"].where(fixed_bad["status"].ne("completed"), "no epochs")
+    left_out = pd.concat(
+        [comp.unpaired, fixed_bad[list(comp.unpaired.columns)]], ignore_index=True
+    ).sort_values(["study", "arch", "dataset", "method", "variant", "seed"], ignore_index=True)
+    for arch in cal.loc[cal["theta_stab"].isna() | cal["theta_conf"].isna(), "arch"]:
+        notes.append(f"calibration: no finite signals for arch {arch!r}; left out of calibration.json")
+    return Analysis(
+        root=results_dir,
+        studies=studies,
+        epochs=epochs,
+        summary=summary,
+        comparison=comp,
+        ablations=ablation_summary(comp.rows),
+        taxonomy=tax,
+        dynamics=deba_dynamics(summary, opts),
+        calibration=cal,
+        left_out=left_out,
+        options=opts,
+        notes=notes,
+    )
+
+
+def _partner_summaries(
+    results_dir: str, studies: list[str], summary: pd.DataFrame, fixed_method: str
+) -> pd.DataFrame | None:
+    """Trial summaries of the store's other studies, loaded only when some completed run of
+    the selected studies has no completed fixed run of its own study to pair with."""
+    done = summary["status"].eq("completed") & (summary["n_epochs"] > 0)
+    is_fixed = summary["method"].eq(fixed_method)
+    key = ["study", "arch", "dataset", "seed"]
+    have = pd.MultiIndex.from_frame(summary.loc[done & is_fixed, key])
+    need = pd.MultiIndex.from_frame(summary.loc[done & ~is_fixed, key])
+    others = [s for s in list_studies(results_dir) if s not in studies]
+    if not others or need.isin(have).all():
+        return None
+    stores = [load_store(results_dir, s) for s in others]
+    return trial_summary(
+        pd.concat([s.epochs for s in stores], ignore_index=True),
+        pd.concat([s.runs for s in stores], ignore_index=True),
+    )
+
+
+# ---------------------------------------------------------------- Markdown
+
+
+def _status_line(a: Analysis) -> str:
+    counts = a.summary["status"].value_counts().sort_index()
+    parts = ", ".join(f"{n} {s}" for s, n in counts.items())
+    return f"Store `{a.root}`, studies {', '.join(a.studies)}: {len(a.summary)} trials ({parts})."
+
+
+def comparison_markdown(a: Analysis) -> str:
+    """Tables 3/4 in long form: one row per (study, arch, dataset, method, variant)."""
+    if a.comparison.rows.empty:
+        return "No adaptive runs to compare: this selection holds only fixed-baseline runs."
+    multi = len(a.studies) > 1
+    head = (["Study"] if multi else []) + [
+        "Arch", "Dataset", "Method", "Variant", "Seeds", "Acc fixed (%)", "Acc (%)",
+        "ΔAcc (pp)", "Time (s)", "Speedup (%)", "Throughput", "Speedup wall (%)",
+        "Throughput wall", "Incr/Rollb", "Final BS", "Mean BS", "Not averaged",
+    ]  # fmt: skip
+    rows = []
+    for r in a.comparison.rows.itertuples():
+        left = []
+        if r.missing_seeds:
+            left.append(f"no fixed partner: seeds {', '.join(map(str, r.missing_seeds))}")
+        if r.n_diverged:
+            left.append(f"{r.n_diverged} diverged")
+        if r.n_failed:
+            left.append(f"{r.n_failed} failed/incomplete")
+        rows.append(
+            ([r.study] if multi else [])
+            + [
+                r.arch, r.dataset, r.method, r.variant, str(r.n_seeds), md.num(r.acc_fixed),
+                md.num(r.acc_method), md.pm(r.dacc_mean, r.dacc_std, signed=True),
+                md.num(r.t_train, 1), md.pm(r.speedup_pct, r.speedup_std, 1),
+                md.pm(r.throughput_x, r.throughput_std, 2, suffix="×"),
+                md.pm(r.speedup_wall_pct, r.speedup_wall_std, 1),
+                md.pm(r.throughput_wall_x, r.throughput_wall_std, 2, suffix="×"),
+                f"{md.num(r.n_increase, 1)}/{md.num(r.n_rollback, 1)}", md.num(r.final_bs, 0),
+                md.num(r.mean_bs, 1), "; ".join(left) or "",
+            ]  # fmt: skip
+        )
+    align = ("l" if multi else "") + "llll" + "r" * 12 + "l"
+    return md.table(head, rows, align)
+
+
+def ablations_markdown(a: Analysis) -> str:
+    """Table 3: per (study, dataset, method) with several variants, ΔAcc / speedup per arch."""
+    rows = a.comparison.rows
+    out = []
+    for (study, dataset, method), g in rows.groupby(["study", "dataset", "method"], sort=True):
+        variants = sorted(g["variant"].unique(), key=lambda v: (v != "baseline", v))
+        if len(variants) < 2:
+            continue
+        head = ["Arch"] + [f"{v}: ΔAcc / Speedup" for v in variants]
+        body = []
+        for arch, ga in g.groupby("arch", sort=True):
+            cells = []
+            for v in variants:
+                r = ga[ga["variant"].eq(v)]
+                cells.append(
+                    md.DASH
+                    if r.empty
+                    else f"{md.num(r['dacc_mean'].iloc[0], signed=True)} / "
+                    f"{md.num(r['speedup_pct'].iloc[0], 1)}"
+                )
+            body.append([arch] + cells)
+        summ = a.ablations[
+            a.ablations["study"].eq(study)
+            & a.ablations["dataset"].eq(dataset)
+            & a.ablations["method"].eq(method)
+        ].set_index("variant")
+        body.append(
+            ["Degraded (≥1pt)"]
+            + [
+                f"{int(summ.loc[v, 'n_degraded'])}/{int(summ.loc[v, 'n_archs'])}"
+                if v in summ.index else md.DASH
+                for v in variants
+            ]  # fmt: skip
+        )
+        body.append(
+            ["Mean |ΔAcc|"]
+            + [md.num(summ.loc[v, "mean_abs_dacc"]) if v in summ.index else md.DASH for v in variants]
+        )
+        out.append(f"**{method} on {dataset} (study {study})**\n\n" + md.table(head, body))
+    return "\n\n".join(out)
+
+
+def taxonomy_markdown(a: Analysis) -> str:
+    """Table 2 per (study, arch, dataset) of the fixed runs."""
+    multi = len(a.studies) > 1
+    head = (["Study"] if multi else []) + [
+        "Arch", "Dataset", "Seeds", "S", "σ_S", "Class", "Fixed conv.", "DEBA aggr.",
+        "DEBA conv.", "DEBA S", "ΔAcc (pp)", "Observed", "Predicted", "Holds",
+    ]  # fmt: skip
+    # Dict records: itertuples would rename the 'class' column (a Python keyword).
+    rows = []
+    for r in a.taxonomy.to_dict("records"):
+        ok = r["prediction_ok"]
+        holds = md.DASH if md.text(ok) == md.DASH else ("yes" if ok else "no")
+        rows.append(
+            ([r["study"]] if multi else [])
+            + [
+                r["arch"], r["dataset"], str(r["n_seeds"]), md.num(r["S_mean"], 3),
+                md.num(r["S_std"], 3), r["class"], md.num(r["fixed_convergence"], 3),
+                md.num(r["aggressiveness"], 2, signed=True), md.num(r["convergence_stability"], 3),
+                md.num(r["S_adaptive"], 3), md.num(r["dacc_mean"], 2, signed=True),
+                md.text(r["observed"]), md.text(r["predicted"]), holds,
+            ]  # fmt: skip
+        )
+    align = ("l" if multi else "") + "llrrrlrrrrrlll"
+    return md.table(head, rows, align)
+
+
+def dynamics_markdown(a: Analysis) -> str:
+    """Per adaptive run: decisions, aggressiveness, convergence stability, S."""
+    head = ["Study", "Arch", "Dataset", "Variant", "Seed", "Status", "Incr", "Rollb",
+            "Decisions", "Aggressiveness", "Conv. stability", "S", "Final BS"]  # fmt: skip
+    rows = [
+        [r.study, r.arch, r.dataset, r.variant, str(r.seed), r.status, md.num(r.n_increase, 0),
+         md.num(r.n_rollback, 0), md.num(r.n_decisions, 0), md.num(r.aggressiveness, 3, signed=True),
+         md.num(r.convergence_stability, 4), md.num(r.S, 3), md.num(r.final_bs, 0)]  # fmt: skip
+        for r in a.dynamics.itertuples()
+    ]
+    return md.table(head, rows, "llllrl" + "r" * 7)
+
+
+def calibration_markdown(a: Analysis) -> str:
+    """Table 1: calibrated thresholds per arch next to the paper's values."""
+    head = ["Arch", "Fixed runs", "Epochs used", "θ_stab", "θ_conf", "paper θ_stab", "paper θ_conf"]
+    rows = [
+        [r.arch, str(r.n_runs), str(r.n_epochs), md.sig(r.theta_stab), md.sig(r.theta_conf),
+         md.sig(r.paper_theta_stab), md.sig(r.paper_theta_conf)]  # fmt: skip
+        for r in a.calibration.itertuples()
+    ]
+    return md.table(head, rows, "lrrrrrr")
+
+
+def left_out_markdown(a: Analysis) -> str:
+    """Runs not averaged into the comparison, with the reason."""
+    if a.left_out.empty:
+        return "None: every run is completed and paired with its fixed baseline."
+    head = ["Study", "Arch", "Dataset", "Method", "Variant", "Seed", "Trial", "Reason",
+            "Epochs", "Last acc (%)", "Error"]  # fmt: skip
+    rows = []
+    for r in a.left_out.itertuples():
+        err = md.text(r.error)
+        first_line = err.splitlines()[0][:80] if err != md.DASH and err.strip() else ""
+        rows.append([r.study, r.arch, r.dataset, r.method, r.variant, str(r.seed), r.trial_id,
+                     r.reason, str(r.n_epochs), md.num(100 * r.final_acc), first_line])  # fmt: skip
+    return md.table(head, rows)
+
+
+def to_markdown(a: Analysis, calibration_path: str | None = None) -> str:
+    """All tables as one Markdown document (no plots)."""
+    cal_path = calibration_path or "<out>/calibration.json"
+    parts = [
+        _status_line(a),
+        "## Comparison with the fixed baseline (Tables 3/4)",
+        "Paired by seed with the completed fixed run of the same (arch, dataset, seed); "
+        "mean ± sample std over seeds. Speedup = 100·(1 − T/T_fixed), throughput = T_fixed/T, "
+        "on training time (sum of epoch_time_s) and on wall time. Diverged, failed and unpaired "
+        "runs are not averaged in; they are counted in the last column and listed below.",
+        comparison_markdown(a),
+    ]
+    abl = ablations_markdown(a)
+    if abl:
+        parts += ["## Ablations (Table 3)", abl]
+    parts += [
+        "## Stability taxonomy (Table 2)",
+        "S and σ_S over the completed fixed runs (epochs ≥ 2); DEBA columns are means over the "
+        f"completed `{a.options.adaptive_method}`/`{a.options.adaptive_variant}` runs. Boundaries: "
+        f"S < {a.options.unstable_below} naturally unstable; σ_S ≥ {a.options.dynamic_std} "
+        f"dynamically stable; S ≥ {a.options.overly_stable_from} overly stable; else moderately "
+        "stable (σ_S needs ≥ 2 seeds).",
+        taxonomy_markdown(a),
+        "## Calibrated thresholds (Table 1)",
+        calibration_markdown(a),
+        f"Use them: `{calibrated_study_command(cal_path)}`",
+        "## Runs not averaged in",
+        left_out_markdown(a),
+    ]
+    if a.notes:
+        parts += ["## Notes", "\n".join(f"- {n}" for n in a.notes)]
+    return "\n\n".join(parts) + "\n"
+
+
+def summarize(results_dir: str, study: str | Sequence[str] | None = None) -> str:
+    """Markdown tables of a study (or every study); what run_grid prints at the end of a study.
+
+    Meant for display after a long study, so a data problem (no fixed baseline yet, an empty
+    or malformed store) comes back as a one-paragraph explanation instead of an exception;
+    use :func:`analyse` to get the exception.
+    """
+    try:
+        return to_markdown(analyse(results_dir, study))
+    except ValueError as exc:
+        return f"Analysis not available for {results_dir!r} (study {study!r}): {exc}\n"
+
+
+# ---------------------------------------------------------------- JSON
+
+
+def _clean(v):
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.floating, float)):
+        return None if not math.isfinite(float(v)) else float(v)
+    if isinstance(v, (np.bool_,)):
+        return bool(v)
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    if v is pd.NA or v is pd.NaT:
+        return None
+    return v
+
+
+def _records(df: pd.DataFrame, columns: list[str]) -> list[dict]:
+    return [{c: _clean(v) for c, v in zip(columns, row)} for row in df[columns].itertuples(index=False)]
+
+
+def to_json(a: Analysis) -> dict:
+    """One JSON-ready object: comparison, taxonomy, calibration (+ ablations, left_out, notes)."""
+    comp_cols = [
+        "study", "arch", "dataset", "method", "variant", "n_seeds", "speedup_pct", "speedup_std",
+        "throughput_x", "throughput_std", "speedup_wall_pct", "speedup_wall_std",
+        "throughput_wall_x", "throughput_wall_std", "dacc_mean", "dacc_std", "acc_fixed",
+        "acc_method", "t_train", "t_train_fixed", "t_wall", "t_wall_fixed", "n_increase",
+        "n_rollback", "final_bs", "mean_bs", "n_runs", "n_diverged", "n_failed", "missing_seeds",
+    ]  # fmt: skip
+    tax_cols = [
+        "study", "arch", "dataset", "n_seeds", "S_mean", "S_std", "class", "fixed_convergence",
+        "aggressiveness", "convergence_stability", "S_adaptive", "n_paired", "dacc_mean",
+        "observed", "predicted", "prediction_ok",
+    ]  # fmt: skip
+    left_cols = ["study", "arch", "dataset", "method", "variant", "seed", "trial_id", "status",
+                 "reason"]  # fmt: skip
+    return {
+        "studies": a.studies,
+        "comparison": _records(a.comparison.rows, comp_cols),
+        "taxonomy": _records(a.taxonomy, tax_cols),
+        "calibration": thresholds(a.calibration),
+        "ablations": _records(a.ablations, list(a.ablations.columns)),
+        "left_out": _records(a.left_out, left_cols),
+        "notes": a.notes,
+    }
+
+
+# ---------------------------------------------------------------- report directory
+
+PLOT_CAPTIONS = {
+    "batch_size_trajectories": "Batch-size trajectories of the adaptive runs, per arch (all seeds).",
+    "time_vs_batch": "Training time per epoch against the batch size used.",
+    "gradvar_vs_batch": "Gradient variance against the batch size used.",
+    "accuracy_curves": "Test accuracy per epoch, fixed vs adaptive (mean over seeds, min–max band).",
+    "taxonomy": "Taxonomy: stability score S against its seed std σ_S, with the class boundaries.",
+}
+
+
+def write_report(a: Analysis, out_dir: str, plots: bool = True) -> str:
+    """Write report.md, calibration.json and (``plots``) the PNGs into out_dir; return report.md."""
+    os.makedirs(out_dir, exist_ok=True)
+    cal_path = write_calibration(a.calibration, out_dir)
+    body = to_markdown(a, calibration_path=cal_path)
+    title = f"# Adaptive batch-size study report: {', '.join(a.studies)}\n\n"
+    extra = ["## DEBA dynamics per run", dynamics_markdown(a)] if len(a.dynamics) else []
+    if plots:
+        from analysis.plots import make_plots  # matplotlib only when plotting
+
+        made = make_plots(a.epochs, a.summary, a.taxonomy, out_dir, a.options)
+        if made:
+            extra.append("## Plots")
+            for name, path in made.items():
+                extra.append(f"![{PLOT_CAPTIONS[name]}]({os.path.basename(path)})\n\n*{PLOT_CAPTIONS[name]}*")
+    path = os.path.join(out_dir, "report.md")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(title + body + ("\n" + "\n\n".join(extra) + "\n" if extra else ""))
+    return path
