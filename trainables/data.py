@@ -252,7 +252,7 @@ class GpuLoader:
             raise ValueError(f"mean and std need 3 channels with std > 0, got mean={mean}, std={std}")
         x = x_uint8.to(device)
         self.device = x.device
-        self.num_samples = len(x)
+        self.num_samples = len(x)  # samples held (no __len__: batches or samples would be ambiguous)
         self.image_size = (x.shape[-2], x.shape[-1])
         self.augment = bool(augment)
         self.channels_last = bool(channels_last)
@@ -274,9 +274,6 @@ class GpuLoader:
         self._shift = (-mean_t / std_t).view(1, 3, 1, 1)
         self._rows = torch.arange(self.image_size[0], device=self.device)
         self._cols = torch.arange(self.image_size[1], device=self.device)
-
-    def __len__(self) -> int:
-        return self.num_samples
 
     def num_batches(self, batch_size: int, drop_last: bool = True) -> int:
         """Number of batches ``epoch(batch_size, ..., drop_last=drop_last)`` yields."""
