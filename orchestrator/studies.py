@@ -1,0 +1,364 @@
+"""Study definitions: presets, overrides, expansion to frozen trial specs, validation.
+
+A `StudySpec` names a grid (archs x datasets x seeds x methods x variants) plus the settings shared
+by its trials; `expand` turns it into `TrialSpec`s, each carrying the complete, validated
+`trainables.loop.TrialLoop` config and a stable `trial_id`. Every check runs here, before Ray
+starts, and a bad value raises ValueError naming the field and the allowed values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, NoReturn
+
+PAPER_ARCHS: tuple[str, ...] = ("resnet18", "resnet50", "densenet121", "efficientnet_b0", "mobilenetv3",
+                                "vit_b16")
+PAPER_SEEDS: tuple[int, ...] = (2, 7, 42, 123, 199)
+PROFILE_SEEDS: tuple[int, ...] = (2, 42, 199)
+
+# variant name -> policy options it sets (SPEC §3 ablations). "baseline" is each method's main
+# configuration; fixed runs are always "baseline".
+VARIANTS: dict[str, dict[str, Any]] = {
+    "baseline": {},
+    "universal_thresholds": {"thresholds": "universal"},  # (0.3, 0.5), the policy's own constant
+    "cooldown2": {"cooldown": 2},
+    "cooldown5": {"cooldown": 5},
+    "full_history": {"full_history": True},
+}
+ABLATION_VARIANTS: tuple[str, ...] = ("universal_thresholds", "cooldown2", "cooldown5", "full_history")
+
+# DEBA thresholds of the demo's tiny archs (they have no Table 1 row), calibrated by SPEC §2's rule
+# (theta_stab = p75 of grad_norm_variation, theta_conf = median confidence, epochs >= 2) from
+# fixed runs of the demo setting, seeds 0-2:
+#   run_grid.py --methods fixed --seeds 0,1,2 --study demo_profile  -> analysis calibration table
+DEMO_THRESHOLDS: dict[str, dict[str, float]] = {
+    "tiny_cnn": {"theta_stab": 0.31, "theta_conf": 1.10},
+    "tiny_mlp": {"theta_stab": 0.25, "theta_conf": 1.10},
+}
+
+# Loop-config keys that change how a trial runs but not what it computes; left out of trial_id so
+# that moving a study to other hardware or another data copy does not invalidate finished trials.
+EXECUTION_KEYS: frozenset[str] = frozenset({
+    "data_dir", "download", "device", "threads", "eval_batch_size", "compile", "fused_sgd", "channels_last",
+})
+# Keys the orchestrator owns; a study's loop overrides may not set them.
+RESERVED_LOOP_KEYS: frozenset[str] = frozenset({"arch", "dataset", "seed", "method", "variant", "policy",
+                                                "epochs"})
+TEST_HOOKS: frozenset[str] = frozenset({"fail_at_epoch", "fail_marker_dir"})
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """A study: the grid and the settings its trials share.
+
+    `policy` holds study-wide policy options, applied to every method that accepts them;
+    `variant_defs` adds user-named variants (name -> policy options); `thresholds` maps
+    arch -> {"theta_stab", "theta_conf"} for DEBA trials (calibrated values); `loop` holds extra
+    TrialLoop config keys (lr, train_limit, ...). `gpus_per_trial=None` means one GPU per trial when
+    the cluster has GPUs, else CPU-only trials. `hooks` are test hooks (see trainables.ray_trainable).
+    """
+
+    name: str
+    archs: tuple[str, ...]
+    datasets: tuple[str, ...]
+    seeds: tuple[int, ...]
+    methods: tuple[str, ...]
+    variants: tuple[str, ...] = ("baseline",)
+    epochs: int = 100
+    loop: dict[str, Any] = field(default_factory=dict)
+    policy: dict[str, Any] = field(default_factory=dict)
+    variant_defs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    thresholds: dict[str, dict[str, float]] = field(default_factory=dict)
+    data_dir: str | None = None
+    gpus_per_trial: float | None = None
+    cpus_per_trial: float = 1.0
+    max_failures: int = 2
+    hooks: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """One trial, frozen and hashable: identifiers plus the canonical JSON of its loop config."""
+
+    trial_id: str
+    study: str
+    arch: str
+    dataset: str
+    seed: int
+    method: str
+    variant: str
+    config_json: str  # the validated TrialLoop config, canonical JSON
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The TrialLoop config as a fresh dict."""
+        return json.loads(self.config_json)
+
+    @property
+    def label(self) -> str:
+        """Short human-readable name, unique within a study together with the id."""
+        return f"{self.arch}-{self.dataset}-s{self.seed}-{self.method}-{self.variant}"
+
+
+def canonical_json(obj: Any) -> str:
+    """JSON with sorted keys and no whitespace: equal configs give equal strings."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def trial_id_of(config: dict[str, Any]) -> str:
+    """Stable 12-hex-digit id of the result-defining part of a loop config (execution keys excluded)."""
+    defining = {k: v for k, v in config.items() if k not in EXECUTION_KEYS}
+    return hashlib.sha1(canonical_json(defining).encode()).hexdigest()[:12]
+
+
+# ---------------------------------------------------------------------------------------------- presets
+
+def _available_methods() -> tuple[str, ...]:
+    from trainables.policies import POLICY_NAMES
+
+    return tuple(POLICY_NAMES)
+
+
+def _demo() -> StudySpec:
+    # Both archs train in well under a second per epoch on one CPU core and reach ~80% test accuracy
+    # on digits within the demo's epochs. The study archs are too slow for a minutes-long demo on a
+    # 2-core CPU (measured: resnet18 20-38 s per epoch on 384 images; mobilenetv3 8-12 s on 512 and
+    # still at chance after 8 epochs): run them with --archs and --loop-opt train_limit=N instead.
+    return StudySpec(
+        name="demo",
+        archs=("tiny_cnn", "tiny_mlp"),
+        datasets=("digits",),
+        seeds=(0, 1),
+        methods=("fixed", "deba"),
+        epochs=12,
+        # Demonstration scale, not the paper's: 12 epochs, cooldown 2, window 5, b_max 512 on the
+        # 1,437-image digits training split (B=1024 would leave one step per epoch).
+        policy={"cooldown": 2, "window": 5, "b_max": 512},
+        # The tiny archs have no Table 1 row: thresholds calibrated by SPEC §2's rule from the demo's
+        # own fixed runs (see README).
+        thresholds=dict(DEMO_THRESHOLDS),
+        loop={"eval_batch_size": 512},
+        max_failures=1,
+        description="demonstration on digits (offline, CPU, minutes): tiny models, scaled-down epochs, "
+                    "cooldown and window; not the paper's setting",
+    )
+
+
+def _paper() -> StudySpec:
+    return StudySpec(name="paper", archs=PAPER_ARCHS, datasets=("cifar10", "cifar100"), seeds=PAPER_SEEDS,
+                     methods=("fixed", "deba"), epochs=100,
+                     description="paper main grid (SPEC §3): 6 archs x 2 datasets x 5 seeds x {fixed, deba}")
+
+
+def _ablations() -> StudySpec:
+    # Both baselines are part of the study so that its comparisons need no other study's rows.
+    return StudySpec(name="ablations", archs=PAPER_ARCHS, datasets=("cifar10",), seeds=PAPER_SEEDS,
+                     methods=("fixed", "deba"), variants=("baseline",) + ABLATION_VARIANTS, epochs=100,
+                     description="DEBA ablations on cifar10 (universal thresholds, cooldown 2/5, full "
+                                 "history) with the fixed and DEBA baselines")
+
+
+def _profile() -> StudySpec:
+    return StudySpec(name="profile", archs=PAPER_ARCHS, datasets=("cifar10", "cifar100"), seeds=PROFILE_SEEDS,
+                     methods=("fixed",), epochs=100,
+                     description="fixed-batch profiling runs whose signals calibrate thresholds and taxonomy")
+
+
+def _methods() -> StudySpec:
+    return StudySpec(name="methods", archs=PAPER_ARCHS, datasets=("cifar10", "cifar100"), seeds=PAPER_SEEDS,
+                     methods=_available_methods(), epochs=100,
+                     description="every registered batch-size policy on the paper grid")
+
+
+PRESETS: dict[str, Callable[[], StudySpec]] = {
+    "demo": _demo, "paper": _paper, "ablations": _ablations, "profile": _profile, "methods": _methods,
+}
+
+
+def preset(name: str) -> StudySpec:
+    """The StudySpec of preset `name`."""
+    if name not in PRESETS:
+        raise ValueError(f"preset={name!r} is not known; allowed values: {', '.join(PRESETS)}")
+    return PRESETS[name]()
+
+
+def with_overrides(study: StudySpec, **overrides: Any) -> StudySpec:
+    """A copy of `study` with the given fields replaced (None values are ignored)."""
+    names = {f.name for f in dataclasses.fields(StudySpec)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ValueError(f"unknown study field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    for key in ("archs", "datasets", "seeds", "methods", "variants"):
+        if key in given:
+            given[key] = tuple(given[key])
+    return dataclasses.replace(study, **given)
+
+
+def load_thresholds(path: str) -> dict[str, dict[str, float]]:
+    """Read a thresholds file: JSON mapping arch -> {"theta_stab": x, "theta_conf": y}."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"thresholds={path!r} cannot be read as JSON: {exc}") from exc
+    _check_thresholds(data)
+    return {arch: {k: float(v) for k, v in pair.items()} for arch, pair in data.items()}
+
+
+# ------------------------------------------------------------------------------------------- validation
+
+def _fail(field_name: str, value: Any, allowed: str) -> NoReturn:
+    raise ValueError(f"{field_name}={value!r} is not allowed; {allowed}")
+
+
+def _check_names(field_name: str, values: tuple, allowed: tuple[str, ...]) -> None:
+    if not isinstance(values, tuple) or not values:
+        _fail(field_name, values, f"give at least one of: {', '.join(allowed)}")
+    for v in values:
+        if v not in allowed:
+            _fail(field_name, v, f"allowed values: {', '.join(allowed)}")
+    if len(set(values)) != len(values):
+        _fail(field_name, values, "each value may appear once")
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_thresholds(data: Any) -> None:
+    if not isinstance(data, dict):
+        _fail("thresholds", data, 'expected a mapping arch -> {"theta_stab": x, "theta_conf": y}')
+    for arch, pair in data.items():
+        if not isinstance(pair, dict) or set(pair) != {"theta_stab", "theta_conf"}:
+            _fail(f"thresholds[{arch!r}]", pair, 'expected exactly {"theta_stab": x, "theta_conf": y}')
+        for k, v in pair.items():
+            if not _is_number(v) or v <= 0:
+                _fail(f"thresholds[{arch!r}].{k}", v, "expected a finite number > 0")
+
+
+def variant_table(study: StudySpec) -> dict[str, dict[str, Any]]:
+    """Built-in plus user-defined variants (user definitions may not redefine built-ins)."""
+    for name in study.variant_defs:
+        if name in VARIANTS:
+            _fail("variant_defs", name, f"built-in variants cannot be redefined: {', '.join(VARIANTS)}")
+        if not name or not name.replace("_", "").replace("-", "").isalnum():
+            _fail("variant_defs", name, "variant names use letters, digits, '_' and '-'")
+    return {**VARIANTS, **study.variant_defs}
+
+
+def validate_study(study: StudySpec) -> None:
+    """Study-level checks (names, numbers, resources); per-trial checks happen in `expand`."""
+    from trainables.data import DATASETS
+    from trainables.models import ARCHITECTURES
+    from trainables.policies import POLICY_NAMES
+
+    if not isinstance(study.name, str) or not study.name or not all(c.isalnum() or c in "_-." for c in study.name):
+        _fail("study", study.name, "a study name uses letters, digits, '_', '-' and '.'")
+    _check_names("archs", study.archs, tuple(ARCHITECTURES))
+    _check_names("datasets", study.datasets, tuple(DATASETS))
+    _check_names("methods", study.methods, tuple(POLICY_NAMES))
+    _check_names("variants", study.variants, tuple(variant_table(study)))
+    if not isinstance(study.seeds, tuple) or not study.seeds:
+        _fail("seeds", study.seeds, "give at least one integer seed >= 0")
+    for s in study.seeds:
+        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+            _fail("seeds", s, "seeds are integers >= 0")
+    if len(set(study.seeds)) != len(study.seeds):
+        _fail("seeds", study.seeds, "each seed may appear once")
+    if isinstance(study.epochs, bool) or not isinstance(study.epochs, int) or study.epochs < 1:
+        _fail("epochs", study.epochs, "epochs is an integer >= 1")
+    if not _is_number(study.cpus_per_trial) or study.cpus_per_trial <= 0:
+        _fail("cpus_per_trial", study.cpus_per_trial, "expected a number > 0")
+    g = study.gpus_per_trial
+    if g is not None and (not _is_number(g) or g < 0 or (g > 1 and g != int(g))):
+        _fail("gpus_per_trial", g, "expected 0, a fraction in (0, 1], or a whole number of GPUs")
+    if isinstance(study.max_failures, bool) or not isinstance(study.max_failures, int) or study.max_failures < -1:
+        _fail("max_failures", study.max_failures, "expected an integer >= 0 (or -1 for unlimited retries)")
+    reserved = sorted(RESERVED_LOOP_KEYS & set(study.loop))
+    if reserved:
+        _fail("loop", reserved, "arch, dataset, seed, method, variant, policy and epochs come from the study grid")
+    _check_thresholds(study.thresholds)
+    unknown_hooks = sorted(set(study.hooks) - TEST_HOOKS)
+    if unknown_hooks:
+        _fail("hooks", unknown_hooks, f"allowed test hooks: {', '.join(sorted(TEST_HOOKS))}")
+    if "fail_at_epoch" in study.hooks and not str(study.hooks.get("fail_marker_dir", "")).startswith("/"):
+        _fail("hooks.fail_marker_dir", study.hooks.get("fail_marker_dir"), "an absolute directory is required")
+
+
+# -------------------------------------------------------------------------------------------- expansion
+
+def _accepts(method: str, options: dict[str, Any]) -> bool:
+    from trainables.policies import policy_options
+
+    return set(options) <= set(policy_options(method))
+
+
+def _applies(method: str, variant: str, variants: dict[str, dict[str, Any]]) -> bool:
+    """Fixed runs are always "baseline"; other variants apply to methods that accept their options."""
+    if method == "fixed":
+        return variant == "baseline"
+    return _accepts(method, variants[variant])
+
+
+def policy_options_for(study: StudySpec, method: str, arch: str, variant: str) -> dict[str, Any]:
+    """Policy options of one trial: study-wide options < calibrated thresholds < the variant's."""
+    from trainables.policies import policy_options
+
+    accepted = set(policy_options(method))
+    opts = {k: v for k, v in study.policy.items() if k in accepted}
+    variant_opts = variant_table(study)[variant]
+    if arch in study.thresholds and {"theta_stab", "theta_conf"} <= accepted and "thresholds" not in variant_opts:
+        opts.update(study.thresholds[arch])
+    opts.update(variant_opts)
+    return opts
+
+
+def expand(study: StudySpec) -> list[TrialSpec]:
+    """Validate `study` and expand it to trial specs (dataset, seed, arch, method, variant order).
+
+    Each trial's loop config goes through `trainables.loop.validate_config` and its policy is
+    constructed once, so every bad value fails here with the field named.
+    """
+    from trainables.loop import validate_config
+    from trainables.policies import POLICY_NAMES, make_policy, policy_options
+
+    validate_study(study)
+    variants = variant_table(study)
+    # A study-wide option applies to the methods that accept it (a preset's cooldown does not stop
+    # `--methods fixed`); one that no registered policy knows is a typo.
+    known = set().union(*(policy_options(m) for m in POLICY_NAMES))
+    for key in study.policy:
+        if key not in known:
+            _fail("policy", key, f"no policy accepts this option; options: {', '.join(sorted(known))}")
+    for v in study.variants:
+        if not any(_applies(m, v, variants) for m in study.methods):
+            _fail("variants", v, f"no method of the study ({', '.join(study.methods)}) accepts its options "
+                                 f"{variants[v]}")
+    specs: list[TrialSpec] = []
+    for dataset in study.datasets:
+        for seed in study.seeds:
+            for arch in study.archs:
+                for method in study.methods:
+                    for variant in study.variants:
+                        if not _applies(method, variant, variants):
+                            continue
+                        opts = policy_options_for(study, method, arch, variant)
+                        where = f"trial arch={arch} dataset={dataset} seed={seed} method={method} variant={variant}"
+                        try:
+                            make_policy(method, arch=arch, **opts)
+                            cfg = validate_config({**study.loop, "arch": arch, "dataset": dataset, "seed": seed,
+                                                   "method": method, "variant": variant, "policy": opts,
+                                                   "epochs": study.epochs, "data_dir": study.data_dir})
+                            text = canonical_json(cfg)
+                        except ValueError as exc:
+                            raise ValueError(f"{where}: {exc}") from exc
+                        specs.append(TrialSpec(trial_id=trial_id_of(cfg), study=study.name, arch=arch,
+                                               dataset=dataset, seed=seed, method=method, variant=variant,
+                                               config_json=text))
+    return specs

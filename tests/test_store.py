@@ -1,0 +1,81 @@
+"""The Parquet results store: schema, de-duplication, atomic writes, runs rows and the ledger (no Ray)."""
+
+from __future__ import annotations
+
+import os
+
+import pyarrow.parquet as pq
+import pytest
+
+from orchestrator.store import EPOCH_SCHEMA, RUN_SCHEMA, ResultsStore, run_row
+from orchestrator.studies import TrialSpec
+from trainables.records import EPOCH_COLUMNS, RUN_COLUMNS
+
+SPEC = TrialSpec(trial_id="abc123def456", study="s", arch="tiny_cnn", dataset="digits", seed=3, method="deba",
+                 variant="baseline", config_json='{"epochs":3}')
+
+
+def _row(epoch: int, **kw) -> dict:
+    base = {"study": "s", "trial_id": SPEC.trial_id, "arch": "tiny_cnn", "dataset": "digits", "seed": 3,
+            "method": "deba", "variant": "baseline", "epoch": epoch, "batch_size": 64, "next_batch_size": 64,
+            "test_acc": 0.5, "epoch_time_s": 1.0, "wall_time_s": float(epoch), "decision": "hold",
+            "in_cooldown": True}
+    base.update(kw)
+    return base
+
+
+def test_schemas_follow_the_column_contract():
+    assert [(f.name, str(f.type)) for f in EPOCH_SCHEMA] == [
+        (n, {"string": "string", "int64": "int64", "float64": "double", "bool": "bool"}[t]) for n, t in EPOCH_COLUMNS]
+    assert RUN_SCHEMA.names == [n for n, _ in RUN_COLUMNS]
+
+
+def test_epochs_are_deduplicated_last_report_wins_and_written_atomically(tmp_path):
+    store = ResultsStore(str(tmp_path), "s")
+    rows = [_row(2, test_acc=0.2), _row(1, test_acc=0.1), _row(2, test_acc=0.25), _row(3, test_acc=0.3)]
+    store.write_epochs(SPEC.trial_id, rows)
+    path = tmp_path / "s" / "epochs" / f"{SPEC.trial_id}.parquet"
+    table = pq.read_table(path)
+    assert table.schema.equals(EPOCH_SCHEMA)
+    assert table.column("epoch").to_pylist() == [1, 2, 3]
+    assert table.column("test_acc").to_pylist() == [0.1, 0.25, 0.3]
+    assert table.column("grad_diversity").null_count == 3  # a column no row gave is null
+    assert os.listdir(path.parent) == [path.name]  # the temporary file was moved, not left behind
+    assert [r["test_acc"] for r in store.read_epochs(SPEC.trial_id)] == [0.1, 0.25, 0.3]
+    assert store.read_epochs("missing") == []
+
+
+def test_run_row_from_epochs():
+    epochs = [_row(1, test_acc=0.4, decision="hold", batch_size=64, epoch_time_s=1.5),
+              _row(2, test_acc=0.7, decision="increase", batch_size=64, epoch_time_s=2.0),
+              _row(3, test_acc=0.6, decision="rollback", batch_size=96, epoch_time_s=0.5, wall_time_s=9.0)]
+    row = run_row(SPEC, epochs, status="completed", device="cpu", host="h")
+    assert row["epochs_done"] == 3
+    assert row["final_test_acc"] == 0.6 and row["best_test_acc"] == 0.7
+    assert row["train_time_s"] == 4.0 and row["wall_time_s"] == 9.0
+    assert (row["n_increase"], row["n_rollback"], row["final_batch_size"]) == (1, 1, 96)
+    assert row["config_json"] == '{"epochs":3}' and row["device"] == "cpu"
+    empty = run_row(SPEC, [], status="failed", error="boom")
+    assert (empty["epochs_done"], empty["final_test_acc"], empty["train_time_s"]) == (0, None, None)
+
+
+@pytest.mark.parametrize("as_uri", [False, True])
+def test_runs_and_ledger(tmp_path, as_uri):
+    results = f"file://{tmp_path}" if as_uri else str(tmp_path)
+    store = ResultsStore(results, "s")
+    assert store.ledger() == {} and store.finished() == set()
+    statuses = {"t1": "completed", "t2": "diverged", "t3": "failed"}
+    for tid, status in statuses.items():
+        store.write_run(run_row(TrialSpec(**{**SPEC.__dict__, "trial_id": tid}), [_row(1)], status=status))
+    store.write_run(run_row(TrialSpec(**{**SPEC.__dict__, "trial_id": "t3"}), [_row(1)], status="completed"))
+    (tmp_path / "s" / "runs" / ".t9.parquet.tmp").write_bytes(b"half a file")  # an interrupted write: ignored
+    assert store.ledger() == {"t1": "completed", "t2": "diverged", "t3": "completed"}
+    assert store.finished() == {"t1", "t2", "t3"}
+    table = pq.read_table(tmp_path / "s" / "runs" / "t2.parquet")
+    assert table.schema.equals(RUN_SCHEMA) and table.num_rows == 1
+    assert set(store.run_mtimes()) == {"t1", "t2", "t3"}
+
+
+def test_bad_uri_names_the_field():
+    with pytest.raises(ValueError, match="results='nosuchscheme://x'"):
+        ResultsStore("nosuchscheme://x", "s")

@@ -1,0 +1,176 @@
+"""Study presets, expansion to trial specs, trial ids, validation and the run_grid CLI (no Ray)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from orchestrator.cli import build_parser, study_from_args
+from orchestrator.run_grid import main
+from orchestrator.studies import EXECUTION_KEYS, expand, preset, trial_id_of, with_overrides
+from trainables.policies import POLICY_NAMES
+
+
+def _study(argv: list[str]):
+    return study_from_args(build_parser().parse_args(argv))
+
+
+def test_demo_preset_expands_to_fixed_and_deba_on_digits():
+    specs = expand(preset("demo"))
+    assert len(specs) == 2 * 2 * 2  # archs x seeds x methods
+    assert [s.label for s in specs[:4]] == [
+        "tiny_cnn-digits-s0-fixed-baseline", "tiny_cnn-digits-s0-deba-baseline",
+        "tiny_mlp-digits-s0-fixed-baseline", "tiny_mlp-digits-s0-deba-baseline"]
+    by_label = {s.label: s.config for s in specs}
+    # fixed accepts window (it records the DEBA signals) but not cooldown/b_max
+    assert by_label["tiny_cnn-digits-s0-fixed-baseline"]["policy"] == {"window": 5}
+    assert by_label["tiny_cnn-digits-s0-deba-baseline"]["policy"] == {
+        "cooldown": 2, "window": 5, "b_max": 512, "theta_stab": 0.31, "theta_conf": 1.10}
+    assert by_label["tiny_mlp-digits-s1-deba-baseline"]["policy"] == {
+        "cooldown": 2, "window": 5, "b_max": 512, "theta_stab": 0.25, "theta_conf": 1.10}
+    assert all(c["epochs"] == 12 and c["dataset"] == "digits" for c in by_label.values())
+    assert len({s.trial_id for s in specs}) == 8
+
+
+@pytest.mark.parametrize("name,count", [("paper", 6 * 2 * 5 * 2), ("ablations", 6 * 5 * (1 + 5)),
+                                        ("profile", 6 * 2 * 3), ("methods", 6 * 2 * 5 * len(POLICY_NAMES))])
+def test_preset_sizes(name, count):
+    specs = expand(preset(name))
+    assert len(specs) == count
+    assert all(s.config["epochs"] == 100 for s in specs)
+
+
+def test_ablation_variants_set_their_options_and_fixed_stays_baseline():
+    specs = expand(with_overrides(preset("ablations"), archs=["resnet18"], seeds=[2]))
+    got = {(s.method, s.variant): s.config["policy"] for s in specs}
+    assert got == {
+        ("fixed", "baseline"): {},
+        ("deba", "baseline"): {},
+        ("deba", "universal_thresholds"): {"thresholds": "universal"},
+        ("deba", "cooldown2"): {"cooldown": 2},
+        ("deba", "cooldown5"): {"cooldown": 5},
+        ("deba", "full_history"): {"full_history": True},
+    }
+
+
+def test_profile_is_fixed_only_on_the_profiling_seeds():
+    specs = expand(preset("profile"))
+    assert {s.method for s in specs} == {"fixed"}
+    assert {s.seed for s in specs} == {2, 42, 199}
+
+
+def test_trial_id_ignores_execution_keys_and_study_name_but_not_the_science():
+    base = expand(with_overrides(preset("demo"), archs=["tiny_cnn"], seeds=[0], methods=["deba"]))[0]
+    cfg = base.config
+    assert trial_id_of(cfg) == base.trial_id
+    for key, value in [("data_dir", "/elsewhere"), ("threads", 7), ("device", "cpu"), ("eval_batch_size", 3)]:
+        assert key in EXECUTION_KEYS
+        assert trial_id_of({**cfg, key: value}) == base.trial_id
+    renamed = expand(with_overrides(preset("demo"), name="other", archs=["tiny_cnn"], seeds=[0], methods=["deba"]))[0]
+    assert renamed.trial_id == base.trial_id and renamed.study == "other"
+    for key, value in [("seed", 1), ("lr", 0.02), ("epochs", 11), ("policy", {**cfg["policy"], "cooldown": 3})]:
+        assert trial_id_of({**cfg, key: value}) != base.trial_id
+    assert len(base.trial_id) == 12 and int(base.trial_id, 16) >= 0
+
+
+def test_preset_policy_options_apply_only_where_accepted():
+    # the demo's cooldown/b_max are DEBA options: a fixed-only demo keeps just the window
+    specs = expand(_study(["--methods", "fixed"]))
+    assert len(specs) == 4 and all(s.config["policy"] == {"window": 5} for s in specs)
+
+
+def test_study_flag_selects_a_preset_or_names_the_study():
+    assert _study(["--study", "paper"]).archs == preset("paper").archs
+    renamed = _study(["--study", "mine", "--preset", "profile"])
+    assert renamed.name == "mine" and renamed.methods == ("fixed",)
+    assert _study(["--study", "mine"]).archs == preset("demo").archs
+    assert _study([]).name == "demo"
+
+
+def test_thresholds_file_applies_to_deba_except_universal(tmp_path):
+    path = tmp_path / "thr.json"
+    path.write_text(json.dumps({"resnet18": {"theta_stab": 0.7, "theta_conf": 0.9}}))
+    study = _study(["--preset", "ablations", "--archs", "resnet18", "--seeds", "2", "--thresholds", str(path),
+                    "--variants", "baseline,universal_thresholds"])
+    got = {(s.method, s.variant): s.config["policy"] for s in expand(study)}
+    assert got[("deba", "baseline")] == {"theta_stab": 0.7, "theta_conf": 0.9}
+    assert got[("deba", "universal_thresholds")] == {"thresholds": "universal"}
+    assert got[("fixed", "baseline")] == {}
+
+
+def test_cli_overrides_lists_numbers_and_custom_variants():
+    study = _study(["--archs", "tiny_cnn", "--seeds", "3,4", "5", "--epochs", "4", "--policy-opt", "cooldown=3",
+                    "--define-variant", "fast:alpha=2.0,cooldown=1", "--variants", "baseline", "fast",
+                    "--loop-opt", "train_limit=200", "--cpus-per-trial", "0.5", "--gpus-per-trial", "0",
+                    "--study", "mine", "--data-dir", "rel/data"])
+    assert study.seeds == (3, 4, 5) and study.epochs == 4 and study.name == "mine"
+    assert study.cpus_per_trial == 0.5 and study.gpus_per_trial == 0.0
+    assert study.data_dir == os.path.abspath("rel/data")
+    specs = expand(study)
+    assert len(specs) == 3 * (1 + 2)  # seeds x (fixed baseline + deba {baseline, fast})
+    fast = [s for s in specs if s.variant == "fast"][0].config
+    assert fast["policy"] == {"cooldown": 1, "window": 5, "b_max": 512, "alpha": 2.0, "theta_stab": 0.31,
+                              "theta_conf": 1.10}
+    assert fast["train_limit"] == 200 and fast["data_dir"] == os.path.abspath("rel/data")
+
+
+@pytest.mark.parametrize("argv,field,allowed", [
+    (["--archs", "resnet9"], "archs", "resnet18"),
+    (["--datasets", "mnist"], "datasets", "digits"),
+    (["--methods", "sgd"], "methods", "deba"),
+    (["--variants", "cooldown3"], "variants", "cooldown5"),
+    (["--seeds", "-1"], "seeds", ">= 0"),
+    (["--seeds", "1,1"], "seeds", "once"),
+    (["--seeds", "x"], "seeds", "integers"),
+    (["--epochs", "0"], "epochs", ">= 1"),
+    (["--epochs", "2.5"], "epochs", "an integer"),
+    (["--gpus-per-trial", "1.5"], "gpus_per_trial", "fraction"),
+    (["--cpus-per-trial", "0"], "cpus_per_trial", "> 0"),
+    (["--max-failures", "-2"], "max_failures", ">= 0"),
+    (["--policy-opt", "b_min=600"], "b_min", "b_max"),
+    (["--policy-opt", "alpha=0.5"], "alpha", "> 1"),
+    (["--policy-opt", "colldown=2"], "colldown", "cooldown"),
+    (["--methods", "fixed", "--variants", "cooldown2"], "variants", "cooldown"),
+    (["--methods", "fixed", "--variants", "baseline,cooldown2"], "variants", "no method of the study"),
+    (["--loop-opt", "lr=-1"], "lr", "> 0"),
+    (["--loop-opt", "seed=3"], "loop", "study grid"),
+    (["--loop-opt", "optimiser=adam"], "optimiser", "allowed fields"),
+    (["--define-variant", "baseline:cooldown=1"], "variant_defs", "cannot be redefined"),
+    (["--define-variant", "nocolon"], "define_variant", "NAME:KEY=VALUE"),
+])
+def test_bad_configs_fail_fast_naming_the_field(argv, field, allowed, capsys, tmp_path):
+    assert main(["--dry-run", "--results", str(tmp_path)] + argv) == 2
+    err = capsys.readouterr().err
+    assert "invalid study" in err and field in err and allowed in err
+
+
+def test_bad_variant_definition_names_the_trial(tmp_path):
+    # thresholds="table" is not a value DebaPolicy accepts; the error names the option and the trial.
+    study = _study(["--archs", "resnet18", "--methods", "deba", "--define-variant", "x:thresholds=table",
+                    "--variants", "x"])
+    with pytest.raises(ValueError, match=r"variant=x.*thresholds='table'.*'arch', 'universal'"):
+        expand(study)
+
+
+def test_bad_thresholds_file(tmp_path):
+    path = tmp_path / "thr.json"
+    path.write_text(json.dumps({"resnet18": {"theta_stab": -1, "theta_conf": 0.5}}))
+    with pytest.raises(ValueError, match=r"thresholds\['resnet18'\].theta_stab"):
+        _study(["--thresholds", str(path)])
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="thresholds="):
+        _study(["--thresholds", str(path)])
+
+
+def test_dry_run_prints_the_plan_without_ray(capsys, tmp_path):
+    import ray
+
+    assert main(["--dry-run", "--results", str(tmp_path), "--seeds", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "trials: 4 total, 0 finished (skipped), 4 to run" in out
+    assert "1 CPU, 1 GPU if the cluster has GPUs, else CPU-only" in out
+    assert out.count(" run  (pending)") == 4
+    assert "tiny_cnn-digits-s0-deba-baseline" in out
+    assert not ray.is_initialized()

@@ -1,0 +1,120 @@
+"""The Ray Tune function trainable: one trial = one `trainables.loop.TrialLoop`, checkpointed every epoch.
+
+The orchestrator passes a small param_space ({"trial_id": ...}) and the trial payloads through
+`tune.with_parameters(train_trial, payloads=...)`; a payload is
+{"study": str, "config": <TrialLoop config>, "hooks": {...}}.
+
+Per epoch the trial trains, evaluates, saves a checkpoint (model, optimizer, policy, RNG states,
+history: `TrialLoop.save_checkpoint`) and calls `tune.report(row, checkpoint=...)`. A retried or
+restored trial resumes from `tune.get_checkpoint()`. Each report also carries the Ray overhead of
+the previous epoch (checkpoint save + report time) so the driver can measure it.
+
+Test hook (used by tests/test_orchestrator_faults.py): hooks {"fail_at_epoch": k,
+"fail_marker_dir": "/abs/dir"} make the trial's process die (`os._exit(1)`) right after reporting
+epoch k, on the first attempt only: the marker file `<dir>/<trial_id>.failed` records that the
+failure already happened.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import sys
+import tempfile
+import time
+from typing import Any
+
+import ray
+from ray import tune
+
+GAUGE_TAGS: tuple[str, ...] = ("study", "trial_id", "arch", "dataset", "seed", "method", "variant")
+
+
+class TrialGauges:
+    """Live per-trial metrics for Ray's metrics export (Prometheus / Grafana dashboards)."""
+
+    METRICS: dict[str, str] = {
+        "batch_size": "batch size chosen for the next epoch",
+        "test_acc": "test accuracy after the last epoch (fraction)",
+        "epoch_time_s": "training time of the last epoch (s)",
+        "confidence": "DEBA confidence signal of the last epoch",
+    }
+
+    def __init__(self, study: str, trial_id: str, config: dict[str, Any]) -> None:
+        from ray.util.metrics import Gauge
+
+        self.tags = {"study": study, "trial_id": trial_id, "arch": config["arch"], "dataset": config["dataset"],
+                     "seed": str(config["seed"]), "method": config["method"], "variant": config["variant"]}
+        self.gauges = {name: Gauge(f"deba_trial_{name}", description=desc, tag_keys=GAUGE_TAGS)
+                       for name, desc in self.METRICS.items()}
+
+    def update(self, rec: dict[str, Any]) -> None:
+        """Set every gauge from one epoch record (the batch-size gauge shows the next epoch's size)."""
+        values = {"batch_size": rec.get("next_batch_size"), "test_acc": rec.get("test_acc"),
+                  "epoch_time_s": rec.get("epoch_time_s"), "confidence": rec.get("confidence")}
+        for name, value in values.items():
+            if value is not None:
+                self.gauges[name].set(float(value), tags=self.tags)
+
+
+def _assigned_cpus() -> int:
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    return max(1, int(cpus))
+
+
+def _maybe_fail(hooks: dict[str, Any], trial_id: str, epoch: int) -> None:
+    """Test hook: die once, right after reporting epoch `fail_at_epoch`."""
+    if hooks.get("fail_at_epoch") != epoch:
+        return
+    marker = os.path.join(hooks["fail_marker_dir"], f"{trial_id}.failed")
+    if os.path.exists(marker):
+        return
+    os.makedirs(hooks["fail_marker_dir"], exist_ok=True)
+    with open(marker, "w") as f:
+        f.write(f"died after epoch {epoch}\n")
+    sys.stdout.flush()
+    os._exit(1)
+
+
+def train_trial(config: dict[str, Any], payloads: dict[str, dict[str, Any]]) -> None:
+    """Run one trial to completion (or divergence), resuming from Tune's checkpoint when there is one."""
+    # Ray Train logs every persisted checkpoint at INFO; the driver prints one line per epoch instead.
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    trial_id = config["trial_id"]
+    payload = payloads[trial_id]
+    loop_cfg = dict(payload["config"])
+    hooks = payload.get("hooks") or {}
+    if not ray.get_gpu_ids():
+        # A CPU-only trial must not touch a GPU it was not given; hide them before torch looks.
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        loop_cfg["device"] = "cpu"
+        if loop_cfg.get("threads") is None:
+            loop_cfg["threads"] = _assigned_cpus()
+
+    import torch
+
+    from trainables.loop import TrialLoop
+
+    loop = TrialLoop(loop_cfg)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as ckpt_dir:
+            loop.load_checkpoint(ckpt_dir)
+    gauges = TrialGauges(payload["study"], trial_id, loop_cfg)
+    static = {"study": payload["study"], "device": loop.device_name, "node_id": ray.get_runtime_context().get_node_id(),
+              "torch_version": torch.__version__, "python_version": platform.python_version(),
+              "resumed_from_epoch": loop.epochs_done if checkpoint is not None else None}
+    report_prev_s = None
+    while not loop.done:
+        rec = loop.run_epoch()
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="deba-ckpt-") as ckpt_dir:
+            loop.save_checkpoint(ckpt_dir)
+            t1 = time.perf_counter()
+            metrics = {**rec, **static, "loop_status": loop.status, "ckpt_save_s": t1 - t0,
+                       "report_prev_s": report_prev_s}
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(ckpt_dir))
+            report_prev_s = time.perf_counter() - t1
+        gauges.update(rec)
+        _maybe_fail(hooks, trial_id, rec["epoch"])
