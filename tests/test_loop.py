@@ -298,3 +298,39 @@ def test_cpu_runs_the_gpu_knobs() -> None:
     conv = next(p for p in loop.model.parameters() if p.dim() == 4)
     assert conv.is_contiguous(memory_format=torch.channels_last)
     assert math.isfinite(rec["train_loss"]) and math.isfinite(rec["grad_norm"]) and rec["grad_norm"] > 0
+
+
+# ---------------------------------------------------------------- CLI (trainables.run)
+def test_cli_runs_resumes_and_writes_jsonl(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from trainables.run import main, parse_policy_opt
+
+    assert parse_policy_opt("cooldown=2") == ("cooldown", 2)
+    assert parse_policy_opt("thresholds=universal") == ("thresholds", "universal")
+    assert parse_policy_opt("full_history=true") == ("full_history", True)
+    base = ["--arch", "tiny_cnn", "--dataset", "digits", "--method", "deba", "--train-limit", "96",
+            "--test-limit", "30", "--threads", "1", "--policy-opt", "thresholds=universal",
+            "--policy-opt", "b0=32", "--checkpoint-dir", str(tmp_path / "ck"), "--out", str(tmp_path / "r.jsonl")]
+    assert main(base + ["--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "epoch   1/1  bs   32 -> 32" in out and "status completed after 1 epochs on cpu" in out
+    assert main(base + ["--epochs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "resumed from" in out and "after epoch 1" in out and "epoch   2/2" in out
+    rows = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and tuple(rows[0]) == RECORD_COLUMNS
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--arch", "tiny", "--dataset", "digits"], "'arch'='tiny'"),
+    (["--arch", "tiny_cnn", "--dataset", "digits", "--method", "deba"], "no Table 1 thresholds"),
+    (["--arch", "tiny_cnn", "--dataset", "digits", "--policy-opt", "b0"], "expected key=value"),
+    (["--arch", "tiny_cnn", "--dataset", "digits", "--lr", "-1"], "'lr'=-1.0"),
+])
+def test_cli_config_errors_exit_2(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from trainables.run import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err

@@ -6,7 +6,8 @@
 
 With --checkpoint-dir the state is saved after every epoch and an existing checkpoint there is
 resumed. --out writes every record of the trial (resumed ones included) as JSON lines.
-Config errors print a message and exit with status 2.
+Config errors (and a method whose measurements the loop does not implement) print a message
+and exit with status 2.
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ def write_jsonl(path: str, records: Sequence[dict[str, Any]]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status (0 ok, 2 bad configuration)."""
+    """Entry point; returns the exit status (0 ok, 2 bad configuration or unsupported method)."""
     args = build_parser().parse_args(argv)
     try:
         cfg = config_from_args(args)
@@ -125,7 +126,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for rec in loop.history:
         print(progress_line(rec, cfg["epochs"]), flush=True)
     while not loop.done:
-        rec = loop.run_epoch()
+        try:
+            rec = loop.run_epoch()
+        except NotImplementedError as err:  # the method needs a measurement the loop lacks
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         print(progress_line(rec, cfg["epochs"]), flush=True)
         if args.checkpoint_dir:
             loop.save_checkpoint(args.checkpoint_dir)
