@@ -1,0 +1,164 @@
+"""Studies end to end on a local Ray (2 CPUs): Parquet rows, ledger re-runs, extension, divergence and
+a trial whose process dies mid-run.
+
+Each study is tiny_cnn on 128 digits images, a few epochs: seconds per trial on one core.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+
+import pyarrow.parquet as pq
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import ray  # noqa: E402
+
+from orchestrator.run_grid import main  # noqa: E402
+from orchestrator.runner import make_plan, read_plans, run_plan, storage_root  # noqa: E402
+from orchestrator.store import EPOCH_SCHEMA, RUN_SCHEMA, ResultsStore  # noqa: E402
+from orchestrator.studies import StudySpec  # noqa: E402
+from trainables.loop import TrialLoop  # noqa: E402
+
+pytestmark = pytest.mark.slow
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CPU = {"cpu": 1.0, "gpu": 0.0}
+# Columns that measure time or memory: they differ between any two runs of the same trial.
+TIMING = {"epoch_time_s", "eval_time_s", "wall_time_s", "samples_per_s", "peak_mem_mb", "measure_time_s"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": ROOT}})
+    yield
+    ray.shutdown()
+
+
+def tiny(name: str, seeds=(0,), methods=("fixed", "deba"), epochs=3, **kw) -> StudySpec:
+    return StudySpec(name=name, archs=("tiny_cnn",), datasets=("digits",), seeds=tuple(seeds), methods=methods,
+                     epochs=epochs, loop={"train_limit": 128, "test_limit": 64, "threads": 1, **kw.pop("loop", {})},
+                     policy={"cooldown": 1, "window": 3},
+                     thresholds={"tiny_cnn": {"theta_stab": 0.3, "theta_conf": 1.1}}, gpus_per_trial=0.0,
+                     max_failures=kw.pop("max_failures", 1), **kw)
+
+
+def run(study: StudySpec, results: str):
+    plan = make_plan(study, results)
+    return plan, run_plan(plan, results, CPU, echo=False, verbose=0)
+
+
+def epochs_table(results: str, study: str):
+    return pq.read_table(os.path.join(results, study, "epochs")).to_pandas()
+
+
+def mtimes(results: str, study: str) -> dict[str, float]:
+    return {p: os.path.getmtime(p) for p in glob.glob(os.path.join(results, study, "*", "*.parquet"))}
+
+
+def test_study_end_to_end_then_rerun_and_extend(tmp_path):
+    results = str(tmp_path)
+    plan, report = run(tiny("e2e"), results)
+    assert len(plan.trials) == 2 and report.experiments == {next(iter(read_plans(storage_root(results, "e2e")))): "new"}
+
+    # Parquet: rows = trials x epochs, the contract schema, one row per (trial_id, epoch).
+    for path in glob.glob(os.path.join(results, "e2e", "epochs", "*.parquet")):
+        assert pq.read_schema(path).equals(EPOCH_SCHEMA)
+    for path in glob.glob(os.path.join(results, "e2e", "runs", "*.parquet")):
+        assert pq.read_schema(path).equals(RUN_SCHEMA)
+    ep = epochs_table(results, "e2e")
+    assert len(ep) == 2 * 3
+    assert sorted(ep.groupby("trial_id")["epoch"].apply(list)) == [[1, 2, 3], [1, 2, 3]]
+    assert set(ep["trial_id"]) == {t.trial_id for t in plan.trials}
+    assert set(ep["study"]) == {"e2e"} and set(ep["method"]) == {"fixed", "deba"}
+    assert ep["test_acc"].between(0, 1).all() and (ep["epoch_time_s"] > 0).all()
+    fixed = ep[ep["method"] == "fixed"]
+    assert (fixed["batch_size"] == 64).all() and (fixed["decision"] == "hold").all()
+    # Every epoch trains at the previous epoch's next_batch_size (clamped to the 128 training images).
+    for _, g in ep.groupby("trial_id"):
+        g = g.sort_values("epoch")
+        assert list(g["batch_size"])[1:] == [min(b, 128) for b in list(g["next_batch_size"])[:-1]]
+    runs = ResultsStore(results, "e2e").read_runs()
+    assert {r["status"] for r in runs.values()} == {"completed"}
+    for tid, r in runs.items():
+        rows = ep[ep["trial_id"] == tid].sort_values("epoch")
+        assert r["epochs_done"] == 3 and r["final_test_acc"] == rows["test_acc"].iloc[-1]
+        assert r["train_time_s"] == pytest.approx(rows["epoch_time_s"].sum())
+        assert (r["cpus_per_trial"], r["gpus_per_trial"], r["device"]) == (1.0, 0.0, "cpu")
+        assert r["ray_version"] == ray.__version__ and r["torch_version"]
+        assert json.loads(r["config_json"])["train_limit"] == 128
+
+    # Re-running the finished study: nothing pending, the CLI starts no trial and writes nothing.
+    before = mtimes(results, "e2e")
+    assert make_plan(tiny("e2e"), results).pending == ()
+    rerun = run(tiny("e2e"), results)[1]
+    assert rerun.experiments == {} and rerun.grids == []
+    assert mtimes(results, "e2e") == before
+
+    # Extending the seeds runs only the new seed's trials, in a new experiment.
+    plan2, report2 = run(tiny("e2e", seeds=(0, 1)), results)
+    new_ids = {t.trial_id for t in plan2.pending}
+    assert len(plan2.trials) == 4 and len(new_ids) == 2 and {t.seed for t in plan2.pending} == {1}
+    assert list(report2.experiments.values()) == ["new"]
+    exp = read_plans(storage_root(results, "e2e"))[next(iter(report2.experiments))]
+    assert set(exp["trials"]) == new_ids
+    after = mtimes(results, "e2e")
+    assert all(after[p] == t for p, t in before.items())  # old trials' files untouched
+    assert len(epochs_table(results, "e2e")) == 4 * 3
+    assert len(ResultsStore(results, "e2e").finished()) == 4
+
+
+def test_cli_rerun_of_finished_study_starts_nothing(tmp_path, capsys):
+    results = str(tmp_path)
+    argv = ["--study", "cli", "--archs", "tiny_cnn", "--seeds", "0", "--methods", "fixed", "--epochs", "2",
+            "--results", results, "--loop-opt", "train_limit=128", "--loop-opt", "test_limit=64",
+            "--loop-opt", "threads=1", "--gpus-per-trial", "0", "--no-analysis", "--quiet", "--verbose", "0"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "trials: 1 total, 0 finished (skipped), 1 to run" in out and "Ray overhead per epoch" in out
+    before = mtimes(results, "cli")
+    assert len(before) == 2
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "nothing to run" in out and "1 finished (skipped), 0 to run" in out
+    assert mtimes(results, "cli") == before
+    assert len(read_plans(storage_root(results, "cli"))) == 1  # no second experiment
+
+
+def test_nan_producing_trial_is_recorded_as_diverged(tmp_path):
+    results = str(tmp_path)
+    plan, _ = run(tiny("nan", methods=("fixed",), epochs=4, loop={"lr": 1e12}), results)
+    (run_row,) = ResultsStore(results, "nan").read_runs().values()
+    assert run_row["status"] == "diverged" and run_row["error"] is None
+    ep = epochs_table(results, "nan")
+    assert run_row["epochs_done"] == len(ep) < 4  # stopped at the first non-finite epoch
+    assert not math.isfinite(ep.sort_values("epoch")["train_loss"].iloc[-1])
+    # A diverged trial is finished: a re-run does not repeat it.
+    assert make_plan(tiny("nan", methods=("fixed",), epochs=4, loop={"lr": 1e12}), results).pending == ()
+
+
+def test_trial_killed_mid_run_resumes_from_checkpoint_with_identical_records(tmp_path):
+    results = str(tmp_path / "results")
+    study = tiny("fault", methods=("deba",), epochs=4,
+                 hooks={"fail_at_epoch": 2, "fail_marker_dir": str(tmp_path / "markers")})
+    plan, report = run(study, results)
+    (spec,) = plan.trials
+    assert os.path.exists(tmp_path / "markers" / f"{spec.trial_id}.failed")  # the process did die
+    (grid,) = report.grids
+    assert grid[0].metrics["resumed_from_epoch"] in (1, 2)  # the retry restored a checkpoint
+    (row,) = ResultsStore(results, "fault").read_runs().values()
+    assert row["status"] == "completed" and row["epochs_done"] == 4
+    stored = ResultsStore(results, "fault").read_epochs(spec.trial_id)
+    assert [r["epoch"] for r in stored] == [1, 2, 3, 4]  # each epoch exactly once
+
+    # The same trial without interruption, in this process: every non-timing value is identical.
+    loop = TrialLoop(spec.config)
+    reference = [loop.run_epoch() for _ in range(4)]
+    for got, want in zip(stored, reference):
+        for key, value in want.items():
+            if key not in TIMING:
+                assert got[key] == value or (value != value and got[key] != got[key]), (key, got[key], value)
