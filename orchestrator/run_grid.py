@@ -102,12 +102,18 @@ def main(argv: list[str] | None = None) -> int:
         print(format_summary(args.results, study.name))
         return 0
 
-    print(connect(args.address, args.dashboard), flush=True)
+    how = connect(args.address, args.dashboard)
+    print(how, flush=True)
+    gpus = cluster_gpus()
+    attached = how.startswith("attached")
     try:
-        resources = resolve_resources(study, cluster_gpus())
+        resources = resolve_resources(study, gpus, autoscaling=attached)
     except ValueError as exc:
         print(f"run_grid: invalid study: {exc}", file=sys.stderr)
         return 2
+    if attached and study.gpus_per_trial is None and gpus == 0:
+        print("note: the cluster has no GPU up now, so trials run CPU-only; on an autoscaling cluster whose "
+              "GPU workers are not started yet, pass --gpus-per-trial 1", flush=True)
     print(format_plan(plan, args.results, f"{resources['cpu']:g} CPU, {resources['gpu']:g} GPU", args.storage),
           flush=True)
     report = run_plan(plan, args.results, resources, storage=args.storage, echo=not args.quiet,

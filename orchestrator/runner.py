@@ -75,13 +75,17 @@ def connect(address: str | None = None, dashboard: bool = False) -> str:
     return "started local Ray"
 
 
-def resolve_resources(study: StudySpec, cluster_gpus: float) -> dict[str, float]:
-    """Per-trial resources: one GPU per trial when the cluster has GPUs (unless given), and CPUs."""
+def resolve_resources(study: StudySpec, cluster_gpus: float, autoscaling: bool = False) -> dict[str, float]:
+    """Per-trial resources: one GPU per trial when the cluster has GPUs (unless given), and CPUs.
+
+    `autoscaling`: the cluster may still add nodes (attached to a cluster rather than a local Ray),
+    so asking for more GPUs than are up now is allowed: the autoscaler provides them.
+    """
     gpus = study.gpus_per_trial
     if gpus is None:
         gpus = 1.0 if cluster_gpus >= 1 else 0.0
-    if gpus > cluster_gpus:
-        raise ValueError(f"gpus_per_trial={gpus} but the cluster has {cluster_gpus:g} GPU(s); "
+    if gpus > cluster_gpus and not autoscaling:
+        raise ValueError(f"gpus_per_trial={gpus:g} is not allowed: this Ray has {cluster_gpus:g} GPU(s); "
                          "give --gpus-per-trial 0 for CPU-only trials")
     return {"cpu": float(study.cpus_per_trial), "gpu": float(gpus)}
 

@@ -39,8 +39,8 @@ def local_ray():
     ray.shutdown()
 
 
-def tiny(name: str, seeds=(0,), methods=("fixed", "deba"), epochs=3, **kw) -> StudySpec:
-    return StudySpec(name=name, archs=("tiny_cnn",), datasets=("digits",), seeds=tuple(seeds), methods=methods,
+def tiny(name: str, seeds=(0,), methods=("fixed", "deba"), epochs=3, datasets=("digits",), **kw) -> StudySpec:
+    return StudySpec(name=name, archs=("tiny_cnn",), datasets=datasets, seeds=tuple(seeds), methods=methods,
                      epochs=epochs, loop={"train_limit": 128, "test_limit": 64, "threads": 1, **kw.pop("loop", {})},
                      policy={"cooldown": 1, "window": 3},
                      thresholds={"tiny_cnn": {"theta_stab": 0.3, "theta_conf": 1.1}}, gpus_per_trial=0.0,
@@ -64,6 +64,8 @@ def test_study_end_to_end_then_rerun_and_extend(tmp_path):
     results = str(tmp_path)
     plan, report = run(tiny("e2e"), results)
     assert len(plan.trials) == 2 and report.experiments == {next(iter(read_plans(storage_root(results, "e2e")))): "new"}
+    # CPU-only trials hide every GPU from their process.
+    assert [r.metrics["cuda_visible_devices"] for r in report.grids[0]] == ["", ""]
 
     # Parquet: rows = trials x epochs, the contract schema, one row per (trial_id, epoch).
     for path in glob.glob(os.path.join(results, "e2e", "epochs", "*.parquet")):
@@ -162,3 +164,18 @@ def test_trial_killed_mid_run_resumes_from_checkpoint_with_identical_records(tmp
         for key, value in want.items():
             if key not in TIMING:
                 assert got[key] == value or (value != value and got[key] != got[key]), (key, got[key], value)
+
+
+def test_failed_trial_gets_a_runs_row_and_keeps_the_others(tmp_path):
+    results = str(tmp_path / "results")
+    # cifar10 with no local copy and no download fails when the trial loads its data.
+    study = tiny("fail", methods=("fixed",), datasets=("digits", "cifar10"), max_failures=0,
+                 data_dir=str(tmp_path / "no-data"), loop={"download": False})
+    plan, report = run(study, results)
+    runs = {r["dataset"]: r for r in ResultsStore(results, "fail").read_runs().values()}
+    assert runs["cifar10"]["status"] == "failed" and runs["cifar10"]["epochs_done"] == 0
+    assert "DatasetNotFoundError" in runs["cifar10"]["error"] and "cifar-10-batches-py" in runs["cifar10"]["error"]
+    assert runs["digits"]["status"] == "completed"
+    assert len(epochs_table(results, "fail")) == 3  # the digits trial's rows, all of them
+    pending = make_plan(study, results).pending  # the failed trial runs again next time
+    assert [t.dataset for t in pending] == ["cifar10"]

@@ -9,6 +9,7 @@ import pytest
 
 from orchestrator.cli import build_parser, study_from_args
 from orchestrator.run_grid import main
+from orchestrator.runner import resolve_resources
 from orchestrator.studies import EXECUTION_KEYS, expand, preset, trial_id_of, with_overrides
 from trainables.policies import POLICY_NAMES
 
@@ -174,3 +175,16 @@ def test_dry_run_prints_the_plan_without_ray(capsys, tmp_path):
     assert out.count(" run  (pending)") == 4
     assert "tiny_cnn-digits-s0-deba-baseline" in out
     assert not ray.is_initialized()
+
+
+def test_resources_default_to_one_gpu_per_trial_when_the_cluster_has_gpus():
+    demo = preset("demo")
+    assert resolve_resources(demo, cluster_gpus=0) == {"cpu": 1.0, "gpu": 0.0}
+    assert resolve_resources(demo, cluster_gpus=8) == {"cpu": 1.0, "gpu": 1.0}
+    packed = with_overrides(demo, gpus_per_trial=0.25, cpus_per_trial=2)
+    assert resolve_resources(packed, cluster_gpus=1) == {"cpu": 2.0, "gpu": 0.25}
+    one = with_overrides(demo, gpus_per_trial=1)
+    with pytest.raises(ValueError, match="gpus_per_trial=1 .*0 GPU"):
+        resolve_resources(one, cluster_gpus=0)
+    # attached to an autoscaling cluster, GPU workers may not be up yet
+    assert resolve_resources(one, cluster_gpus=0, autoscaling=True) == {"cpu": 1.0, "gpu": 1.0}

@@ -104,7 +104,8 @@ def train_trial(config: dict[str, Any], payloads: dict[str, dict[str, Any]]) -> 
     gauges = TrialGauges(payload["study"], trial_id, loop_cfg)
     static = {"study": payload["study"], "device": loop.device_name, "node_id": ray.get_runtime_context().get_node_id(),
               "torch_version": torch.__version__, "python_version": platform.python_version(),
-              "resumed_from_epoch": loop.epochs_done if checkpoint is not None else None}
+              "resumed_from_epoch": loop.epochs_done if checkpoint is not None else None,
+              "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
     report_prev_s = None
     while not loop.done:
         rec = loop.run_epoch()
