@@ -1,4 +1,5 @@
-"""The epoch loop on CPU: config validation, records, signals, resume, divergence, measurement hook."""
+"""The epoch loop on CPU: config validation, records, signals, resume, divergence, measurement hook,
+method statistics (per-sample diversity, two-batch noise) and the lr actually used."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ from trainables.signals import grad_stats
 # ~10x slower; the fixture below restores the process-wide setting after each test.
 SMALL = {"arch": "tiny_cnn", "dataset": "digits", "train_limit": 160, "test_limit": 50, "threads": 1}
 DEBA = {**SMALL, "method": "deba", "policy": {"thresholds": "universal", "cooldown": 1, "b0": 32, "b_min": 8}}
-TIMING = {"epoch_time_s", "eval_time_s", "wall_time_s", "samples_per_s", "peak_mem_mb"}
+MLP = {**SMALL, "arch": "tiny_mlp"}
+TIMING = {"epoch_time_s", "eval_time_s", "wall_time_s", "samples_per_s", "peak_mem_mb", "measure_time_s"}
+TRAINING = ("train_loss", "train_acc", "test_loss", "test_acc", "grad_var", "grad_norm")
 
 
 @pytest.fixture(autouse=True)
@@ -186,12 +189,96 @@ def test_signal_sources_match_numpy(source: str, monkeypatch: pytest.MonkeyPatch
 
 def test_unimplemented_measurement_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     loop = TrialLoop({**SMALL, "epochs": 1})
-    monkeypatch.setattr(loop.policy, "measurements", lambda epoch: frozenset({"two_batch"}))
-    with pytest.raises(NotImplementedError, match="'fixed' requests measurement.*two_batch.*epoch 1"):
+    monkeypatch.setattr(loop.policy, "measurements", lambda epoch: frozenset({"hessian_trace"}))
+    with pytest.raises(NotImplementedError, match="'fixed' requests measurement.*hessian_trace.*epoch 1"):
         loop.run_epoch()
 
 
+# ---------------------------------------------------------------- method statistics
+def test_per_sample_diversity_only_on_resize_epochs_and_training_unchanged() -> None:
+    plain = run({**MLP, "epochs": 2, "policy": {"b0": 16}})
+    dive = run({**MLP, "epochs": 2, "method": "divebatch", "policy": {"b0": 16, "resize_every": 2, "b_max": 128}})
+    r1, r2 = dive.history
+    assert (r1["estimator"], r1["measure_time_s"], r1["grad_diversity"], r1["noise_scale"]) == (None, None, None, None)
+    assert r2["estimator"] == "per_sample" and r2["measure_time_s"] > 0.0
+    # The per-sample pass neither consumes RNG nor changes the model: training is bit-identical.
+    for a, b in zip(plain.history, dive.history):
+        assert [a[k] for k in TRAINING] == [b[k] for k in TRAINING]
+    # The policy saw n = 10 steps x 16 samples: noise_scale = n*Delta - 1, B = int(min(max(0.1 n Delta, 16), 128)).
+    n_delta = 160 * r2["grad_diversity"]
+    assert r2["noise_scale"] == pytest.approx(n_delta - 1)
+    assert r2["next_batch_size"] == int(min(max(0.1 * n_delta, 16), 128))
+
+
+def test_per_sample_on_batchnorm_model_is_the_eval_approximation() -> None:
+    plain = run({**SMALL, "epochs": 1, "policy": {"b0": 32}})
+    dive = run({**SMALL, "epochs": 1, "method": "divebatch", "policy": {"b0": 32, "resize_every": 1}})
+    assert dive.history[0]["estimator"] == "per_sample_bn_eval"
+    assert math.isfinite(dive.history[0]["grad_diversity"]) and dive.history[0]["grad_diversity"] > 0
+    # BatchNorm in eval mode during the per-sample pass: running statistics untouched, training identical.
+    assert [plain.history[0][k] for k in TRAINING] == [dive.history[0][k] for k in TRAINING]
+    assert all(torch.equal(a, b) for a, b in zip(plain.model.state_dict().values(), dive.model.state_dict().values()))
+
+
+def test_two_batch_noise_scale_estimator_keeps_the_gradient() -> None:
+    plain = run({**MLP, "epochs": 2, "policy": {"b0": 16}})
+    dive = run({**MLP, "epochs": 2, "method": "divebatch",
+                "policy": {"b0": 16, "resize_every": 1, "estimator": "noise_scale", "b_max": 128}})
+    for a, b in zip(plain.history, dive.history):
+        assert b["estimator"] == "noise_scale" and b["measure_time_s"] > 0.0
+        # No BatchNorm: two accumulated micro-batch gradients equal the batch gradient up to rounding.
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
+        # Recorded Delta = (1 + B_simple) / n with n = 160 samples.
+        assert b["grad_diversity"] == pytest.approx((1 + b["noise_scale"]) / 160)
+        assert b["next_batch_size"] == int(min(max(0.1 * (1 + b["noise_scale"]), b["batch_size"]), 128))
+
+
+def test_gns_records_the_noise_scale_every_epoch() -> None:
+    loop = run({**SMALL, "epochs": 3, "method": "gns", "policy": {"b0": 16, "b_min": 8, "cooldown": 1}})
+    assert all(r["estimator"] == "noise_scale" and math.isfinite(r["noise_scale"]) for r in loop.history)
+    for r in loop.history:  # cooldown 1: every epoch moves to the clamped EMA'd noise scale
+        assert r["next_batch_size"] == min(max(math.floor(r["noise_scale"]), 8), 1024)
+
+
+def test_lr_actually_used_is_recorded() -> None:
+    ada = run({**MLP, "epochs": 3, "method": "adabatch", "policy": {"b0": 16, "resize_every": 1, "lr_scaling": "linear"}})
+    assert [r["lr"] for r in ada.history] == pytest.approx([0.01, 0.02, 0.04])
+    assert [r["lr_gain"] for r in ada.history] == [1.0, 2.0, 4.0]
+    assert all(r["estimator"] is None and r["measure_time_s"] is None for r in ada.history)
+    scaled = run({**MLP, "epochs": 3, "method": "adabatch",
+                  "policy": {"b0": 16, "resize_every": 1, "lr_scaling": "adascale"}})
+    gains = [r["lr_gain"] for r in scaled.history]
+    assert gains[0] == 1.0 and 1.0 < gains[1] <= 2.0 and 1.0 < gains[2] <= 4.0  # between 1 and s = B/b0
+    assert [r["lr"] for r in scaled.history] == pytest.approx([0.01 * g for g in gains])
+    assert all(r["estimator"] == "noise_scale" for r in scaled.history)
+
+
 # ---------------------------------------------------------------- resume
+@pytest.mark.parametrize("method, policy", [
+    ("divebatch", {"b0": 16, "resize_every": 2, "delta": 1.0}),
+    ("divebatch", {"b0": 16, "resize_every": 2, "delta": 1.0, "estimator": "noise_scale", "lr_scaling": "linear"}),
+    ("gns", {"b0": 16, "b_min": 8, "cooldown": 1}),
+    ("adabatch", {"b0": 16, "resize_every": 1, "lr_scaling": "adascale"}),
+    ("deba", {"thresholds": "universal", "cooldown": 1, "b0": 32, "b_min": 8, "lr_scaling": "sqrt"}),
+])
+def test_every_policy_resumes_with_the_same_records(tmp_path: Any, method: str, policy: dict[str, Any]) -> None:
+    cfg = {**SMALL, "epochs": 4, "method": method, "policy": policy}
+    straight = run(cfg)
+    first = run(cfg, epochs=2)
+    first.save_checkpoint(tmp_path)
+    torch.rand(10)  # the checkpoint must carry its own RNG state
+    resumed = TrialLoop(cfg)
+    resumed.load_checkpoint(tmp_path)
+    while not resumed.done:
+        resumed.run_epoch()
+    for a, b in zip(straight.history, resumed.history, strict=True):
+        assert {k: v for k, v in a.items() if k not in TIMING} == {k: v for k, v in b.items() if k not in TIMING}
+    assert resumed.policy.state_dict() == straight.policy.state_dict()
+    assert any(r["estimator"] is not None for r in resumed.history[2:]) or method == "deba"
+    assert len({r["batch_size"] for r in straight.history} | {straight.history[-1]["next_batch_size"]}) > 1
+
+
 @pytest.mark.parametrize("source", ["last_step", "epoch_mean"])
 def test_resume_gives_the_same_records(tmp_path: Any, source: str) -> None:
     cfg = {**DEBA, "epochs": 4, "policy": {**DEBA["policy"], "signal_source": source}}

@@ -13,7 +13,9 @@ Two meters, each built by the epoch loop only for an epoch whose policy asks for
   BatchNorm a per-sample gradient is ill-defined (each output depends on the whole batch); the pass
   then uses the running statistics, which is the DiveBatch authors' approximation (they switch
   BatchNorm to eval for BackPACK's per-sample norms) and is recorded as "per_sample_bn_eval".
-  Dropout and stochastic depth are off in that pass too (deterministic, consumes no RNG).
+  Dropout and stochastic depth are off in that pass too (deterministic, consumes no RNG). The pass
+  runs in float32 even when training uses bf16 autocast [choice]: exact norms, and vmap's
+  BatchNorm rule rejects autocast's mixed bf16/float32 inputs.
 - `TwoBatchMeter` ("two_batch"): McCandlish's two-batch estimates. On a measuring epoch each step's
   batch of B samples is split into k micro-batches (sizes differ by at most one); each micro-batch's
   gradient is computed with torch.autograd.grad, its squared norm taken, and it is accumulated into
@@ -24,13 +26,16 @@ Two meters, each built by the epoch loop only for an epoch whose policy asks for
   micro-batches normalise over b_j samples ("ghost batch norm") and update the running statistics k
   times per step: on measuring epochs training itself differs slightly [documented consequence].
 
-Both keep their sums on the device; `result()` synchronises once per epoch.
+Both keep their sums on the device; `result()` synchronises once per epoch. `TwoBatchMeter` also
+times its own statistics (the norms and estimates, not the micro-batched forward/backward that
+replaces the plain one) without synchronising: CUDA events on a GPU, the wall clock on a CPU.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -38,9 +43,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-__all__ = ["DiversityMeter", "TwoBatchMeter", "eval_mode", "has_batchnorm", "per_sample_grad_sq_norms"]
+__all__ = ["DeviceTimer", "DiversityMeter", "TwoBatchMeter", "eval_mode", "has_batchnorm", "per_sample_grad_sq_norms"]
 
-AutocastFactory = Callable[[], AbstractContextManager[Any]]
 LossAndLogits = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -66,8 +70,37 @@ def _sq_norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack(torch._foreach_norm(list(tensors), 2, dtype=torch.float64)).square().sum()
 
 
-def per_sample_grad_sq_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk_size: int = 32,
-                             autocast: AutocastFactory | None = None) -> torch.Tensor:
+class DeviceTimer:
+    """Sums the durations of `region()` blocks without host synchronisation (CUDA events on a GPU)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.events: list[tuple[Any, Any]] = []
+        self.cpu_seconds = 0.0
+
+    @contextmanager
+    def region(self) -> Iterator[None]:
+        """Time the enclosed work (its queued kernels, on a GPU)."""
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            yield
+            end.record()
+            self.events.append((start, end))
+        else:
+            t0 = time.perf_counter()
+            yield
+            self.cpu_seconds += time.perf_counter() - t0
+
+    def seconds(self) -> float:
+        """Total timed seconds (waits for the last timed kernels on a GPU)."""
+        if self.events:
+            self.events[-1][1].synchronize()
+        return self.cpu_seconds + sum(s.elapsed_time(e) for s, e in self.events) / 1000.0
+
+
+def per_sample_grad_sq_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                             chunk_size: int = 32) -> torch.Tensor:
     """|grad_theta CE(model(x_i), y_i)|^2 for every sample i, as a float64 [N] tensor on x's device.
 
     torch.func.vmap(grad(...)) over chunks of `chunk_size` samples: memory is bounded by
@@ -78,12 +111,10 @@ def per_sample_grad_sq_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         raise ValueError(f"chunk_size={chunk_size!r} must be >= 1")
     params = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
     buffers = dict(model.named_buffers())
-    make_ctx = autocast or nullcontext
 
     def sample_loss(p: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
-        with make_ctx():
-            out = functional_call(model, (p, buffers), (xi.unsqueeze(0),))
-        return F.cross_entropy(out.float(), yi.unsqueeze(0))
+        out = functional_call(model, (p, buffers), (xi.unsqueeze(0),))
+        return F.cross_entropy(out, yi.unsqueeze(0))
 
     per_sample_grads = vmap(grad(sample_loss), in_dims=(None, 0, 0))
     norms = []
@@ -103,12 +134,10 @@ class DiversityMeter:
     batch-mean gradient must be in `.grad`); `result()` after the epoch.
     """
 
-    def __init__(self, model: nn.Module, params: Sequence[torch.Tensor], chunk_size: int = 32,
-                 autocast: AutocastFactory | None = None) -> None:
+    def __init__(self, model: nn.Module, params: Sequence[torch.Tensor], chunk_size: int = 32) -> None:
         self.model = model
         self.params = list(params)
         self.chunk_size = chunk_size
-        self.autocast = autocast
         self.estimator = "per_sample_bn_eval" if has_batchnorm(model) else "per_sample"
         device = self.params[0].device
         self.grad_sum = [torch.zeros_like(p, dtype=torch.float32) for p in self.params]
@@ -127,7 +156,8 @@ class DiversityMeter:
         """Fold in one training step's batch (no host synchronisation)."""
         self._add_batch_gradient(x.shape[0])
         with eval_mode(self.model):
-            norms = per_sample_grad_sq_norms(self.model, x, y, self.chunk_size, self.autocast)
+            # float32 even under bf16 training autocast: the loop's autocast region ended with the forward.
+            norms = per_sample_grad_sq_norms(self.model, x.float(), y, self.chunk_size)
         self.sq_sum += norms.sum()
         self.n_samples += int(x.shape[0])
 
@@ -157,6 +187,7 @@ class TwoBatchMeter:
         self.sums = torch.zeros(2, dtype=torch.float64, device=device)  # [tr(Sigma), |G|^2]
         self.steps = 0
         self.n_samples = 0
+        self.timer = DeviceTimer(device)
 
     def backward(self, loss_and_logits: LossAndLogits, x: torch.Tensor,
                  y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -169,15 +200,17 @@ class TwoBatchMeter:
             loss, out = loss_and_logits(xj, yj)
             grads = torch.autograd.grad(loss, self.params, allow_unused=True)
             present = [(p, g) for p, g in zip(self.params, grads) if g is not None]
-            small_sq.append(_sq_norm([g for _, g in present]))
+            with self.timer.region():
+                small_sq.append(_sq_norm([g for _, g in present]))
             self._accumulate(present, b / big)
             losses.append(loss.detach() * (b / big))
             logits.append(out.detach())
             sizes.append(b)
         self.n_samples += big
         if k >= 2:
-            big_sq = _sq_norm([p.grad for p in self.params if p.grad is not None])
-            self.sums += self._estimates(torch.stack(small_sq), sizes, big_sq, big)
+            with self.timer.region():
+                big_sq = _sq_norm([p.grad for p in self.params if p.grad is not None])
+                self.sums += self._estimates(torch.stack(small_sq), sizes, big_sq, big)
             self.steps += 1
         return torch.stack(losses).sum(), torch.cat(logits)
 

@@ -19,9 +19,19 @@ Documented choices:
   next_batch_size = batch_size, NaN DEBA signals, in_cooldown False, and the policy is not stepped.
 - peak_mem_mb: the epoch's peak of torch.cuda.max_memory_allocated on CUDA; on CPU the process's
   maximum resident set size so far (the OS gives no per-epoch peak).
-- measure_time_s: seconds spent in the requested measurements' per-step hooks (part of
-  epoch_time_s; null when the epoch measured nothing). A measurement that replaces the backward
-  pass shows its extra cost only in epoch_time_s.
+- Method statistics (trainables/estimators.py): the policy names what it needs for an epoch
+  (`policy.measurements(epoch)`); only then does the loop build the meter, so other epochs cost
+  nothing extra. "per_sample_diversity" runs a per-sample pass after each step's backward;
+  "two_batch" replaces each step's forward + backward by k micro-batches (k from
+  `policy.measure_settings()`). `estimator` records which ran ("per_sample", "per_sample_bn_eval",
+  "noise_scale"; joined with "+" when two ran), null otherwise.
+- measure_time_s: extra training seconds of the epoch's measurements (part of epoch_time_s; null
+  when the epoch measured nothing): the per-step hooks (the per-sample pass), plus the two-batch
+  meter's own norm and estimate arithmetic. The cost of running a step as k smaller micro-batches
+  is not separable from the step itself and shows only in epoch_time_s (benchmarks compare it).
+- Momentum buffers and lr: the policy's lr multiplier is set on the optimizer's param groups at
+  the start of each epoch; SGD's momentum buffers are kept as they are across batch-size and lr
+  changes (see trainables/policies/base.py for why).
 - wall_time_s: seconds since the trial's first TrialLoop was built, summed across resumes (the
   time between a checkpoint and a crash is not counted).
 """
@@ -43,13 +53,14 @@ import torch
 import torch.nn.functional as F
 
 from trainables.data import DATASETS, GpuLoader, load_dataset
+from trainables.estimators import DiversityMeter, TwoBatchMeter
 from trainables.models import ARCHITECTURES, build_model
-from trainables.policies import POLICY_NAMES, make_policy
+from trainables.policies import MEASURE_PER_SAMPLE, MEASURE_TWO_BATCH, POLICY_NAMES, make_policy
 from trainables.records import EPOCH_COLUMNS, NULLABLE_EPOCH_COLUMNS
 from trainables.signals import EpochGradAccumulator, grad_moments, moments_to_stats, trainable_params
 
 __all__ = ["CHECKPOINT_FILE", "DEFAULT_CONFIG", "MEASUREMENTS", "RECORD_COLUMNS", "REQUIRED_KEYS",
-           "Measurement", "TrialLoop", "validate_config"]
+           "Measurement", "PerSampleDiversity", "TrialLoop", "TwoBatchNoise", "validate_config"]
 
 CHECKPOINT_FILE = "state.pt"
 REQUIRED_KEYS: tuple[str, ...] = ("arch", "dataset")
@@ -166,7 +177,9 @@ class Measurement(Protocol):
     """An extra statistic a policy asks for via `policy.measurements(epoch)` (hook for later methods).
 
     Built once per epoch by a factory `(loop, epoch) -> Measurement` registered in MEASUREMENTS
-    under the name the policy requests. A measurement may also define
+    under the name the policy requests. Optional members: `estimator` (str, recorded in the
+    `estimator` column), `measure_seconds()` (extra seconds not covered by the timed on_step
+    hooks, added to measure_time_s). A measurement may also define
     `backward(loss_and_logits, x, y) -> (loss, logits)` to replace the step's forward + backward
     (e.g. to split the batch into micro-batches); it must leave the batch-mean gradient in `.grad`
     and return the detached batch-mean loss and the logits. `loss_and_logits(x, y)` runs the
@@ -181,7 +194,49 @@ class Measurement(Protocol):
         """Keyword arguments (plain Python values) for policy.step, read once after the epoch."""
 
 
-MEASUREMENTS: dict[str, Callable[[TrialLoop, int], Measurement]] = {}
+class PerSampleDiversity:
+    """"per_sample_diversity": DiveBatch's gradient diversity from a per-sample pass after each backward."""
+
+    def __init__(self, loop: TrialLoop, epoch: int) -> None:
+        chunk = int(loop.policy.measure_settings().get("per_sample_chunk", 32))
+        self.meter = DiversityMeter(loop.model, loop.params, chunk_size=chunk)
+        self.estimator = self.meter.estimator
+
+    def on_step(self, loop: TrialLoop, step: int, x: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> None:
+        """Fold in the step's batch (its batch-mean gradient is live in .grad)."""
+        self.meter.add(x, y)
+
+    def result(self) -> dict[str, Any]:
+        """grad_diversity and n_samples for policy.step."""
+        return self.meter.result()
+
+
+class TwoBatchNoise:
+    """"two_batch": McCandlish's estimates from k micro-batches of every step (replaces the backward)."""
+
+    estimator = "noise_scale"
+
+    def __init__(self, loop: TrialLoop, epoch: int) -> None:
+        k = int(loop.policy.measure_settings().get("micro_batches", 2))
+        self.meter = TwoBatchMeter(loop.params, micro_batches=k)
+
+    def backward(self, loss_and_logits: Any, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step's forward + backward as k micro-batches; leaves the batch-mean gradient in .grad."""
+        return self.meter.backward(loss_and_logits, x, y)
+
+    def measure_seconds(self) -> float:
+        """Seconds spent in the meter's own statistics this epoch."""
+        return self.meter.timer.seconds()
+
+    def result(self) -> dict[str, Any]:
+        """noise_trace, noise_sqnorm and n_samples for policy.step."""
+        return self.meter.result()
+
+
+MEASUREMENTS: dict[str, Callable[[TrialLoop, int], Measurement]] = {
+    MEASURE_PER_SAMPLE: PerSampleDiversity,
+    MEASURE_TWO_BATCH: TwoBatchNoise,
+}
 
 
 def _seed_everything(seed: int) -> None:
@@ -323,6 +378,9 @@ class TrialLoop:
             correct += (out.detach().argmax(dim=1) == y).sum()
         if steps == 0:
             raise RuntimeError(f"training loader yielded no batch at batch size {batch_size}")
+        for c in collectors.values():
+            if callable(getattr(c, "measure_seconds", None)):
+                measure_time += c.measure_seconds()
         # SGD's step leaves .grad untouched (weight decay goes into the update), so after the loop
         # the gradients are exactly those of the epoch's last step.
         if self.accumulator is not None:
@@ -400,9 +458,11 @@ class TrialLoop:
         for key in ("grad_norm_variation", "loss_variation", "confidence", "decision", "in_cooldown"):
             values[key] = prec[key]
         values["in_cooldown"] = bool(values["in_cooldown"])
-        for key in NULLABLE_EPOCH_COLUMNS - {"measure_time_s"}:  # method extras: null unless measured
+        for key in NULLABLE_EPOCH_COLUMNS - {"measure_time_s", "estimator"}:  # method extras: null unless measured
             values[key] = prec.get(key)
         values["measure_time_s"] = measure_time if collectors else None
+        labels = sorted({c.estimator for c in collectors.values() if getattr(c, "estimator", None)})
+        values["estimator"] = "+".join(labels) if labels else None
         record = {name: values[name] for name in RECORD_COLUMNS}
 
         self.epochs_done = epoch
