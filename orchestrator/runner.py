@@ -101,10 +101,7 @@ def cluster_gpus() -> float:
 
 def storage_root(results: str, study: str, storage: str | None = None) -> str:
     """Where the study's Tune experiments live (absolute path or URI)."""
-    if storage:
-        return storage_uri(storage)
-    return posixpath.join(storage_uri(results), study, "_ray") if "://" in results else \
-        os.path.join(storage_uri(results), study, "_ray")
+    return storage_uri(storage) if storage else _join(storage_uri(results), study, "_ray")
 
 
 def experiment_name(trial_ids: list[str]) -> str:
@@ -195,7 +192,6 @@ class RunReport:
 
     experiments: dict[str, str]
     grids: list[Any]
-    wall_s: float
 
 
 def run_plan(plan: Plan, results: str, resources: dict[str, float], storage: str | None = None,
@@ -206,7 +202,6 @@ def run_plan(plan: Plan, results: str, resources: dict[str, float], storage: str
     # Tune forces an experiment snapshot every num_to_keep checkpoints of a trial and warns when that
     # happens often; with a checkpoint per epoch of short epochs it always does, and the snapshot is cheap.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    t0 = time.perf_counter()
     study = plan.study
     root = storage_root(results, study.name, storage)
     specs = {t.trial_id: t for t in plan.trials}
@@ -241,7 +236,7 @@ def run_plan(plan: Plan, results: str, resources: dict[str, float], storage: str
         tuner = _tuner(doc, specs, results, root, name, study.max_failures, echo, verbose)
         grids.append(tuner.fit())
         done[name] = "new"
-    return RunReport(experiments=done, grids=grids, wall_s=time.perf_counter() - t0)
+    return RunReport(experiments=done, grids=grids)
 
 
 def ray_overhead(grids: list[Any]) -> dict[str, float] | None:

@@ -44,6 +44,11 @@ def _error_text(trial: Any) -> str:
     return text[-_ERROR_CHARS:]
 
 
+def _non_finite(row: dict[str, Any]) -> bool:
+    """The loop's divergence test on a stored row: a non-finite loss or gradient signal."""
+    return any(row.get(k) is None or not math.isfinite(row[k]) for k in ("train_loss", "grad_var", "grad_norm"))
+
+
 def epoch_line(study: str, label: str, trial_id: str, row: dict[str, Any], epochs: int) -> str:
     """One progress line per reported epoch."""
     def num(x: Any, fmt: str) -> str:
@@ -125,10 +130,14 @@ class ParquetSink(tune.Callback):
             status = meta.get("loop_status")
             if status not in ("completed", "diverged"):
                 # Nothing reported in this session (a restored trial that had already finished) or
-                # the function returned early: judge by what the store holds.
-                done = len(rows) == spec.config["epochs"]
-                status = "completed" if done else "failed"
-                error = None if done else f"trial ended after {len(rows)} of {spec.config['epochs']} epochs"
+                # the function returned early: judge by what the store holds, as the loop would.
+                if rows and _non_finite(rows[-1]):
+                    status = "diverged"
+                elif len(rows) == spec.config["epochs"]:
+                    status = "completed"
+                else:
+                    status = "failed"
+                    error = f"trial ended after {len(rows)} of {spec.config['epochs']} epochs"
         self.store.write_run(run_row(
             spec, rows, status=status, error=error, device=meta.get("device"), host=meta.get("host"),
             gpus_per_trial=self.resources.get("gpu", 0.0), cpus_per_trial=self.resources.get("cpu"),

@@ -79,3 +79,59 @@ def test_runs_and_ledger(tmp_path, as_uri):
 def test_bad_uri_names_the_field():
     with pytest.raises(ValueError, match="results='nosuchscheme://x'"):
         ResultsStore("nosuchscheme://x", "s")
+
+
+class _Trial:
+    """The one attribute of a Tune Trial the sink reads."""
+
+    def __init__(self, trial_id: str) -> None:
+        self.config = {"trial_id": trial_id}
+
+
+def _sink(tmp_path, epochs: int = 3):
+    from orchestrator.sink import ParquetSink
+
+    spec = TrialSpec(**{**SPEC.__dict__, "config_json": f'{{"epochs":{epochs}}}'})
+    return ParquetSink(str(tmp_path), "s", {spec.trial_id: spec}, {"cpu": 2.0, "gpu": 0.5}, echo=False), spec
+
+
+def test_sink_keeps_one_row_per_epoch_across_retries(tmp_path):
+    sink, spec = _sink(tmp_path)
+    trial = _Trial(spec.trial_id)
+    for epoch, acc in [(1, 0.1), (2, 0.2), (3, 0.3), (2, 0.22)]:  # the retry resumed after epoch 1
+        sink.on_trial_result(0, [], trial, {**_row(epoch, test_acc=acc), "loop_status": "running"})
+    stored = ResultsStore(str(tmp_path), "s").read_epochs(spec.trial_id)
+    assert [(r["epoch"], r["test_acc"]) for r in stored] == [(1, 0.1), (2, 0.22)]  # epoch 3 waits for its re-report
+    sink.on_trial_result(0, [], trial, {**_row(3, test_acc=0.33), "loop_status": "completed", "device": "cpu",
+                                        "hostname": "node1"})
+    sink.on_trial_complete(0, [], trial)
+    row = ResultsStore(str(tmp_path), "s").read_runs()[spec.trial_id]
+    assert (row["status"], row["epochs_done"], row["final_test_acc"], row["host"]) == ("completed", 3, 0.33, "node1")
+    assert (row["cpus_per_trial"], row["gpus_per_trial"]) == (2.0, 0.5)
+
+
+def test_a_new_driver_continues_from_the_stored_rows(tmp_path):
+    import pickle
+
+    sink, spec = _sink(tmp_path)
+    trial = _Trial(spec.trial_id)
+    sink.on_trial_result(0, [], trial, _row(1, test_acc=0.1))
+    restored = pickle.loads(pickle.dumps(sink))  # what Tuner.restore hands the new driver
+    assert restored._rows == {}
+    restored.on_trial_result(0, [], trial, _row(2, test_acc=0.2))
+    assert [r["epoch"] for r in ResultsStore(str(tmp_path), "s").read_epochs(spec.trial_id)] == [1, 2]
+
+
+@pytest.mark.parametrize("rows,status,error", [
+    ([1, 2, 3], "completed", None),
+    ([1, 2], "failed", "trial ended after 2 of 3 epochs"),
+    ([1, "nan"], "diverged", None),
+])
+def test_status_of_a_trial_that_reported_nothing_this_session(tmp_path, rows, status, error):
+    sink, spec = _sink(tmp_path)
+    ResultsStore(str(tmp_path), "s").write_epochs(spec.trial_id, [
+        _row(i + 1, train_loss=float("nan") if e == "nan" else 1.0, grad_var=1e-3, grad_norm=1.0)
+        for i, e in enumerate(rows)])
+    sink.on_trial_complete(0, [], _Trial(spec.trial_id))
+    row = ResultsStore(str(tmp_path), "s").read_runs()[spec.trial_id]
+    assert (row["status"], row["error"], row["epochs_done"]) == (status, error, len(rows))
