@@ -1,0 +1,1 @@
+"""Throughput and overhead benchmarks (see BENCHMARKS.md); run them as `python -m benchmarks.<name>`."""
