@@ -64,7 +64,7 @@ def test_bn_eval_approximation_on_tiny_cnn_restores_modes_and_stats():
     model.train()
     model(x)  # some running statistics that differ from the initial ones
     stats = {k: v.clone() for k, v in model.state_dict().items()}
-    meter = DiversityMeter(model, list(model.parameters()), chunk_size=4)
+    meter = DiversityMeter(model, chunk_size=4)
     assert meter.estimator == "per_sample_bn_eval"
     F.cross_entropy(model(x), y).backward()
     stats_after_step = {k: v.clone() for k, v in model.state_dict().items()}
@@ -82,6 +82,36 @@ def test_bn_eval_approximation_on_tiny_cnn_restores_modes_and_stats():
     assert meter.result()["n_samples"] == 6 and math.isfinite(meter.result()["grad_diversity"])
 
 
+def test_consistent_denominator_is_the_eval_network_diversity():
+    torch.manual_seed(3)
+    x, y = clustered_data(12)
+    # Without BatchNorm the two denominators are the same quantity.
+    mlp = build_model("tiny_mlp", 10)
+    results = {}
+    for choice in ("training", "per_sample"):
+        meter = DiversityMeter(mlp, chunk_size=5, diversity_sum=choice)
+        mlp.zero_grad(set_to_none=True)
+        F.cross_entropy(mlp(x), y).backward()
+        meter.add(x, y)
+        results[choice] = meter.result()["grad_diversity"]
+        assert meter.estimator == "per_sample"
+    assert results["per_sample"] == pytest.approx(results["training"], rel=1e-5)
+    # With BatchNorm, "per_sample" is exactly Delta of the eval-mode network (brute force below).
+    cnn = build_model("tiny_cnn", 10)
+    cnn(x)  # running statistics away from their initial values
+    meter = DiversityMeter(cnn, chunk_size=5, diversity_sum="per_sample")
+    assert meter.estimator == "per_sample_bn_eval_consistent"
+    F.cross_entropy(cnn(x), y).backward()
+    meter.add(x, y)
+    with eval_mode(cnn):
+        numerator = brute_force_sq_norms(cnn, x, y).sum().item()
+        F.cross_entropy(cnn(x), y, reduction="sum").backward()
+        denominator = sum(p.grad.double().square().sum().item() for p in cnn.parameters())
+    assert meter.result()["grad_diversity"] == pytest.approx(numerator / denominator, rel=1e-4)
+    with pytest.raises(ValueError, match="diversity_sum='eval' is not allowed"):
+        DiversityMeter(cnn, diversity_sum="eval")
+
+
 def test_diversity_hand_computed_on_zero_linear_model():
     # W = 0, b = 0, 2 classes: p - e_y = +-(1/2, -1/2), so |g_i|^2 = |p - e_y|^2 (|x_i|^2 + 1) = 1 for
     # unit x_i. Samples (e1, 0), (e2, 1), (e1, 0): sum of gradients W = [[-1, .5], [1, -.5]],
@@ -91,7 +121,7 @@ def test_diversity_hand_computed_on_zero_linear_model():
     nn.init.zeros_(model.bias)
     x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
     y = torch.tensor([0, 1, 0])
-    meter = DiversityMeter(model, list(model.parameters()))
+    meter = DiversityMeter(model)
     assert meter.estimator == "per_sample"
     F.cross_entropy(model(x), y).backward()
     meter.add(x, y)
@@ -105,7 +135,7 @@ def test_diversity_meter_matches_brute_force_across_optimizer_steps():
     params = list(model.parameters())
     opt = torch.optim.SGD(params, lr=0.1, momentum=0.9)
     x, y = clustered_data(48)
-    meter = DiversityMeter(model, params, chunk_size=16)
+    meter = DiversityMeter(model, chunk_size=16)
     numerator, grad_sum = 0.0, [torch.zeros_like(p, dtype=torch.float64) for p in params]
     for xb, yb in zip(x.split(16), y.split(16)):
         per_sample = brute_force_sq_norms(model, xb, yb)  # at this step's parameters

@@ -218,6 +218,10 @@ def test_per_sample_on_batchnorm_model_is_the_eval_approximation() -> None:
     # BatchNorm in eval mode during the per-sample pass: running statistics untouched, training identical.
     assert [plain.history[0][k] for k in TRAINING] == [dive.history[0][k] for k in TRAINING]
     assert all(torch.equal(a, b) for a, b in zip(plain.model.state_dict().values(), dive.model.state_dict().values()))
+    consistent = run({**SMALL, "epochs": 1, "method": "divebatch",
+                      "policy": {"b0": 32, "resize_every": 1, "diversity_sum": "per_sample"}})
+    assert consistent.history[0]["estimator"] == "per_sample_bn_eval_consistent"
+    assert [plain.history[0][k] for k in TRAINING] == [consistent.history[0][k] for k in TRAINING]
 
 
 def test_two_batch_noise_scale_estimator_keeps_the_gradient() -> None:

@@ -64,7 +64,7 @@ def test_divebatch_delta_defaults_by_dataset():
 def test_divebatch_per_sample_path_measures_only_on_resize_epochs():
     p = make_policy("divebatch", dataset="cifar10", resize_every=2, b_max=500)
     assert p.measurements(1) == frozenset() and p.measurements(2) == frozenset({"per_sample_diversity"})
-    assert p.measure_settings() == {"micro_batches": 2, "per_sample_chunk": 32}
+    assert p.measure_settings() == {"micro_batches": 2, "per_sample_chunk": 32, "diversity_sum": "training"}
     r1 = step(p, 1)
     assert r1["batch_size"] == 64 and r1["grad_diversity"] is None
     # n = 1000 samples, Delta = 1.2345 -> n*Delta = 1234.5, 0.1 * 1234.5 = 123.45 -> 123.
@@ -189,6 +189,7 @@ def test_registry_and_bad_options():
     for kwargs, message in [
         ({"name": "divebatch", "estimator": "exact"}, "estimator='exact' is not allowed; allowed values: 'per_sample', 'noise_scale'"),
         ({"name": "gns", "lr_scaling": "cubic"}, "lr_scaling='cubic' is not allowed"),
+        ({"name": "divebatch", "diversity_sum": "eval"}, "diversity_sum='eval' is not allowed; allowed values: 'training', 'per_sample'"),
         ({"name": "adabatch", "factor": 1}, "factor=1 must be >= 2"),
         ({"name": "gns", "micro_batches": 1}, "micro_batches=1 must be >= 2"),
         ({"name": "divebatch", "delta": 0.0}, "delta=0.0 must be > 0.0"),

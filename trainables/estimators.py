@@ -5,15 +5,16 @@ Two meters, each built by the epoch loop only for an epoch whose policy asks for
 
 - `DiversityMeter` ("per_sample_diversity"): DiveBatch's gradient diversity
   Delta = sum_i |g_i|^2 / |sum_i g_i|^2 over the epoch's training samples. The numerator comes from
-  exact per-sample gradient norms (`per_sample_grad_sq_norms`, torch.func, chunked); the denominator
-  from the training gradients themselves (B x the batch-mean gradient of each step, summed). After
-  each step's backward it runs one extra per-sample pass over the step's batch.
+  exact per-sample gradient norms (`per_sample_grad_sq_norms`, torch.func, chunked); the denominator,
+  by default, from the training gradients themselves (B x the batch-mean gradient of each step,
+  summed; option `diversity_sum`). After each step's backward it runs one extra per-sample pass
+  over the step's batch.
   The per-sample pass runs with the model in eval mode [choice]. For a model without BatchNorm and
   without active dropout the two modes compute the same function, so the norms are exact. With
   BatchNorm a per-sample gradient is ill-defined (each output depends on the whole batch); the pass
   then uses the running statistics, which is the DiveBatch authors' approximation (they switch
-  BatchNorm to eval for BackPACK's per-sample norms) and is recorded as "per_sample_bn_eval".
-  Dropout and stochastic depth are off in that pass too (deterministic, consumes no RNG). The pass
+  BatchNorm to eval for BackPACK's per-sample norms) and is recorded as "per_sample_bn_eval"
+  ("per_sample_bn_eval_consistent" with diversity_sum="per_sample", see DiversityMeter). Dropout and stochastic depth are off in that pass too (deterministic, consumes no RNG). The pass
   runs in float32 even when training uses bf16 autocast [choice]: exact norms, and vmap's
   BatchNorm rule rejects autocast's mixed bf16/float32 inputs.
 - `TwoBatchMeter` ("two_batch"): McCandlish's two-batch estimates. On a measuring epoch each step's
@@ -43,7 +44,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-__all__ = ["DeviceTimer", "DiversityMeter", "TwoBatchMeter", "eval_mode", "has_batchnorm", "per_sample_grad_sq_norms"]
+__all__ = ["DIVERSITY_SUMS", "DeviceTimer", "DiversityMeter", "TwoBatchMeter", "eval_mode", "has_batchnorm",
+           "per_sample_grad_sq_norms", "trainable_named"]
 
 LossAndLogits = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -99,13 +101,20 @@ class DeviceTimer:
         return self.cpu_seconds + sum(s.elapsed_time(e) for s, e in self.events) / 1000.0
 
 
-def per_sample_grad_sq_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                             chunk_size: int = 32) -> torch.Tensor:
+def trainable_named(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """(name, parameter) of every parameter that requires a gradient, in module order."""
+    return [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+
+
+def per_sample_grad_sq_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk_size: int = 32,
+                             sum_into: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
     """|grad_theta CE(model(x_i), y_i)|^2 for every sample i, as a float64 [N] tensor on x's device.
 
     torch.func.vmap(grad(...)) over chunks of `chunk_size` samples: memory is bounded by
     chunk_size x (number of trainable parameters) floats. Runs in the model's current mode (use
     `eval_mode` for BatchNorm models); parameters that do not require grad are held fixed.
+    `sum_into`: buffers shaped like `trainable_named(model)`'s parameters, to which the sum of the
+    per-sample gradients is added.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size!r} must be >= 1")
@@ -122,9 +131,15 @@ def per_sample_grad_sq_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         grads = per_sample_grads(params, x[start:start + chunk_size], y[start:start + chunk_size])
         sq = torch.stack([torch.linalg.vector_norm(g.reshape(g.shape[0], -1), dim=1, dtype=torch.float64)
                           for g in grads.values()]).square().sum(dim=0)
+        if sum_into is not None:
+            with torch.no_grad():
+                torch._foreach_add_(list(sum_into), [g.sum(dim=0) for g in grads.values()])
         del grads  # free the chunk's per-sample gradients before the next chunk
         norms.append(sq)
     return torch.cat(norms)
+
+
+DIVERSITY_SUMS: tuple[str, ...] = ("training", "per_sample")
 
 
 class DiversityMeter:
@@ -132,13 +147,27 @@ class DiversityMeter:
 
     Call `add(x, y)` after each training step's backward and before the optimizer step (the
     batch-mean gradient must be in `.grad`); `result()` after the epoch.
+
+    `diversity_sum` [choice] picks the denominator's |sum_i g_i|^2:
+    - "training" (the authors' code): the sum of the training gradients, B x each step's batch-mean
+      gradient. With BatchNorm it mixes train-mode sums with eval-mode per-sample norms.
+    - "per_sample": the sum of the per-sample pass's own gradients, so numerator and denominator
+      describe the same (eval-mode) network; recorded as "per_sample_bn_eval_consistent".
+    Without BatchNorm both are the same quantity (up to rounding) and the estimator is "per_sample".
     """
 
-    def __init__(self, model: nn.Module, params: Sequence[torch.Tensor], chunk_size: int = 32) -> None:
+    def __init__(self, model: nn.Module, chunk_size: int = 32, diversity_sum: str = "training") -> None:
+        if diversity_sum not in DIVERSITY_SUMS:
+            raise ValueError(f"diversity_sum={diversity_sum!r} is not allowed; allowed values: "
+                             f"{', '.join(map(repr, DIVERSITY_SUMS))}")
         self.model = model
-        self.params = list(params)
+        self.params = [p for _, p in trainable_named(model)]
         self.chunk_size = chunk_size
-        self.estimator = "per_sample_bn_eval" if has_batchnorm(model) else "per_sample"
+        self.diversity_sum = diversity_sum
+        if not has_batchnorm(model):
+            self.estimator = "per_sample"
+        else:
+            self.estimator = "per_sample_bn_eval" + ("_consistent" if diversity_sum == "per_sample" else "")
         device = self.params[0].device
         self.grad_sum = [torch.zeros_like(p, dtype=torch.float32) for p in self.params]
         self.sq_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -154,10 +183,13 @@ class DiversityMeter:
 
     def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Fold in one training step's batch (no host synchronisation)."""
-        self._add_batch_gradient(x.shape[0])
+        per_sample_sum = self.diversity_sum == "per_sample"
+        if not per_sample_sum:
+            self._add_batch_gradient(x.shape[0])
         with eval_mode(self.model):
             # float32 even under bf16 training autocast: the loop's autocast region ended with the forward.
-            norms = per_sample_grad_sq_norms(self.model, x.float(), y, self.chunk_size)
+            norms = per_sample_grad_sq_norms(self.model, x.float(), y, self.chunk_size,
+                                             sum_into=self.grad_sum if per_sample_sum else None)
         self.sq_sum += norms.sum()
         self.n_samples += int(x.shape[0])
 

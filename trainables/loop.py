@@ -24,7 +24,7 @@ Documented choices:
   nothing extra. "per_sample_diversity" runs a per-sample pass after each step's backward;
   "two_batch" replaces each step's forward + backward by k micro-batches (k from
   `policy.measure_settings()`). `estimator` records which ran ("per_sample", "per_sample_bn_eval",
-  "noise_scale"; joined with "+" when two ran), null otherwise.
+  "per_sample_bn_eval_consistent", "noise_scale"; joined with "+" when two ran), null otherwise.
 - measure_time_s: extra training seconds of the epoch's measurements (part of epoch_time_s; null
   when the epoch measured nothing): the per-step hooks (the per-sample pass), plus the two-batch
   meter's own norm and estimate arithmetic. The cost of running a step as k smaller micro-batches
@@ -198,8 +198,9 @@ class PerSampleDiversity:
     """"per_sample_diversity": DiveBatch's gradient diversity from a per-sample pass after each backward."""
 
     def __init__(self, loop: TrialLoop, epoch: int) -> None:
-        chunk = int(loop.policy.measure_settings().get("per_sample_chunk", 32))
-        self.meter = DiversityMeter(loop.model, loop.params, chunk_size=chunk)
+        settings = loop.policy.measure_settings()
+        self.meter = DiversityMeter(loop.model, chunk_size=int(settings.get("per_sample_chunk", 32)),
+                                    diversity_sum=str(settings.get("diversity_sum", "training")))
         self.estimator = self.meter.estimator
 
     def on_step(self, loop: TrialLoop, step: int, x: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> None:
