@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         archs, batches, samples, rounds, budget = ["tiny_cnn"], [64, 96], 192, 1, 60.0
     elif gpu:
-        archs, batches, samples, rounds, budget = list(PAPER_ARCHS), ladder, 8192, 2, 40.0
+        archs, batches, samples, rounds, budget = list(PAPER_ARCHS), ladder, 4096, 3, 12.0
     else:
         # One CPU thread: ~1,300 samples/s for tiny_cnn, ~100 for mobilenetv3, ~20 for resnet18
         # (measured), so the study archs get the bottom of the ladder on a few hundred samples.

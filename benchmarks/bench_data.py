@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         arch, batches, train_batches, samples, rounds, workers = "tiny_cnn", [32, 64], [64], 256, 1, 0
     elif gpu:
-        arch, batches, train_batches, samples, rounds, workers = "resnet18", deba_ladder(), [64, 256, 1024], 16384, 2, 8
+        arch, batches, train_batches, samples, rounds, workers = "resnet18", deba_ladder(), [64, 256, 1024], 12288, 2, 8
     else:
         arch, batches, train_batches, samples, rounds, workers = "tiny_cnn", deba_ladder(), [64, 256, 1024], 4096, 2, 0
     arch = args.arch or arch

@@ -28,7 +28,7 @@ import tempfile
 import time
 from typing import Any
 
-from benchmarks.common import (ROOT, Result, base_parser, header, loop_config, mean_call_time, resolve_device,
+from benchmarks.common import (DEFAULT_OUT, ROOT, Result, base_parser, header, loop_config, mean_call_time, resolve_device,
                                resolve_threads, str_list)
 
 CKPT_TARGET = 0.01  # report + checkpoint under 1% of an epoch
@@ -53,7 +53,8 @@ def checkpoint_cost(archs: list[str], device: str, threads: int | None, repeats:
             for b, epoch_s in curve[arch].items():
                 row[f"fraction_of_full_epoch_B{b}"] = seconds / epoch_s
         rows.append(row)
-        extra = "  ".join(f"{k[-5:]}: {100 * v:.2f}%" for k, v in row.items() if k.startswith("fraction"))
+        extra = "  ".join(f"{k.rsplit('_', 1)[1]}: {100 * v:.2f}% of a full epoch" for k, v in row.items()
+                          if k.startswith("fraction"))
         print(f"  checkpoint {arch:<16} {row['checkpoint_mb']:8.1f} MB  save {1e3 * seconds:8.1f} ms  {extra}",
               flush=True)
         del loop
@@ -189,9 +190,10 @@ def main(argv: list[str] | None = None) -> int:
     p = base_parser(__doc__)
     p.add_argument("--archs", type=str_list, default=None, help="architectures of the checkpoint measurement")
     p.add_argument("--no-ray", action="store_true", help="only the checkpoint measurement (no Ray)")
+    p.add_argument("--rounds", type=int, default=1, help="packing rounds (arm order reversed every other round)")
     p.add_argument("--batch-curve-json", default=None,
                    help="a bench_batch result (same machine) to relate checkpoint time to full-epoch time; "
-                        "'latest' takes the newest batch_curve_<device>_*.json in --out")
+                        "'latest': the newest batch_curve_<device>_*.json in --out, else under benchmarks/out/")
     args = p.parse_args(argv)
     device = resolve_device(args.device)
     threads = resolve_threads(args.threads, device)
@@ -201,7 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     repeats = args.repeats or (1 if args.quick else 3)
     curve_path = args.batch_curve_json
     if curve_path == "latest":
-        found = sorted(glob.glob(os.path.join(args.out, f"batch_curve_{device}_*.json")))
+        # --out first, then anything under benchmarks/out/ (e.g. a carried earlier GPU call's results)
+        pattern = f"batch_curve_{device}_*.json"
+        found = sorted(glob.glob(os.path.join(args.out, pattern)),
+                       key=os.path.basename) or sorted(glob.glob(os.path.join(DEFAULT_OUT, "**", pattern),
+                                                                 recursive=True), key=os.path.basename)
         curve_path = found[-1] if found else None
     result = Result("orchestration", device, {"checkpoint_archs": archs, "repeats": repeats, "threads": threads,
                                               "batch_curve_json": curve_path, "quick": args.quick})
@@ -217,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"1 + (save_checkpoint seconds)/(projected full-epoch train seconds), worst arch and batch "
                          f"size ({worst['arch']})", target=f"<= {1 + CKPT_TARGET}", met=max(fractions) <= CKPT_TARGET)
         if not args.no_ray:
-            ray_part(result, gpu, args.quick, rounds=1 if args.quick or not gpu else 2)
+            ray_part(result, gpu, args.quick, rounds=args.rounds)
     path = result.write(args.out)
     for name, r in result.doc["ratios"].items():
         v = r["value"]

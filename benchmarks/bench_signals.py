@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         archs, batches, limit, pairs, calls, dataset = ["tiny_cnn"], [32], 128, 1, 3, "digits"
     elif gpu:
-        archs, batches, limit, pairs, calls, dataset = ["resnet18", "vit_b16"], [128, 1024], 6144, 2, 20, "synthetic"
+        archs, batches, limit, pairs, calls, dataset = ["resnet18", "vit_b16"], [128, 1024], 4096, 2, 20, "synthetic"
     else:
         # CPU sizes for a shared 2-core machine: epochs of seconds. resnet18 shows the cost on a
         # study-sized parameter count (11M); tiny_cnn on digits gives many pairs cheaply.
