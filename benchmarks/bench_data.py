@@ -83,6 +83,10 @@ class TorchvisionLoader:
         """Full batches per epoch."""
         return self.num_samples // batch_size
 
+    def close(self) -> None:
+        """Drop the cached DataLoaders (their persistent worker processes exit)."""
+        self._loaders.clear()
+
     def _loader(self, batch_size: int) -> Any:
         from torch.utils.data import DataLoader
 
@@ -138,6 +142,7 @@ def loader_only(data: Any, device: str, batches: list[int], rounds: int, workers
         print(f"  loader only B={b:<5} GpuLoader {rows[-1]['gpu_samples_per_s']:>10.0f} samples/s   torchvision "
               f"{rows[-1]['torchvision_samples_per_s']:>8.0f} samples/s   ratio "
               f"{rows[-1]['ratio_torchvision_over_gpu']['value']:.1f}x", flush=True)
+        tv.close()
 
 
 def training(arch: str, dataset: str, device: str, threads: int | None, train_limit: int, batches: list[int],
@@ -165,6 +170,7 @@ def training(arch: str, dataset: str, device: str, threads: int | None, train_li
             loop.train_loader = arms[name]
             t[name].append(loop.run_epoch()["epoch_time_s"])
         loop.train_loader = real
+        arms["torchvision"].close()
         steps = real.num_batches(b)
         row = {"batch_size": b, "steps": steps, **{f"{k}_train_s": summary(v) for k, v in t.items()},
                "loader_overhead": paired_ratio(t["gpu"], t["premade"]),

@@ -131,7 +131,8 @@ def ray_part(result: Result, gpu: bool, quick: bool, rounds: int) -> None:
                                      "test_limit": test_limit, "epochs": epochs, "trials": trials, "arms": arms,
                                      "ray_cpus": cpus, "ray_gpus": gpus, "rounds": rounds})
     path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
-    ray.init(num_cpus=cpus, num_gpus=gpus, include_dashboard=False, log_to_driver=False,
+    # address="local": always a fresh Ray of our own size, never a cluster someone else started here.
+    ray.init(address="local", num_cpus=cpus, num_gpus=gpus, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": path}})
     try:
         with tempfile.TemporaryDirectory(prefix="bench-orch-") as results:

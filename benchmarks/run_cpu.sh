@@ -13,7 +13,7 @@ for bench in bench_signals bench_data bench_batch bench_speedups bench_orchestra
   extra=()
   [ "$bench" = bench_orchestration ] && extra=(--batch-curve-json latest)
   python -m "benchmarks.$bench" --device cpu --out "$OUT" "${extra[@]}" 2>&1 \
-    | grep -v -E '^(│|╭|╰|├)|View detailed results|INFO tune.py|To visualize your results|^$'
+    | grep --line-buffered -v -E '^(│|╭|╰|├)|View detailed results|INFO tune.py|To visualize your results|^$'
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
 done
 exit $status

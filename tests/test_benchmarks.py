@@ -14,7 +14,7 @@ import os
 import pytest
 import torch
 
-from benchmarks import bench_batch, bench_data, bench_orchestration, bench_signals, bench_speedups
+from benchmarks import bench_batch, bench_data, bench_orchestration, bench_signals, bench_speedups, tables
 from benchmarks.common import (alternating, deba_ladder, default_peak_tflops, mfu, paired_ratio, set_batch_size,
                                summary)
 from benchmarks.bench_data import PremadeLoader
@@ -124,6 +124,8 @@ def test_set_batch_size_changes_the_next_epoch(tiny_loop):
 def test_benchmark_quick_run_writes_its_result(tmp_path, module, name):
     assert module.main(["--quick", "--device", "cpu", "--out", str(tmp_path)]) == 0
     _check_doc(_only_result(str(tmp_path), name), name)
+    text = tables.render(tables.latest([str(tmp_path)]))
+    assert text.startswith(f"### {name} (cpu)") and "| ratio | value | target | verdict | definition |" in text
 
 
 def test_orchestration_checkpoint_part_without_ray(tmp_path):
@@ -138,6 +140,7 @@ def test_orchestration_quick_run_on_ray_records_the_packing(tmp_path):
     assert bench_orchestration.main(["--quick", "--device", "cpu", "--out", str(tmp_path)]) == 0
     doc = _only_result(str(tmp_path), "orchestration")
     _check_doc(doc, "orchestration")
+    assert "Packing (same trials per arm)" in tables.render(tables.latest([str(tmp_path)]))
     assert doc["numbers"]["runs_table_records_packing"] is True
     assert set(doc["numbers"]["packing"]) == {"gpu0_cpu2", "gpu0_cpu1"}
     assert doc["numbers"]["ray_overhead_study"]["completed"] == 1
