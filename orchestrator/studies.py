@@ -170,13 +170,27 @@ def _profile() -> StudySpec:
 
 
 def _methods() -> StudySpec:
-    return StudySpec(name="methods", archs=PAPER_ARCHS, datasets=("cifar10", "cifar100"), seeds=PAPER_SEEDS,
-                     methods=_available_methods(), epochs=100,
+    # Every registered policy side by side at demonstration scale (offline, CPU, minutes), with the
+    # demo's tiny archs and calibrated thresholds. resize_every 3 lets AdaBatch and DiveBatch resize
+    # (x3 in 10 epochs); b_max 512 keeps at least two steps per epoch on the 1,437-image split.
+    demo = _demo()
+    return dataclasses.replace(
+        demo, name="methods", methods=_available_methods(), epochs=10,
+        policy={**demo.policy, "resize_every": 3},
+        description="every registered batch-size policy side by side on digits (offline, CPU, minutes): "
+                    "tiny models, scaled-down epochs, cooldown, window and resize interval; not the paper's "
+                    "setting (that is methods_paper)")
+
+
+def _methods_paper() -> StudySpec:
+    return StudySpec(name="methods_paper", archs=PAPER_ARCHS, datasets=("cifar10", "cifar100"),
+                     seeds=PAPER_SEEDS, methods=_available_methods(), epochs=100,
                      description="every registered batch-size policy on the paper grid")
 
 
 PRESETS: dict[str, Callable[[], StudySpec]] = {
     "demo": _demo, "paper": _paper, "ablations": _ablations, "profile": _profile, "methods": _methods,
+    "methods_paper": _methods_paper,
 }
 
 

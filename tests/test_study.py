@@ -35,12 +35,13 @@ def test_demo_preset_expands_to_fixed_and_deba_on_digits():
     assert len({s.trial_id for s in specs}) == 8
 
 
-@pytest.mark.parametrize("name,count", [("paper", 6 * 2 * 5 * 2), ("ablations", 6 * 5 * (1 + 5)),
-                                        ("profile", 6 * 2 * 3), ("methods", 6 * 2 * 5 * len(POLICY_NAMES))])
-def test_preset_sizes(name, count):
+@pytest.mark.parametrize("name,count,epochs", [("paper", 6 * 2 * 5 * 2, 100), ("ablations", 6 * 5 * (1 + 5), 100),
+                                               ("profile", 6 * 2 * 3, 100), ("methods", 2 * 2 * len(POLICY_NAMES), 10),
+                                               ("methods_paper", 6 * 2 * 5 * len(POLICY_NAMES), 100)])
+def test_preset_sizes(name, count, epochs):
     specs = expand(preset(name))
     assert len(specs) == count
-    assert all(s.config["epochs"] == 100 for s in specs)
+    assert all(s.config["epochs"] == epochs for s in specs)
 
 
 def test_ablation_variants_set_their_options_and_fixed_stays_baseline():
