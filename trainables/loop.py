@@ -81,7 +81,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "augment": True,         # random crop + flip on the training set (SPEC §3)
     "device": "auto",        # auto = cuda when available
     "amp": "auto",           # auto = bf16 on CUDA, off on CPU
-    "channels_last": "auto",  # auto = on CUDA
+    "channels_last": "auto",  # auto = on (measured faster on CPU too: BENCHMARKS.md, speed knobs)
     "fused_sgd": "auto",     # auto = on CUDA
     "compile": False,        # torch.compile with a dynamic batch dimension
     "threads": None,         # torch.set_num_threads; None keeps torch's default
@@ -265,7 +265,7 @@ class TrialLoop:
         self.device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
         self.device_name = torch.cuda.get_device_name(self.device) if use_cuda else "cpu"
         self.amp_dtype = torch.bfloat16 if cfg["amp"] == "bf16" or (cfg["amp"] == "auto" and use_cuda) else None
-        self.channels_last = cfg["channels_last"] is True or (cfg["channels_last"] == "auto" and use_cuda)
+        self.channels_last = cfg["channels_last"] in (True, "auto")
         fused = cfg["fused_sgd"] is True or (cfg["fused_sgd"] == "auto" and use_cuda)
 
         _seed_everything(cfg["seed"])
