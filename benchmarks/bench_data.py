@@ -240,9 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         result.note("CPU run: loader and model share the same cores, so the 5% loader target (a GPU target) "
                     "is not judged here")
     path = result.write(args.out)
-    for name, r in result.doc["ratios"].items():
-        print(f"{name}: {r['value']:.4f} (target {r['target']}, met={r['met']})")
-    print(f"wrote {path}")
+    result.print_ratios(path)
     return 0
 
 

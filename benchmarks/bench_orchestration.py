@@ -226,10 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_ray:
             ray_part(result, gpu, args.quick, rounds=args.rounds)
     path = result.write(args.out)
-    for name, r in result.doc["ratios"].items():
-        v = r["value"]
-        print(f"{name}: {'n/a' if v is None else f'{v:.3f}'} (target {r['target']}, met={r['met']})")
-    print(f"wrote {path}")
+    result.print_ratios(path)
     return 0
 
 

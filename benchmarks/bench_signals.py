@@ -169,9 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     if not gpu:
         result.note("CPU run; the GPU target (<= 1.01) is judged on the GPU run")
     path = result.write(args.out)
-    for name, r in result.doc["ratios"].items():
-        print(f"{name}: {r['value']:.4f} (target {r['target']}, met={r['met']})")
-    print(f"wrote {path}")
+    result.print_ratios(path)
     return 0
 
 

@@ -228,10 +228,7 @@ def main(argv: list[str] | None = None) -> int:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    for name, r in result.doc["ratios"].items():
-        v = r["value"]
-        print(f"{name}: {'n/a' if v is None else f'{v:.3f}'} (target {r['target']}, met={r['met']})")
-    print(f"wrote {path}")
+    result.print_ratios(path)
     return 0
 
 

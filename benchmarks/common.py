@@ -314,6 +314,13 @@ class Result:
             json.dump(self.doc, f, indent=1, sort_keys=False, default=_json_default, allow_nan=True)
         return path
 
+    def print_ratios(self, path: str) -> None:
+        """Print every ratio with its target and verdict, then where the result was written."""
+        for name, r in self.doc["ratios"].items():
+            v = r["value"]
+            print(f"{name}: {'n/a' if v is None else f'{v:.4f}'} (target {r['target']}, met={r['met']})")
+        print(f"wrote {path}")
+
 
 def _json_default(obj: Any) -> Any:
     if hasattr(obj, "item"):

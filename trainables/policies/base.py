@@ -193,3 +193,40 @@ class BatchSizePolicy:
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         """Restore what extra_state() returned."""
+
+
+class CooldownPolicy(BatchSizePolicy):
+    """A policy that moves B within [b_min, b_max] and holds for `cooldown` epochs after a change.
+
+    After a change at epoch t_last, every epoch t with t - t_last < cooldown holds; t_last = 0 at the
+    start, so epochs 1..cooldown-1 hold too [choice] (SPEC §2). Subclasses call `mark_change(epoch)`.
+    """
+
+    OPTIONS: ClassVar[dict[str, Any]] = {**BatchSizePolicy.OPTIONS, "b_min": 32, "b_max": 1024, "cooldown": 10}
+
+    def __init__(self, arch: str | None = None, dataset: str | None = None, **options: Any) -> None:
+        super().__init__(arch, dataset, **options)
+        opts = self.options
+        check_number("b_min", opts["b_min"], minimum=1, integer=True)
+        check_number("b_max", opts["b_max"], minimum=1, integer=True)
+        check_number("cooldown", opts["cooldown"], minimum=0, integer=True)
+        if not opts["b_min"] <= opts["b0"] <= opts["b_max"]:
+            raise ValueError(f"need b_min <= b0 <= b_max, got b_min={opts['b_min']}, b0={opts['b0']}, "
+                             f"b_max={opts['b_max']}")
+        self.t_last = 0  # epoch of the last change
+
+    def in_cooldown(self, epoch: int) -> bool:
+        """Whether decisions at `epoch` are forced to hold."""
+        return epoch - self.t_last < self.options["cooldown"]
+
+    def mark_change(self, epoch: int) -> None:
+        """Start a cooldown: B changed after `epoch`."""
+        self.t_last = epoch
+
+    def extra_state(self) -> dict[str, Any]:
+        """The epoch of the last change."""
+        return {"t_last": self.t_last}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore t_last."""
+        self.t_last = int(state["t_last"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from trainables.policies.base import BatchSizePolicy, check_choice, check_number
+from trainables.policies.base import CooldownPolicy, check_choice, check_number
 from trainables.policies.signals import EpochSignals
 
 # Paper Table 1: (theta_stab, theta_conf) per registry architecture name.
@@ -43,7 +43,7 @@ def decide_deba(rule: str, confidence: float, d_norm: float, d_loss: float,
     return "rollback" if unstable else "hold"
 
 
-class DebaPolicy(BatchSizePolicy):
+class DebaPolicy(CooldownPolicy):
     """DEBA with every [choice] of SPEC §1-2 as a named option.
 
     Options: theta_stab, theta_conf (override the architecture's Table 1 values), thresholds
@@ -56,9 +56,8 @@ class DebaPolicy(BatchSizePolicy):
     """
 
     name = "deba"
-    OPTIONS = {**BatchSizePolicy.OPTIONS, "theta_stab": None, "theta_conf": None, "thresholds": "arch",
-               "alpha": 1.5, "beta": 0.8, "b_min": 32, "b_max": 1024, "cooldown": 10,
-               "decision_rule": "paper"}
+    OPTIONS = {**CooldownPolicy.OPTIONS, "theta_stab": None, "theta_conf": None, "thresholds": "arch",
+               "alpha": 1.5, "beta": 0.8, "decision_rule": "paper"}
 
     def __init__(self, arch: str | None = None, dataset: str | None = None, **options: Any) -> None:
         super().__init__(arch, dataset, **options)
@@ -69,14 +68,7 @@ class DebaPolicy(BatchSizePolicy):
         check_number("beta", opts["beta"], minimum=0.0, strict=True)
         if opts["beta"] >= 1.0:
             raise ValueError(f"beta={opts['beta']!r} must be < 1 (the rollback factor shrinks the batch)")
-        check_number("b_min", opts["b_min"], minimum=1, integer=True)
-        check_number("b_max", opts["b_max"], minimum=1, integer=True)
-        check_number("cooldown", opts["cooldown"], minimum=0, integer=True)
-        if not opts["b_min"] <= opts["b0"] <= opts["b_max"]:
-            raise ValueError(f"need b_min <= b0 <= b_max, got b_min={opts['b_min']}, b0={opts['b0']}, "
-                             f"b_max={opts['b_max']}")
         self.theta_stab, self.theta_conf = self._thresholds(arch, opts)
-        self.t_last = 0  # epoch of the last change; 0 at start, so epochs 1..C-1 are cooldown [choice]
 
     @staticmethod
     def _thresholds(arch: str | None, opts: dict[str, Any]) -> tuple[float, float]:
@@ -96,10 +88,6 @@ class DebaPolicy(BatchSizePolicy):
         check_number("theta_conf", conf, minimum=0.0, strict=True)
         return float(stab), float(conf)
 
-    def in_cooldown(self, epoch: int) -> bool:
-        """Whether decisions at `epoch` are forced to hold."""
-        return epoch - self.t_last < self.options["cooldown"]
-
     def decide(self, epoch: int, signals: EpochSignals, **inputs: Any) -> dict[str, Any]:
         """Apply cooldown, the decision rule and the bounded multiplicative update."""
         opts = self.options
@@ -116,13 +104,5 @@ class DebaPolicy(BatchSizePolicy):
         if new_batch == batch:
             decision = "hold"
         else:
-            self.t_last = epoch
+            self.mark_change(epoch)
         return {"decision": decision, "batch_size": new_batch, "in_cooldown": False}
-
-    def extra_state(self) -> dict[str, Any]:
-        """The epoch of the last change."""
-        return {"t_last": self.t_last}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        """Restore t_last."""
-        self.t_last = int(state["t_last"])

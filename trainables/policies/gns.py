@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from trainables.policies.base import MEASURE_TWO_BATCH, BatchSizePolicy, check_number
+from trainables.policies.base import MEASURE_TWO_BATCH, CooldownPolicy
 
 
 def gns_target(b_simple: float, b_min: int, b_max: int) -> int | None:
@@ -17,7 +17,7 @@ def gns_target(b_simple: float, b_min: int, b_max: int) -> int | None:
     return min(max(math.floor(b_simple), b_min), b_max)
 
 
-class GnsPolicy(BatchSizePolicy):
+class GnsPolicy(CooldownPolicy):
     """Measure the two-batch statistics every epoch; B_simple = EMA(tr Sigma) / EMA(|G|^2) (separate
     EMAs, decay `ema_decay`); outside cooldown, B = clamp(floor(B_simple), b_min, b_max).
 
@@ -31,26 +31,9 @@ class GnsPolicy(BatchSizePolicy):
     """
 
     name = "gns"
-    OPTIONS = {**BatchSizePolicy.OPTIONS, "b_min": 32, "b_max": 1024, "cooldown": 10}
-
-    def __init__(self, arch: str | None = None, dataset: str | None = None, **options: Any) -> None:
-        super().__init__(arch, dataset, **options)
-        opts = self.options
-        check_number("b_min", opts["b_min"], minimum=1, integer=True)
-        check_number("b_max", opts["b_max"], minimum=1, integer=True)
-        check_number("cooldown", opts["cooldown"], minimum=0, integer=True)
-        if not opts["b_min"] <= opts["b0"] <= opts["b_max"]:
-            raise ValueError(f"need b_min <= b0 <= b_max, got b_min={opts['b_min']}, b0={opts['b0']}, "
-                             f"b_max={opts['b_max']}")
-        self.t_last = 0
-
     def method_measurements(self, epoch: int) -> frozenset[str]:
         """Two-batch statistics every epoch (the EMA needs every epoch, cooldown included)."""
         return frozenset({MEASURE_TWO_BATCH})
-
-    def in_cooldown(self, epoch: int) -> bool:
-        """Whether decisions at `epoch` are forced to hold."""
-        return epoch - self.t_last < self.options["cooldown"]
 
     def decide(self, epoch: int, signals: Any, **inputs: Any) -> dict[str, Any]:
         """Move B to the clamped noise scale outside cooldown."""
@@ -66,13 +49,5 @@ class GnsPolicy(BatchSizePolicy):
         target = gns_target(b_simple, self.options["b_min"], self.options["b_max"])
         if target is not None and target != batch:
             rec.update(decision="increase" if target > batch else "rollback", batch_size=target)
-            self.t_last = epoch
+            self.mark_change(epoch)
         return rec
-
-    def extra_state(self) -> dict[str, Any]:
-        """The epoch of the last change."""
-        return {"t_last": self.t_last}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        """Restore t_last."""
-        self.t_last = int(state["t_last"])
