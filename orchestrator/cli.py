@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
                                             "has GPUs, else 0")
     p.add_argument("--cpus-per-trial", help="CPUs per trial (default 1)")
     p.add_argument("--max-failures", help="retries per trial, each resuming from the last checkpoint")
+    p.add_argument("--checkpoint-every", metavar="K",
+                   help="checkpoint every K-th epoch (default 1; the last and a diverged epoch always): fewer "
+                        "checkpoints of big models, a retry re-runs up to K-1 epochs")
     p.add_argument("--thresholds", help='JSON file: {arch: {"theta_stab": x, "theta_conf": y}} for DEBA trials')
     p.add_argument("--policy-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="study-wide policy option, for every method that accepts it (repeatable)")
@@ -122,6 +125,7 @@ def study_from_args(args: argparse.Namespace) -> StudySpec:
         gpus_per_trial=_number("gpus_per_trial", args.gpus_per_trial),
         cpus_per_trial=_number("cpus_per_trial", args.cpus_per_trial),
         max_failures=_number("max_failures", args.max_failures, int),
+        checkpoint_every=_number("checkpoint_every", args.checkpoint_every, int),
         policy={**base.policy, **_pairs("policy_opt", args.policy_opt)},
         loop={**base.loop, **_pairs("loop_opt", args.loop_opt)},
         variant_defs=variant_defs, thresholds=thresholds)

@@ -32,7 +32,8 @@ def format_plan(plan: Plan, results: str, resources: str, storage: str | None = 
              f"variants={','.join(study.variants)} epochs={study.epochs}",
              f"  trials: {len(plan.trials)} total, {len(plan.finished)} finished (skipped), "
              f"{len(plan.pending)} to run",
-             f"  resources per trial: {resources}; max_failures={study.max_failures}",
+             f"  resources per trial: {resources}; max_failures={study.max_failures}; "
+             f"checkpoint every {study.checkpoint_every} epoch(s)",
              f"  results: {ResultsStore(results, study.name).study_path}  experiments: "
              f"{storage_root(results, study.name, storage)}"]
     for t in plan.trials:

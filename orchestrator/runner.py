@@ -135,9 +135,10 @@ def read_plans(root: str) -> dict[str, dict[str, Any]]:
     return plans
 
 
-def payload(spec: TrialSpec, hooks: dict[str, Any]) -> dict[str, Any]:
+def payload(spec: TrialSpec, hooks: dict[str, Any], checkpoint_every: int = 1) -> dict[str, Any]:
     """What a trial process needs (see trainables.ray_trainable)."""
-    return {"study": spec.study, "config": spec.config, "hooks": dict(hooks), "label": spec.label}
+    return {"study": spec.study, "config": spec.config, "hooks": dict(hooks), "label": spec.label,
+            "checkpoint_every": checkpoint_every}
 
 
 class TrialNamer:
@@ -217,8 +218,10 @@ def run_plan(plan: Plan, results: str, resources: dict[str, float], storage: str
             continue
         print(f"[{study.name}] resuming experiment {name}: {len(open_ids)} unfinished trial(s)", flush=True)
         started = time.time()
-        # The restored Tuner brings its own ParquetSink, pickled with its state.
-        tuner = tune.Tuner.restore(exp_path, trainable=_trainable(doc["trials"], doc["resources"]),
+        # The restored Tuner brings its own ParquetSink, pickled with its state. The checkpoint
+        # cadence is an execution setting: this command's value applies to resumed trials too.
+        payloads = {tid: {**p, "checkpoint_every": study.checkpoint_every} for tid, p in doc["trials"].items()}
+        tuner = tune.Tuner.restore(exp_path, trainable=_trainable(payloads, doc["resources"]),
                                    resume_unfinished=True, resume_errored=True)
         grids.append(tuner.fit())
         done[name] = "restored"
@@ -231,7 +234,7 @@ def run_plan(plan: Plan, results: str, resources: dict[str, float], storage: str
         while name in plans or name in done:
             name = experiment_name(ids + [name])  # same trials as an old experiment: take a fresh directory
         doc = {"study": study.name, "resources": resources,
-               "trials": {tid: payload(specs[tid], study.hooks) for tid in ids}}
+               "trials": {tid: payload(specs[tid], study.hooks, study.checkpoint_every) for tid in ids}}
         write_plan(root, name, doc)
         tuner = _tuner(doc, specs, results, root, name, study.max_failures, echo, verbose)
         grids.append(tuner.fit())

@@ -59,7 +59,9 @@ class StudySpec:
     `variant_defs` adds user-named variants (name -> policy options); `thresholds` maps
     arch -> {"theta_stab", "theta_conf"} for DEBA trials (calibrated values); `loop` holds extra
     TrialLoop config keys (lr, train_limit, ...). `gpus_per_trial=None` means one GPU per trial when
-    the cluster has GPUs, else CPU-only trials. `hooks` are test hooks (see trainables.ray_trainable).
+    the cluster has GPUs, else CPU-only trials. `checkpoint_every=K` checkpoints every K-th epoch (the
+    last and a diverged epoch always): how a trial runs, not what it computes, so it is no part of
+    trial_id. `hooks` are test hooks (see trainables.ray_trainable).
     """
 
     name: str
@@ -77,6 +79,7 @@ class StudySpec:
     gpus_per_trial: float | None = None
     cpus_per_trial: float = 1.0
     max_failures: int = 2
+    checkpoint_every: int = 1
     hooks: dict[str, Any] = field(default_factory=dict)
     description: str = ""
 
@@ -294,6 +297,9 @@ def validate_study(study: StudySpec) -> None:
         _fail("gpus_per_trial", g, "expected 0, a fraction in (0, 1], or a whole number of GPUs")
     if isinstance(study.max_failures, bool) or not isinstance(study.max_failures, int) or study.max_failures < -1:
         _fail("max_failures", study.max_failures, "expected an integer >= 0 (or -1 for unlimited retries)")
+    k = study.checkpoint_every
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        _fail("checkpoint_every", k, "expected an integer >= 1 (1: a checkpoint every epoch)")
     reserved = sorted(RESERVED_LOOP_KEYS & set(study.loop))
     if reserved:
         _fail("loop", reserved, "arch, dataset, seed, method, variant, policy and epochs come from the study grid")

@@ -143,15 +143,19 @@ def test_nan_producing_trial_is_recorded_as_diverged(tmp_path):
     assert make_plan(tiny("nan", methods=("fixed",), epochs=4, loop={"lr": 1e12}), results).pending == ()
 
 
-def test_trial_killed_mid_run_resumes_from_checkpoint_with_identical_records(tmp_path):
+@pytest.mark.parametrize("every,fail_at,resumed", [
+    (1, 2, (1, 2)),  # the epoch-2 checkpoint is lost when the process dies before the driver saw it
+    (2, 3, (2,)),  # epoch 3 has no checkpoint: the retry resumes from epoch 2 and re-reports epoch 3
+])
+def test_trial_killed_mid_run_resumes_from_checkpoint_with_identical_records(tmp_path, every, fail_at, resumed):
     results = str(tmp_path / "results")
-    study = tiny("fault", methods=("deba",), epochs=4,
-                 hooks={"fail_at_epoch": 2, "fail_marker_dir": str(tmp_path / "markers")})
+    study = tiny("fault", methods=("deba",), epochs=4, checkpoint_every=every,
+                 hooks={"fail_at_epoch": fail_at, "fail_marker_dir": str(tmp_path / "markers")})
     plan, report = run(study, results)
     (spec,) = plan.trials
     assert os.path.exists(tmp_path / "markers" / f"{spec.trial_id}.failed")  # the process did die
     (grid,) = report.grids
-    assert grid[0].metrics["resumed_from_epoch"] in (1, 2)  # the retry restored a checkpoint
+    assert grid[0].metrics["resumed_from_epoch"] in resumed  # the retry restored a checkpoint
     (row,) = ResultsStore(results, "fault").read_runs().values()
     assert row["status"] == "completed" and row["epochs_done"] == 4
     stored = ResultsStore(results, "fault").read_epochs(spec.trial_id)

@@ -9,7 +9,7 @@ import pytest
 
 from orchestrator.cli import build_parser, study_from_args
 from orchestrator.run_grid import main
-from orchestrator.runner import resolve_resources
+from orchestrator.runner import payload, resolve_resources
 from orchestrator.studies import EXECUTION_KEYS, expand, preset, trial_id_of, with_overrides
 from trainables.policies import POLICY_NAMES
 
@@ -77,6 +77,28 @@ def test_trial_id_ignores_execution_keys_and_study_name_but_not_the_science():
     assert len(base.trial_id) == 12 and int(base.trial_id, 16) >= 0
 
 
+def test_checkpoint_cadence_is_an_execution_setting():
+    study = _study(["--archs", "tiny_cnn", "--seeds", "0", "--methods", "deba", "--checkpoint-every", "5"])
+    assert study.checkpoint_every == 5 and _study([]).checkpoint_every == 1
+    every5 = expand(study)[0]
+    assert every5.trial_id == expand(with_overrides(study, checkpoint_every=1))[0].trial_id
+    assert "checkpoint" not in every5.config_json
+    assert payload(every5, {}, 5)["checkpoint_every"] == 5
+
+
+@pytest.mark.parametrize("every,epochs,done_at,saved", [
+    (1, 4, None, [1, 2, 3, 4]),
+    (3, 10, None, [3, 6, 9, 10]),  # the last epoch always
+    (3, 10, 5, [3, 5]),  # the diverged epoch (the loop is done) always
+    (20, 4, None, [4]),
+])
+def test_checkpoint_cadence(every, epochs, done_at, saved):
+    from trainables.ray_trainable import checkpoint_due
+
+    last = done_at or epochs
+    assert [e for e in range(1, last + 1) if checkpoint_due(e, every, done=e == last)] == saved
+
+
 def test_preset_policy_options_apply_only_where_accepted():
     # the demo's cooldown/b_max are DEBA options: a fixed-only demo keeps just the window
     specs = expand(_study(["--methods", "fixed"]))
@@ -131,6 +153,8 @@ def test_cli_overrides_lists_numbers_and_custom_variants():
     (["--gpus-per-trial", "1.5"], "gpus_per_trial", "fraction"),
     (["--cpus-per-trial", "0"], "cpus_per_trial", "> 0"),
     (["--max-failures", "-2"], "max_failures", ">= 0"),
+    (["--checkpoint-every", "0"], "checkpoint_every", ">= 1"),
+    (["--checkpoint-every", "2.5"], "checkpoint_every", "an integer"),
     (["--policy-opt", "b_min=600"], "b_min", "b_max"),
     (["--policy-opt", "alpha=0.5"], "alpha", "> 1"),
     (["--policy-opt", "colldown=2"], "colldown", "cooldown"),

@@ -1,15 +1,18 @@
-"""The Ray Tune function trainable: one trial = one `trainables.loop.TrialLoop`, checkpointed every epoch.
+"""The Ray Tune function trainable: one trial = one `trainables.loop.TrialLoop`, checkpointed per epoch.
 
 The orchestrator passes a small param_space ({"trial_id": ...}) and the trial payloads through
 `tune.with_parameters(train_trial, payloads=...)`; a payload is
-{"study": str, "config": <TrialLoop config>, "hooks": {...}}.
+{"study": str, "config": <TrialLoop config>, "hooks": {...}, "checkpoint_every": K}.
 
-Per epoch the trial trains, evaluates, saves a checkpoint (model, optimizer, policy, RNG states,
-history: `TrialLoop.save_checkpoint`) and calls `tune.report(row, checkpoint=...)`. A retried or
-restored trial resumes from `tune.get_checkpoint()`. Each report also carries the Ray overhead of
-the previous epoch (checkpoint save + report time) so the driver can measure it.
+Per epoch the trial trains, evaluates and calls `tune.report(row, checkpoint=...)`, with a
+checkpoint (model, optimizer, policy, RNG states, history: `TrialLoop.save_checkpoint`) on every
+K-th epoch and on the epoch that ends the trial (completed or diverged). A retried or restored
+trial resumes from `tune.get_checkpoint()` and re-reports the epochs after it, which the driver's
+sink stores over the abandoned attempt's rows; the loop restores every RNG state, so their values
+equal an uninterrupted run's. Each report also carries the Ray overhead of the previous epoch
+(checkpoint save, 0 without one, + report time) so the driver can measure it.
 
-Test hook (used by tests/test_orchestrator_faults.py): hooks {"fail_at_epoch": k,
+Test hook (used by tests/test_ray_study.py): hooks {"fail_at_epoch": k,
 "fail_marker_dir": "/abs/dir"} make the trial's process die (`os._exit(1)`) right after reporting
 epoch k, on the first attempt only: the marker file `<dir>/<trial_id>.failed` records that the
 failure already happened.
@@ -77,6 +80,11 @@ def _maybe_fail(hooks: dict[str, Any], trial_id: str, epoch: int) -> None:
     os._exit(1)
 
 
+def checkpoint_due(epoch: int, every: int, done: bool) -> bool:
+    """Whether epoch `epoch` saves a checkpoint: every `every`-th epoch, and the trial's last one."""
+    return done or epoch % every == 0
+
+
 def train_trial(config: dict[str, Any], payloads: dict[str, dict[str, Any]]) -> None:
     """Run one trial to completion (or divergence), resuming from Tune's checkpoint when there is one."""
     # Ray Train logs every persisted checkpoint at INFO; the driver prints one line per epoch instead.
@@ -106,16 +114,20 @@ def train_trial(config: dict[str, Any], payloads: dict[str, dict[str, Any]]) -> 
               "torch_version": torch.__version__, "python_version": platform.python_version(),
               "resumed_from_epoch": loop.epochs_done if checkpoint is not None else None,
               "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+    every = int(payload.get("checkpoint_every", 1))
     report_prev_s = None
     while not loop.done:
         rec = loop.run_epoch()
-        t0 = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix="deba-ckpt-") as ckpt_dir:
-            loop.save_checkpoint(ckpt_dir)
+        metrics = {**rec, **static, "loop_status": loop.status, "report_prev_s": report_prev_s}
+        if checkpoint_due(rec["epoch"], every, loop.done):
+            t0 = time.perf_counter()
+            with tempfile.TemporaryDirectory(prefix="deba-ckpt-") as ckpt_dir:
+                loop.save_checkpoint(ckpt_dir)
+                t1 = time.perf_counter()
+                tune.report({**metrics, "ckpt_save_s": t1 - t0}, checkpoint=tune.Checkpoint.from_directory(ckpt_dir))
+        else:
             t1 = time.perf_counter()
-            metrics = {**rec, **static, "loop_status": loop.status, "ckpt_save_s": t1 - t0,
-                       "report_prev_s": report_prev_s}
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(ckpt_dir))
-            report_prev_s = time.perf_counter() - t1
+            tune.report({**metrics, "ckpt_save_s": 0.0})
+        report_prev_s = time.perf_counter() - t1
         gauges.update(rec)
         _maybe_fail(hooks, trial_id, rec["epoch"])
