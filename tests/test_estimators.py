@@ -243,3 +243,19 @@ def test_per_sample_and_noise_scale_agree_within_sampling_error():
     assert abs((1 + b_simple) - (1 + expected_b)) < 4 * rel_se * (1 + expected_b)
     assert (1 + b_simple) == pytest.approx(n_delta, rel=4 * rel_se + abs(expected_b - (n_delta - 1)) / n_delta)
     assert 5 < n_delta < 100  # a regime where both estimates are informative
+
+
+def test_two_batch_step_builds_no_tensor_from_host_data(monkeypatch):
+    """A tensor built from Python data on the device is a host->device copy, which synchronises the
+    host on CUDA: the per-step path must keep its coefficients as Python scalars."""
+    model = Quadratic()
+    meter = TwoBatchMeter([model.w], micro_batches=2)
+    calls = []
+    real_tensor = torch.tensor
+    monkeypatch.setattr(torch, "tensor", lambda *a, **k: calls.append((a, k)) or real_tensor(*a, **k))
+    meter.backward(model.loss_and_logits, real_tensor([[2.0, 0.0], [0.0, 0.0], [4.0, 4.0]]), torch.zeros(3))
+    monkeypatch.undo()
+    assert calls == []
+    # Same uneven-split values as test_two_batch_meter_hand_computed's step 2.
+    assert meter.result() == {"noise_trace": pytest.approx(16.0 / 3.0), "noise_sqnorm": pytest.approx(4.0),
+                              "n_samples": 3}

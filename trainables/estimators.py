@@ -242,7 +242,7 @@ class TwoBatchMeter:
         if k >= 2:
             with self.timer.region():
                 big_sq = _sq_norm([p.grad for p in self.params if p.grad is not None])
-                self.sums += self._estimates(torch.stack(small_sq), sizes, big_sq, big)
+                self.sums += self._estimates(small_sq, sizes, big_sq, big)
             self.steps += 1
         return torch.stack(losses).sum(), torch.cat(logits)
 
@@ -259,12 +259,17 @@ class TwoBatchMeter:
             torch._foreach_add_([p.grad for p, _ in rest], [g for _, g in rest], alpha=weight)
 
     @staticmethod
-    def _estimates(small_sq: torch.Tensor, sizes: list[int], big_sq: torch.Tensor, big: int) -> torch.Tensor:
-        """Mean over micro-batches j of [tr(Sigma), |G|^2] from (|g_j|^2, b_j) and (|g_B|^2, B)."""
-        b = torch.tensor(sizes, dtype=torch.float64, device=small_sq.device)
-        trace = (small_sq - big_sq) / (1.0 / b - 1.0 / big)
-        sqnorm = (big * big_sq - b * small_sq) / (big - b)
-        return torch.stack([trace.mean(), sqnorm.mean()])
+    def _estimates(small_sq: Sequence[torch.Tensor], sizes: Sequence[int], big_sq: torch.Tensor,
+                   big: int) -> torch.Tensor:
+        """Mean over micro-batches j of [tr(Sigma), |G|^2] from (|g_j|^2, b_j) and (|g_B|^2, B).
+
+        The coefficients stay Python scalars: a tensor made from them on a GPU would be a
+        host->device copy, which synchronises with the host, on every step.
+        """
+        k = len(sizes)
+        trace = sum((s - big_sq) * (1.0 / (1.0 / b - 1.0 / big)) for s, b in zip(small_sq, sizes)) / k
+        sqnorm = sum((big * big_sq - b * s) * (1.0 / (big - b)) for s, b in zip(small_sq, sizes)) / k
+        return torch.stack([trace, sqnorm])
 
     def result(self) -> dict[str, Any]:
         """{"noise_trace", "noise_sqnorm"} = mean estimates over the epoch's steps, and "n_samples"."""
