@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import posixpath
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -217,17 +216,19 @@ def run_plan(plan: Plan, results: str, resources: dict[str, float], storage: str
         if not open_ids or not tune.Tuner.can_restore(exp_path):
             continue
         print(f"[{study.name}] resuming experiment {name}: {len(open_ids)} unfinished trial(s)", flush=True)
-        started = time.time()
         # The restored Tuner brings its own ParquetSink, pickled with its state. The checkpoint
         # cadence is an execution setting: this command's value applies to resumed trials too.
         payloads = {tid: {**p, "checkpoint_every": study.checkpoint_every} for tid, p in doc["trials"].items()}
         tuner = tune.Tuner.restore(exp_path, trainable=_trainable(payloads, doc["resources"]),
                                    resume_unfinished=True, resume_errored=True)
+        before = store.run_mtimes()
         grids.append(tuner.fit())
         done[name] = "restored"
-        # Trials the restored run settled (any runs row written now) are handled; a trial Tune had
+        # Trials the restored run settled (a runs row written now) are handled; a trial Tune had
         # already marked finished but whose row is missing (deleted to force a re-run) stays pending.
-        pending -= {tid for tid, mtime in store.run_mtimes().items() if tid in open_ids and mtime >= started - 1}
+        # "Written now" compares the storage's own timestamps, never the driver's clock with them.
+        after = store.run_mtimes()
+        pending -= {tid for tid in open_ids if tid in after and after[tid] != before.get(tid)}
     if pending:
         ids = sorted(pending)
         name = experiment_name(ids)
