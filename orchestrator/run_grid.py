@@ -19,7 +19,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 from orchestrator.cli import build_parser, study_from_args  # noqa: E402
 from orchestrator.runner import (Plan, cluster_gpus, connect, make_plan, ray_overhead,  # noqa: E402
                                  resolve_resources, run_plan, storage_root)
-from orchestrator.store import ResultsStore  # noqa: E402
+from orchestrator.store import ResultsStore, resolve_uri  # noqa: E402
 
 
 def format_plan(plan: Plan, results: str, resources: str, storage: str | None = None) -> str:
@@ -89,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         study = study_from_args(args)
         plan = make_plan(study, args.results)
+        if args.storage:
+            resolve_uri(args.storage, field="storage")  # Tune would only fail on it after Ray started
     except ValueError as exc:
         print(f"run_grid: invalid study: {exc}", file=sys.stderr)
         return 2

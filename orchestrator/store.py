@@ -29,13 +29,13 @@ RUN_SCHEMA: pa.Schema = pa.schema([(n, _ARROW_TYPES[t]) for n, t in RUN_COLUMNS]
 FINISHED_STATUSES: frozenset[str] = frozenset({"completed", "diverged"})
 
 
-def resolve_uri(results: str) -> tuple[pafs.FileSystem, str]:
-    """Filesystem and root path for a local path or a pyarrow.fs URI."""
+def resolve_uri(results: str, field: str = "results") -> tuple[pafs.FileSystem, str]:
+    """Filesystem and root path for a local path or a pyarrow.fs URI; ValueError names `field`."""
     if "://" in results:
         try:
             return pafs.FileSystem.from_uri(results)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
-            raise ValueError(f"results={results!r} is not a path or URI pyarrow.fs can open: {exc}") from exc
+            raise ValueError(f"{field}={results!r} is not a path or URI pyarrow.fs can open: {exc}") from exc
     return pafs.LocalFileSystem(), os.path.abspath(results)
 
 

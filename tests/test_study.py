@@ -172,6 +172,15 @@ def test_bad_configs_fail_fast_naming_the_field(argv, field, allowed, capsys, tm
     assert "invalid study" in err and field in err and allowed in err
 
 
+def test_bad_storage_uri_fails_before_ray_naming_the_field(capsys, tmp_path):
+    import ray
+
+    assert main(["--results", str(tmp_path), "--seeds", "0", "--storage", "nosuchfs://bucket/x"]) == 2
+    err = capsys.readouterr().err
+    assert "invalid study" in err and "storage='nosuchfs://bucket/x'" in err
+    assert not ray.is_initialized()
+
+
 def test_bad_variant_definition_names_the_trial(tmp_path):
     # thresholds="table" is not a value DebaPolicy accepts; the error names the option and the trial.
     study = _study(["--archs", "resnet18", "--methods", "deba", "--define-variant", "x:thresholds=table",
