@@ -259,3 +259,26 @@ def test_two_batch_step_builds_no_tensor_from_host_data(monkeypatch):
     # Same uneven-split values as test_two_batch_meter_hand_computed's step 2.
     assert meter.result() == {"noise_trace": pytest.approx(16.0 / 3.0), "noise_sqnorm": pytest.approx(4.0),
                               "n_samples": 3}
+
+
+class SharedGrad(nn.Module):
+    """Two parameters whose gradients autograd.grad returns as one and the same tensor (w1 + w2)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w1 = nn.Parameter(torch.zeros(2))
+        self.w2 = nn.Parameter(torch.zeros(2))
+
+    def loss_and_logits(self, xb, yb):
+        return 0.5 * (self.w1 + self.w2 - xb).square().sum(dim=1).mean(), xb
+
+
+def test_two_batch_gradient_with_aliased_autograd_outputs():
+    model = SharedGrad()
+    meter = TwoBatchMeter([model.w1, model.w2], micro_batches=2)
+    x = torch.tensor([[1.0, 0.0], [3.0, 0.0], [0.0, 2.0], [0.0, 2.0]])
+    meter.backward(model.loss_and_logits, x, torch.zeros(4))
+    # d/dw of the batch-mean loss at w = 0 is -mean(x) = -(1, 1) for both parameters.
+    torch.testing.assert_close(model.w1.grad, torch.tensor([-1.0, -1.0]))
+    torch.testing.assert_close(model.w2.grad, torch.tensor([-1.0, -1.0]))
+    assert model.w1.grad.data_ptr() != model.w2.grad.data_ptr()

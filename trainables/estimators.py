@@ -236,7 +236,9 @@ class TwoBatchMeter:
                 small_sq.append(_sq_norm([g for _, g in present]))
             self._accumulate(present, b / big)
             losses.append(loss.detach() * (b / big))
-            logits.append(out.detach())
+            # A copy: under torch.compile(mode="reduce-overhead") the next micro-batch's CUDA-graph
+            # replay overwrites this output's memory.
+            logits.append(out.detach().clone())
             sizes.append(b)
         self.n_samples += big
         if k >= 2:
@@ -251,10 +253,19 @@ class TwoBatchMeter:
         fresh, rest = [], []
         for p, g in present:
             (fresh if p.grad is None else rest).append((p, g))
+        # autograd.grad returned new tensors: reuse one as .grad when its layout matches the
+        # parameter's (the layout backward() would give) and no other parameter takes it (autograd
+        # returns one tensor for both inputs of e.g. w1 + w2); copy it otherwise, before any reused
+        # tensor is scaled in place.
+        reuse, taken = [], set()
         for p, g in fresh:
-            # autograd.grad returned a new tensor: reuse it as .grad when its layout matches the
-            # parameter's (the layout backward() would give), copy it otherwise.
-            p.grad = g.mul_(weight) if g.stride() == p.stride() else torch.empty_like(p).copy_(g).mul_(weight)
+            if g.stride() == p.stride() and g.data_ptr() not in taken:
+                taken.add(g.data_ptr())
+                reuse.append((p, g))
+            else:
+                p.grad = torch.empty_like(p).copy_(g).mul_(weight)
+        for p, g in reuse:
+            p.grad = g.mul_(weight)
         if rest:
             torch._foreach_add_([p.grad for p, _ in rest], [g for _, g in rest], alpha=weight)
 
