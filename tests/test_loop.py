@@ -425,3 +425,15 @@ def test_cli_config_errors_exit_2(argv: list[str], message: str, capsys: pytest.
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and "Traceback" not in err
+
+
+def test_resume_keeps_this_loops_optimizer_settings(tmp_path: Any) -> None:
+    """The optimizer's state_dict carries its param_groups' settings: a checkpoint must neither
+    bring another trial's momentum / weight decay nor override this loop's fused setting."""
+    run({**SMALL, "epochs": 1, "fused_sgd": False}).save_checkpoint(tmp_path)
+    fused = TrialLoop({**SMALL, "epochs": 2, "fused_sgd": True})
+    fused.load_checkpoint(tmp_path)
+    assert fused.optimizer.param_groups[0]["fused"] is True
+    for field, value in (("momentum", 0.5), ("weight_decay", 0.0), ("lr", 0.1), ("augment", False)):
+        with pytest.raises(ValueError, match=f"another trial: config field {field!r}"):
+            TrialLoop({**SMALL, "epochs": 2, field: value}).load_checkpoint(tmp_path)

@@ -86,9 +86,10 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "compile": False,        # torch.compile with a dynamic batch dimension
     "threads": None,         # torch.set_num_threads; None keeps torch's default
 }
-# Keys that identify the trial: a checkpoint only loads into a loop whose config agrees on them.
+# Keys that identify the trial: a checkpoint only loads into a loop whose config agrees on them
+# (epochs may grow; execution settings such as device, compile or fused_sgd may change).
 IDENTITY_KEYS: tuple[str, ...] = ("arch", "dataset", "seed", "method", "variant", "policy", "train_limit",
-                                  "test_limit")
+                                  "test_limit", "lr", "momentum", "weight_decay", "augment", "amp")
 # Columns of one record: the epochs table without the identifiers the orchestrator adds.
 RECORD_COLUMNS: tuple[str, ...] = tuple(name for name, _ in EPOCH_COLUMNS if name not in ("study", "trial_id"))
 _CHECKPOINT_FORMAT = 1
@@ -288,8 +289,9 @@ class TrialLoop:
             self.model = self.model.to(memory_format=torch.channels_last)
         # `net` is what runs forward; `model` (uncompiled) owns the parameters and the state_dict.
         self.net: Callable[[torch.Tensor], torch.Tensor] = torch.compile(self.model) if cfg["compile"] else self.model
+        self._fused = fused or None
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
-                                         weight_decay=cfg["weight_decay"], fused=fused or None)
+                                         weight_decay=cfg["weight_decay"], fused=self._fused)
         self.policy = make_policy(cfg["method"], arch=cfg["arch"], dataset=cfg["dataset"], **cfg["policy"])
         self.params = trainable_params(self.model.parameters())
         self._numel = sum(p.numel() for p in self.params)
@@ -511,6 +513,8 @@ class TrialLoop:
                              f"{self.device.type}: the RNG states cannot carry over; use device={state['device_type']!r}")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:  # the checkpoint's param_groups carry its own setting
+            group["fused"] = self._fused
         self.policy.load_state_dict(state["policy"])
         rng = state["rng"]
         self.generator.set_state(rng["loader"])
