@@ -345,6 +345,18 @@ def test_divergence_ends_the_run() -> None:
         loop.run_epoch()
 
 
+def test_diverged_record_keeps_the_lr_gain_it_trained_with() -> None:
+    loop = TrialLoop({"arch": "tiny_mlp", "dataset": "digits", "train_limit": 256, "test_limit": 64, "lr": 1e3,
+                      "epochs": 5, "threads": 1, "method": "adabatch",
+                      "policy": {"b0": 32, "resize_every": 1, "lr_scaling": "linear"}})
+    while not loop.done:
+        loop.run_epoch()
+    # Epoch 1 (B = 32) is finite but huge; epoch 2 trains at B = 64 with lr x 2 and is NaN.
+    assert loop.status == "diverged" and len(loop.history) == 2
+    last = loop.history[-1]
+    assert last["batch_size"] == 64 and last["lr"] == 2e3 and last["lr_gain"] == 2.0
+
+
 class PlainBackward:
     """Test measurement that replaces the backward with the same computation, counting its calls."""
 

@@ -16,7 +16,8 @@ Documented choices:
   full batch per epoch); the record's `batch_size` is the size actually used.
 - Divergence: a non-finite epoch train loss or gradient signal (checked once per epoch) ends the
   run with status "diverged"; that epoch's record is still emitted with decision "hold",
-  next_batch_size = batch_size, NaN DEBA signals, in_cooldown False, and the policy is not stepped.
+  next_batch_size = batch_size, NaN DEBA signals, in_cooldown False, the lr_gain it trained with,
+  and the policy is not stepped.
 - peak_mem_mb: the epoch's peak of torch.cuda.max_memory_allocated on CUDA; on CPU the process's
   maximum resident set size so far (the OS gives no per-epoch peak).
 - Method statistics (trainables/estimators.py): the policy names what it needs for an epoch
@@ -443,7 +444,8 @@ class TrialLoop:
         if diverged:
             nan = float("nan")
             prec = {"decision": "hold", "batch_size": batch_size, "confidence": nan, "grad_norm_variation": nan,
-                    "loss_variation": nan, "in_cooldown": False}
+                    "loss_variation": nan, "in_cooldown": False,
+                    "lr_gain": None if self.policy.lr_scaling == "none" else float(self.policy.lr_scale)}
         else:
             prec = self.policy.step(epoch=epoch, train_loss=train_loss, grad_var=grad_var, grad_norm=grad_norm,
                                     **measured)
