@@ -44,6 +44,7 @@ DEMO_THRESHOLDS: dict[str, dict[str, float]] = {
 # that moving a study to other hardware or another data copy does not invalidate finished trials.
 EXECUTION_KEYS: frozenset[str] = frozenset({
     "data_dir", "download", "device", "threads", "eval_batch_size", "compile", "fused_sgd", "channels_last",
+    "cudnn_benchmark",
 })
 # Keys the orchestrator owns; a study's loop overrides may not set them.
 RESERVED_LOOP_KEYS: frozenset[str] = frozenset({"arch", "dataset", "seed", "method", "variant", "policy",

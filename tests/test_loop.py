@@ -61,6 +61,9 @@ def test_validate_fills_defaults() -> None:
     ({"device": "tpu"}, "'device'='tpu'.*'auto', 'cpu', 'cuda'"),
     ({"amp": "fp16"}, "'amp'='fp16'.*'bf16'"),
     ({"channels_last": 1}, "'channels_last'=1.*'auto', True, False"),
+    ({"compile": "default"}, "'compile'='default'.*False, True, 'reduce-overhead', 'max-autotune'"),
+    ({"compile": 1}, "'compile'=1"),
+    ({"cudnn_benchmark": "on"}, "'cudnn_benchmark'='on'.*'auto', True, False"),
     ({"policy": {"arch": "resnet18"}}, "'policy'.*without 'arch'"),
     ({"policy": {"cooldwn": 3}}, "unknown option.*cooldwn"),
     ({"lr_schedule": "cosine"}, "unknown config field.*'lr_schedule'"),
@@ -403,6 +406,30 @@ def test_cpu_runs_the_gpu_knobs() -> None:
     assert math.isfinite(rec["train_loss"]) and math.isfinite(rec["grad_norm"]) and rec["grad_norm"] > 0
 
 
+@pytest.mark.parametrize("mode, expected", [(True, {}), ("reduce-overhead", {"mode": "reduce-overhead"}),
+                                            ("max-autotune", {"mode": "max-autotune"})])
+def test_compile_modes_reach_torch_compile(mode: Any, expected: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Validation and the mode handed to torch.compile (not run: compiling is slow on this CPU)."""
+    from orchestrator.studies import EXECUTION_KEYS
+
+    assert {"compile", "cudnn_benchmark"} <= EXECUTION_KEYS  # speed knobs do not change trial ids
+    calls: list[tuple[Any, dict[str, Any]]] = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: calls.append((model, kw)) or model)
+    loop = TrialLoop({**SMALL, "compile": mode})
+    assert calls == [(loop.model, expected)]
+    TrialLoop({**SMALL})
+    assert len(calls) == 1  # default False: no compile
+
+
+@pytest.mark.parametrize("setting", ["auto", True, False])
+def test_cudnn_benchmark_validates_and_leaves_cpu_alone(setting: Any) -> None:
+    before = torch.backends.cudnn.benchmark
+    loop = run({**SMALL, "epochs": 1, "cudnn_benchmark": setting})
+    assert loop.cudnn_benchmark is (setting is True)  # auto = off until measured on a GPU
+    assert torch.backends.cudnn.benchmark is before  # a CUDA-only setting: untouched on CPU
+    assert math.isfinite(loop.history[0]["train_loss"])
+
+
 # ---------------------------------------------------------------- CLI (trainables.run)
 def test_cli_runs_resumes_and_writes_jsonl(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
     import json
@@ -423,6 +450,20 @@ def test_cli_runs_resumes_and_writes_jsonl(tmp_path: Any, capsys: pytest.Capture
     assert "resumed from" in out and "after epoch 1" in out and "epoch   2/2" in out
     rows = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2] and tuple(rows[0]) == RECORD_COLUMNS
+
+
+def test_cli_speed_knobs() -> None:
+    from trainables.run import build_parser, config_from_args
+
+    base = ["--arch", "tiny_cnn", "--dataset", "digits"]
+    cfg = config_from_args(build_parser().parse_args(base))
+    assert cfg["compile"] is False and cfg["cudnn_benchmark"] == "auto"
+    cfg = config_from_args(build_parser().parse_args(base + ["--compile", "--cudnn-benchmark", "on"]))
+    assert cfg["compile"] is True and cfg["cudnn_benchmark"] is True
+    cfg = config_from_args(build_parser().parse_args(base + ["--compile", "max-autotune"]))
+    assert cfg["compile"] == "max-autotune"
+    with pytest.raises(ValueError, match="'compile'='fast'"):
+        config_from_args(build_parser().parse_args(base + ["--compile", "fast"]))
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -35,6 +35,13 @@ Documented choices:
   changes (see trainables/policies/base.py for why).
 - wall_time_s: seconds since the trial's first TrialLoop was built, summed across resumes (the
   time between a checkpoint and a crash is not counted).
+- Speed knobs (execution settings: they may differ between a run and its resume). `compile`:
+  False (default) | True (torch.compile's default mode) | "reduce-overhead" (CUDA graphs) |
+  "max-autotune", the mode passed to torch.compile; the per-sample pass always runs uncompiled.
+  `cudnn_benchmark`: "auto" (default) | True | False; sets the process-wide
+  torch.backends.cudnn.benchmark on CUDA (untouched on CPU). "auto" is off, the behaviour before
+  the option existed: no GPU measurement of it exists yet, and every batch-size change makes cuDNN
+  re-benchmark its kernels for the new shapes.
 """
 
 from __future__ import annotations
@@ -60,7 +67,7 @@ from trainables.policies import MEASURE_PER_SAMPLE, MEASURE_TWO_BATCH, POLICY_NA
 from trainables.records import EPOCH_COLUMNS, NULLABLE_EPOCH_COLUMNS
 from trainables.signals import EpochGradAccumulator, grad_moments, moments_to_stats, trainable_params
 
-__all__ = ["CHECKPOINT_FILE", "DEFAULT_CONFIG", "MEASUREMENTS", "RECORD_COLUMNS", "REQUIRED_KEYS",
+__all__ = ["CHECKPOINT_FILE", "COMPILE_MODES", "DEFAULT_CONFIG", "MEASUREMENTS", "RECORD_COLUMNS", "REQUIRED_KEYS",
            "Measurement", "PerSampleDiversity", "TrialLoop", "TwoBatchNoise", "validate_config"]
 
 CHECKPOINT_FILE = "state.pt"
@@ -84,7 +91,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "amp": "auto",           # auto = bf16 on CUDA, off on CPU
     "channels_last": "auto",  # auto = on (measured faster on CPU too: BENCHMARKS.md, speed knobs)
     "fused_sgd": "auto",     # auto = on CUDA
-    "compile": False,        # torch.compile with a dynamic batch dimension
+    "compile": False,        # torch.compile with a dynamic batch dimension: True (default mode) or a mode name
+    "cudnn_benchmark": "auto",  # torch.backends.cudnn.benchmark on CUDA; auto = off (unmeasured so far)
     "threads": None,         # torch.set_num_threads; None keeps torch's default
 }
 # Keys that identify the trial: a checkpoint only loads into a loop whose config agrees on them
@@ -94,6 +102,8 @@ IDENTITY_KEYS: tuple[str, ...] = ("arch", "dataset", "seed", "method", "variant"
 # Columns of one record: the epochs table without the identifiers the orchestrator adds.
 RECORD_COLUMNS: tuple[str, ...] = tuple(name for name, _ in EPOCH_COLUMNS if name not in ("study", "trial_id"))
 _CHECKPOINT_FORMAT = 1
+# Values of the `compile` field: off, torch.compile's default mode, or a torch.compile mode name.
+COMPILE_MODES: tuple[Any, ...] = (False, True, "reduce-overhead", "max-autotune")
 
 
 def _fail(field: str, value: Any, expected: str) -> None:
@@ -169,7 +179,8 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     _check_choice(cfg, "amp", ("auto", "bf16", "off"))
     _check_choice(cfg, "channels_last", ("auto", True, False))
     _check_choice(cfg, "fused_sgd", ("auto", True, False))
-    _check_choice(cfg, "compile", (True, False))
+    _check_choice(cfg, "compile", COMPILE_MODES)
+    _check_choice(cfg, "cudnn_benchmark", ("auto", True, False))
     _check_int(cfg, "threads", 1, optional=True)
     make_policy(cfg["method"], arch=cfg["arch"], dataset=cfg["dataset"], **cfg["policy"])  # raises ValueError naming a bad option
     return cfg
@@ -269,6 +280,9 @@ class TrialLoop:
         self.amp_dtype = torch.bfloat16 if cfg["amp"] == "bf16" or (cfg["amp"] == "auto" and use_cuda) else None
         self.channels_last = cfg["channels_last"] in (True, "auto")
         fused = cfg["fused_sgd"] is True or (cfg["fused_sgd"] == "auto" and use_cuda)
+        self.cudnn_benchmark = cfg["cudnn_benchmark"] is True  # "auto" = off until measured
+        if use_cuda:
+            torch.backends.cudnn.benchmark = self.cudnn_benchmark
 
         _seed_everything(cfg["seed"])
         self.data = load_dataset(cfg["dataset"], data_dir=cfg["data_dir"], download=cfg["download"],
@@ -289,7 +303,12 @@ class TrialLoop:
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         # `net` is what runs forward; `model` (uncompiled) owns the parameters and the state_dict.
-        self.net: Callable[[torch.Tensor], torch.Tensor] = torch.compile(self.model) if cfg["compile"] else self.model
+        self.net: Callable[[torch.Tensor], torch.Tensor] = self.model
+        if cfg["compile"] is not False:
+            # No mode keyword for True: torch.compile's own default (and benchmarks/bench_speedups.py's
+            # compile_mode shim, which pre-binds a mode, keeps working).
+            mode = {} if cfg["compile"] is True else {"mode": cfg["compile"]}
+            self.net = torch.compile(self.model, **mode)
         self._fused = fused or None
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
                                          weight_decay=cfg["weight_decay"], fused=self._fused)

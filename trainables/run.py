@@ -55,7 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-augment", action="store_true", help="no random crop / flip")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--amp", default="auto", help="auto, bf16 or off")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--compile", nargs="?", const=True, default=False, metavar="MODE",
+                   help="torch.compile the model; optional mode: reduce-overhead or max-autotune")
+    p.add_argument("--cudnn-benchmark", default="auto", choices=("auto", "on", "off"),
+                   help="torch.backends.cudnn.benchmark on CUDA (auto = off)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--policy-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="policy option (repeatable), e.g. cooldown=5 or thresholds=universal")
@@ -73,6 +76,7 @@ def config_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "weight_decay": args.weight_decay, "data_dir": args.data_dir, "download": not args.no_download,
         "train_limit": args.train_limit, "test_limit": args.test_limit, "eval_batch_size": args.eval_batch_size,
         "augment": not args.no_augment, "device": args.device, "amp": args.amp, "compile": args.compile,
+        "cudnn_benchmark": {"auto": "auto", "on": True, "off": False}[args.cudnn_benchmark],
         "threads": args.threads, "policy": policy,
     })
 
