@@ -16,6 +16,10 @@ import os
 import numpy as np
 import pandas as pd
 
+# Pure Python (no torch): the policies' own signal bookkeeping, so that a replay is exactly what a
+# policy would have seen.
+from trainables.policies.signals import EPS, SignalTracker
+
 # The paper's Table 1 (SPEC §2), shown next to the calibrated values for reference.
 PAPER_THRESHOLDS: dict[str, tuple[float, float]] = {
     "mobilenetv3": (0.25, 0.5),
@@ -59,6 +63,73 @@ def calibrate(
     out["paper_theta_stab"] = [PAPER_THRESHOLDS.get(a, (math.nan, math.nan))[0] for a in out.index]
     out["paper_theta_conf"] = [PAPER_THRESHOLDS.get(a, (math.nan, math.nan))[1] for a in out.index]
     return out.reset_index()
+
+
+# Columns holding the gradient statistics of each signal source (SPEC §1).
+SOURCE_COLUMNS: dict[str, tuple[str, str]] = {
+    "last_step": ("grad_var", "grad_norm"),
+    "epoch_mean": ("grad_var_epoch_mean", "grad_norm_epoch_mean"),
+}
+
+
+def _float(x: object) -> float:
+    return math.nan if x is None or pd.isna(x) else float(x)
+
+
+def replay_signals(trial: pd.DataFrame, signal_source: str = "last_step", window: int = 15,
+                   full_history: bool = False, confidence_eps: float = EPS) -> pd.DataFrame:
+    """dN_t, dL_t and c_t of one trial's epochs (sorted by epoch) as a policy with these signal
+    options would have computed them, from the stored train_loss and gradient statistics."""
+    if signal_source not in SOURCE_COLUMNS:
+        raise ValueError(f"signal_source={signal_source!r} is not allowed; allowed values: "
+                         f"{', '.join(SOURCE_COLUMNS)}")
+    var_col, norm_col = SOURCE_COLUMNS[signal_source]
+    tracker = SignalTracker(window, full_history, confidence_eps)
+    rows = []
+    for loss, var, norm in trial[["train_loss", var_col, norm_col]].itertuples(index=False):
+        sig = tracker.update(_float(loss), _float(var), _float(norm))
+        rows.append((sig.grad_norm_variation, sig.loss_variation, sig.confidence))
+    return pd.DataFrame(rows, columns=["grad_norm_variation", "loss_variation", "confidence"],
+                        index=trial.index)
+
+
+def calibrate_reading(
+    epochs: pd.DataFrame,
+    summary: pd.DataFrame,
+    arch: str,
+    signal_source: str = "last_step",
+    window: int = 15,
+    full_history: bool = False,
+    confidence_eps: float = EPS,
+    fixed_method: str = "fixed",
+    stab_percentile: float = 75.0,
+) -> dict[str, float]:
+    """SPEC §2's calibration for one arch under one reading of the signals: the fixed runs'
+    signals are replayed with these options (:func:`replay_signals`), then theta_stab = the
+    ``stab_percentile`` of dN and theta_conf = the median of c over epochs t >= 2.
+
+    Returns {"theta_stab", "theta_conf", "n_runs", "n_epochs"}; ValueError when no completed fixed
+    run of ``arch`` carries the statistics of ``signal_source``.
+    """
+    ok = summary[summary["method"].eq(fixed_method) & summary["arch"].eq(arch)
+                 & summary["status"].eq("completed") & (summary["n_epochs"] > 0)]
+    e = epochs.merge(ok[["study", "trial_id"]], on=["study", "trial_id"], how="inner")
+    e = e.sort_values(["study", "trial_id", "epoch"], kind="stable")
+    var_col = SOURCE_COLUMNS.get(signal_source, ("grad_var",))[0]
+    parts = []
+    for _, trial in e.groupby(["study", "trial_id"], sort=True):
+        if var_col in trial and trial[var_col].notna().any():
+            replayed = replay_signals(trial, signal_source, window, full_history, confidence_eps)
+            parts.append(replayed[trial["epoch"].to_numpy() >= 2])
+    if not parts:
+        raise ValueError(f"calibration of arch {arch!r} for signal_source={signal_source!r}: no completed "
+                         f"{fixed_method!r} run of it records {var_col!r}")
+    signals = pd.concat(parts).replace([np.inf, -np.inf], np.nan)
+    dn, conf = signals["grad_norm_variation"].dropna(), signals["confidence"].dropna()
+    if dn.empty or conf.empty:
+        raise ValueError(f"calibration of arch {arch!r}: no finite signals after epoch 1")
+    return {"theta_stab": float(np.percentile(dn, stab_percentile)), "theta_conf": float(np.median(conf)),
+            "n_runs": len(parts), "n_epochs": len(signals)}
 
 
 def thresholds(cal: pd.DataFrame) -> dict[str, dict[str, float]]:

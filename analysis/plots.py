@@ -15,6 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from analysis.stability import TaxonomyOptions
+from analysis.trajectory import paper_path
 
 CLASS_COLORS = {
     "naturally unstable": "tab:red",
@@ -49,8 +50,11 @@ def _label(method: str, variant: str) -> str:
     return method if variant == "baseline" else f"{method}/{variant}"
 
 
-def batch_size_trajectories(epochs: pd.DataFrame, path: str, fixed_method: str = "fixed"):
-    """Batch size per epoch of every adaptive run, one panel per arch, one line per seed."""
+def batch_size_trajectories(epochs: pd.DataFrame, path: str, fixed_method: str = "fixed",
+                            trajectory: pd.DataFrame | None = None):
+    """Batch size per epoch of every adaptive run, one panel per arch, one line per seed, and the
+    paper's path (dashed) scaled to the panel's planned epochs (``trajectory``'s epochs_planned,
+    else the longest run)."""
     e = epochs[epochs["method"].ne(fixed_method)]
     if e.empty:
         return None
@@ -68,6 +72,12 @@ def batch_size_trajectories(epochs: pd.DataFrame, path: str, fixed_method: str =
             seen.add(key)
             ax.step(run["epoch"], run["batch_size"], where="post", color=colors[key],
                     alpha=0.6, lw=1.2, label=label)  # fmt: skip
+        planned = None
+        if trajectory is not None and len(trajectory):
+            planned = trajectory.loc[trajectory["arch"].eq(arch), "epochs_planned"].max()
+        n = int(planned) if planned is not None and pd.notna(planned) else int(e.loc[e["arch"].eq(arch), "epoch"].max())
+        ax.step(range(1, n + 1), paper_path(n), where="post", color="black", ls="--", lw=1.0,
+                label="paper's path")
         ax.set_yscale("log", base=2)
         ax.set_title(arch)
         ax.set_xlabel("epoch")
@@ -170,11 +180,12 @@ def make_plots(
     tax: pd.DataFrame,
     out_dir: str,
     opts: TaxonomyOptions = TaxonomyOptions(),
+    trajectory: pd.DataFrame | None = None,
 ) -> dict[str, str]:
     """Write every plot into out_dir; return {name: path} of those that had data."""
     os.makedirs(out_dir, exist_ok=True)
     jobs = {
-        "batch_size_trajectories": lambda p: batch_size_trajectories(epochs, p, opts.fixed_method),
+        "batch_size_trajectories": lambda p: batch_size_trajectories(epochs, p, opts.fixed_method, trajectory),
         "time_vs_batch": lambda p: time_vs_batch(epochs, p),
         "gradvar_vs_batch": lambda p: gradvar_vs_batch(epochs, p),
         "accuracy_curves": lambda p: accuracy_curves(epochs, summary, p),

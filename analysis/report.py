@@ -27,7 +27,9 @@ from analysis.calibrate import (
 )
 from analysis.compare import Comparison, ablation_summary, compare
 from analysis.load import list_studies, load_store
+from analysis.reconstruction import reading_table
 from analysis.stability import TaxonomyOptions, deba_dynamics, taxonomy
+from analysis.trajectory import LARGE_BATCH, trajectory_table
 from analysis.trials import trial_summary
 
 
@@ -46,6 +48,8 @@ class Analysis:
     calibration: pd.DataFrame
     left_out: pd.DataFrame
     options: TaxonomyOptions
+    trajectory: pd.DataFrame = field(default_factory=pd.DataFrame)
+    reconstruction: pd.DataFrame = field(default_factory=pd.DataFrame)
     notes: list[str] = field(default_factory=list)
 
 
@@ -83,6 +87,7 @@ def analyse(
     ).sort_values(["study", "arch", "dataset", "method", "variant", "seed"], ignore_index=True)
     for arch in cal.loc[cal["theta_stab"].isna() | cal["theta_conf"].isna(), "arch"]:
         notes.append(f"calibration: no finite signals for arch {arch!r}; left out of calibration.json")
+    traj = trajectory_table(epochs, summary, runs, method=opts.adaptive_method)
     return Analysis(
         root=results_dir,
         studies=studies,
@@ -95,6 +100,8 @@ def analyse(
         calibration=cal,
         left_out=left_out,
         options=opts,
+        trajectory=traj,
+        reconstruction=reading_table(traj, comp.pairs, runs, method=opts.adaptive_method),
         notes=notes,
     )
 
@@ -256,6 +263,33 @@ def calibration_markdown(a: Analysis) -> str:
     return md.table(head, rows, "lrrrrrr")
 
 
+def trajectory_markdown(a: Analysis) -> str:
+    """Per DEBA run: distance to the paper's batch-size path and its landmarks (SPEC §4)."""
+    head = ["Study", "Arch", "Dataset", "Variant", "Seed", "Status", "Distance (oct)",
+            f"Epoch B≥{LARGE_BATCH}", "Final BS", "Incr", "Rollb"]  # fmt: skip
+    rows = [
+        [r.study, r.arch, r.dataset, r.variant, str(r.seed), r.status, md.num(r.distance_oct, 3),
+         md.num(r.epoch_reach_729, 0), str(r.final_bs), str(r.n_increase), str(r.n_rollback)]  # fmt: skip
+        for r in a.trajectory.itertuples()
+    ]
+    return md.table(head, rows, "llllrl" + "r" * 5)
+
+
+def reconstruction_markdown(a: Analysis) -> str:
+    """The readings of each readings study ranked by trajectory distance, with the seed spread."""
+    head = ["Study", "Arch", "Dataset", "Rank", "Reading (variant)", "Options", "Seeds", "Distance (oct)",
+            "Grew", "Shrank", f"Reached {LARGE_BATCH}", "Final BS per seed", "Incr/Rollb", "ΔAcc (pp)",
+            "Speedup (%)"]  # fmt: skip
+    rows = [
+        [r.study, r.arch, r.dataset, str(r.rank), r.variant, r.reading, str(r.n_seeds),
+         md.pm(r.distance_mean, r.distance_std, 3), r.grew, r.shrank, r.reached_729, r.final_bs,
+         f"{md.num(r.n_increase, 1)}/{md.num(r.n_rollback, 1)}", md.pm(r.dacc_mean, r.dacc_std, signed=True),
+         md.pm(r.speedup_pct, r.speedup_std, 1)]  # fmt: skip
+        for r in a.reconstruction.itertuples()
+    ]
+    return md.table(head, rows, "lllrll" + "r" * 9)
+
+
 def left_out_markdown(a: Analysis) -> str:
     """Runs not averaged into the comparison, with the reason."""
     if a.left_out.empty:
@@ -297,6 +331,25 @@ def to_markdown(a: Analysis, calibration_path: str | None = None) -> str:
         "## Calibrated thresholds (Table 1)",
         calibration_markdown(a),
         f"Use them: `{calibrated_study_command(cal_path)}`",
+    ]
+    if len(a.reconstruction):
+        parts += [
+            "## Readings ranked by trajectory distance (reconstruction study)",
+            "Each reading is a DEBA variant (its options other than the defaults, and the thresholds it "
+            "used). Distance = mean over epochs of |log2 B − log2 B_paper| in octaves against the paper's "
+            "64→96→…→1024 path scaled to the run's epochs (SPEC §4), mean ± std over seeds. Grew / shrank "
+            f"= seeds whose final B is above / below b0; reached {LARGE_BATCH} = seeds that trained at "
+            "B ≥ 729. A low mean distance with a split in the growth column is not paper-like.",
+            reconstruction_markdown(a),
+        ]
+    if len(a.trajectory):
+        parts += [
+            "## Trajectory fidelity (SPEC §4)",
+            "Per DEBA run: distance to the paper's batch-size path in octaves (0 = the paper's path), "
+            f"the first epoch trained at B ≥ {LARGE_BATCH}, the final batch size and the decisions taken.",
+            trajectory_markdown(a),
+        ]
+    parts += [
         "## Runs not averaged in",
         left_out_markdown(a),
     ]
@@ -362,6 +415,8 @@ def to_json(a: Analysis) -> dict:
         "calibration": thresholds(a.calibration),
         "ablations": _records(a.ablations, list(a.ablations.columns)),
         "left_out": _records(a.left_out, left_cols),
+        "trajectory": _records(a.trajectory, list(a.trajectory.columns)),
+        "reconstruction": _records(a.reconstruction, list(a.reconstruction.columns)),
         "notes": a.notes,
     }
 
@@ -369,7 +424,8 @@ def to_json(a: Analysis) -> dict:
 # ---------------------------------------------------------------- report directory
 
 PLOT_CAPTIONS = {
-    "batch_size_trajectories": "Batch-size trajectories of the adaptive runs, per arch (all seeds).",
+    "batch_size_trajectories": "Batch-size trajectories of the adaptive runs, per arch (all seeds), with the "
+                               "paper's path (dashed).",
     "time_vs_batch": "Training time per epoch against the batch size used.",
     "gradvar_vs_batch": "Gradient variance against the batch size used.",
     "accuracy_curves": "Test accuracy per epoch, fixed vs adaptive (mean over seeds, min–max band).",
@@ -387,7 +443,7 @@ def write_report(a: Analysis, out_dir: str, plots: bool = True) -> str:
     if plots:
         from analysis.plots import make_plots  # matplotlib only when plotting
 
-        made = make_plots(a.epochs, a.summary, a.taxonomy, out_dir, a.options)
+        made = make_plots(a.epochs, a.summary, a.taxonomy, out_dir, a.options, a.trajectory)
         if made:
             extra.append("## Plots")
             for name, path in made.items():

@@ -45,6 +45,8 @@ EPOCH_COLUMNS: tuple[tuple[str, str], ...] = ID_COLUMNS + (
     ("lr_gain", "float64"),
     ("estimator", "string"),
     ("measure_time_s", "float64"),
+    ("grad_var_epoch_mean", "float64"),
+    ("grad_norm_epoch_mean", "float64"),
 )
 
 RUN_COLUMNS: tuple[tuple[str, str], ...] = ID_COLUMNS + (
@@ -72,7 +74,8 @@ DECISIONS: tuple[str, ...] = ("increase", "rollback", "hold")
 RUN_STATUSES: tuple[str, ...] = ("completed", "failed", "diverged")
 # Method extras may be missing from a file altogether; they are then read as all-null.
 NULLABLE_EPOCH_COLUMNS: frozenset[str] = frozenset(
-    {"grad_diversity", "noise_scale", "lr_gain", "estimator", "measure_time_s"}
+    {"grad_diversity", "noise_scale", "lr_gain", "estimator", "measure_time_s", "grad_var_epoch_mean",
+     "grad_norm_epoch_mean"}
 )
 
 _ARROW_TYPES: dict[str, pa.DataType] = {

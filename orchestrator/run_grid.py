@@ -39,7 +39,11 @@ def format_plan(plan: Plan, results: str, resources: str, storage: str | None = 
     for t in plan.trials:
         state = runs.get(t.trial_id, "pending")
         action = "skip" if t.trial_id in plan.finished else "run"
-        lines.append(f"    {t.trial_id}  {t.label:<48} {action:<4} ({state})")
+        lines.append(f"    {t.trial_id}  {t.label:<52} {action:<4} ({state})")
+    if plan.waiting:
+        lines.append(f"  phase 2: {len(plan.waiting)} trial(s) wait for thresholds calibrated from the study's own "
+                     "fixed runs (they run once every fixed run of their arch has finished):")
+        lines += [f"    {'-' * 12}  {label:<52} wait" for label in plan.waiting]
     return "\n".join(lines)
 
 
@@ -88,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         study = study_from_args(args)
-        plan = make_plan(study, args.results)
+        plan = make_plan(study, args.results, write=not args.dry_run)
         if args.storage:
             resolve_uri(args.storage, field="storage")  # Tune would only fail on it after Ray started
     except ValueError as exc:
@@ -101,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not plan.pending:
         print(format_plan(plan, args.results, "n/a (nothing to run)", args.storage))
+        if plan.waiting:
+            print(f"{len(plan.waiting)} trial(s) wait for a calibration that the study's fixed runs cannot give "
+                  "(some failed); see the runs above", file=sys.stderr)
+            return 1
         print(f"all {len(plan.trials)} trial(s) of study {study.name!r} are finished; nothing to run")
         print(format_summary(args.results, study.name))
         return 0
@@ -121,6 +129,16 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     report = run_plan(plan, args.results, resources, storage=args.storage, echo=not args.quiet,
                       verbose=args.verbose)
+    if plan.waiting:  # a calibrating study: phase 2 runs with the thresholds phase 1 made possible
+        plan = make_plan(study, args.results)
+        ready = len(plan.pending)
+        print(f"[{study.name}] phase 2: {ready} trial(s) with thresholds calibrated from the fixed runs "
+              f"({ResultsStore(args.results, study.name).study_path}/calibration.json)", flush=True)
+        if ready:
+            more = run_plan(plan, args.results, resources, storage=args.storage, echo=not args.quiet,
+                            verbose=args.verbose)
+            report.experiments.update(more.experiments)
+            report.grids.extend(more.grids)
 
     print()
     print(format_summary(args.results, study.name))
@@ -136,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         print(tables if tables is not None else
               "(analysis tables: analysis.report.summarize is not available; run `python -m analysis "
               f"{args.results}` once the analysis package is installed)")
-    unfinished = make_plan(study, args.results).pending
+    final = make_plan(study, args.results)
+    unfinished = final.pending + final.waiting
     if unfinished:
         print(f"{len(unfinished)} trial(s) not finished; re-run the same command to retry them", file=sys.stderr)
         return 1

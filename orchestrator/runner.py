@@ -25,8 +25,9 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from orchestrator.studies import StudySpec, TrialSpec, expand
-from orchestrator.store import ResultsStore, resolve_uri, storage_uri
+from orchestrator.calibration import study_calibration
+from orchestrator.studies import StudySpec, TrialSpec, expand, waiting_for_calibration
+from orchestrator.store import FINISHED_STATUSES, ResultsStore, resolve_uri, storage_uri
 
 PLAN_FILE = "orchestrator_plan.json"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,11 +35,13 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @dataclass(frozen=True)
 class Plan:
-    """A study's trials split by the ledger into finished and pending."""
+    """A study's trials split by the ledger into finished and pending, plus (calibrating studies)
+    the labels of trials that wait for their thresholds (phase 2)."""
 
     study: StudySpec
     trials: tuple[TrialSpec, ...]
     finished: frozenset[str]
+    waiting: tuple[str, ...] = ()
 
     @property
     def pending(self) -> tuple[TrialSpec, ...]:
@@ -46,14 +49,21 @@ class Plan:
         return tuple(t for t in self.trials if t.trial_id not in self.finished)
 
 
-def make_plan(study: StudySpec, results: str) -> Plan:
-    """Expand and validate `study`, then consult the ledger in `results`."""
-    trials = tuple(expand(study))
+def make_plan(study: StudySpec, results: str, write: bool = True) -> Plan:
+    """Expand and validate `study`, then consult the ledger in `results`.
+
+    A calibrating study's phase-2 trials are planned once their thresholds can be calibrated
+    (pinned in the store unless `write` is False, as for a dry run).
+    """
+    ledger = ResultsStore(results, study.name).ledger()
+    calibration = study_calibration(study, results, ledger, write=write) if study.calibrate else None
+    trials = tuple(expand(study, calibration))
     ids = [t.trial_id for t in trials]
     if len(set(ids)) != len(ids):
         raise ValueError("two trials of the study have the same configuration (duplicate trial_id)")
-    finished = ResultsStore(results, study.name).finished() & set(ids)
-    return Plan(study=study, trials=trials, finished=frozenset(finished))
+    finished = {tid for tid, status in ledger.items() if status in FINISHED_STATUSES} & set(ids)
+    return Plan(study=study, trials=trials, finished=frozenset(finished),
+                waiting=tuple(waiting_for_calibration(study, calibration)))
 
 
 # ------------------------------------------------------------------------------------------------ Ray

@@ -30,14 +30,17 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "full_history": {"full_history": True},
 }
 ABLATION_VARIANTS: tuple[str, ...] = ("universal_thresholds", "cooldown2", "cooldown5", "full_history")
+# The reconstruction preset's CPU size (Fashion-MNIST subset sizes); see _reconstruction.
+RECONSTRUCTION_TRAIN_LIMIT = 6000
+RECONSTRUCTION_TEST_LIMIT = 2000
 
 # DEBA thresholds of the demo's tiny archs (they have no Table 1 row), calibrated by SPEC §2's rule
 # (theta_stab = p75 of grad_norm_variation, theta_conf = median confidence, epochs >= 2) from
 # fixed runs of the demo setting, seeds 0-2:
 #   run_grid.py --methods fixed --seeds 0,1,2 --study demo_profile  -> analysis calibration table
 DEMO_THRESHOLDS: dict[str, dict[str, float]] = {
-    "tiny_cnn": {"theta_stab": 0.31, "theta_conf": 1.10},
-    "tiny_mlp": {"theta_stab": 0.25, "theta_conf": 1.10},
+    "tiny_cnn": {"theta_stab": 0.29, "theta_conf": 1.00},
+    "tiny_mlp": {"theta_stab": 0.27, "theta_conf": 1.00},
 }
 
 # Loop-config keys that change how a trial runs but not what it computes; left out of trial_id so
@@ -59,7 +62,9 @@ class StudySpec:
     `policy` holds study-wide policy options, applied to every method that accepts them;
     `variant_defs` adds user-named variants (name -> policy options); `thresholds` maps
     arch -> {"theta_stab", "theta_conf"} for DEBA trials (calibrated values); `loop` holds extra
-    TrialLoop config keys (lr, train_limit, ...). `gpus_per_trial=None` means one GPU per trial when
+    TrialLoop config keys (lr, train_limit, ...). `calibrate=True`: DEBA thresholds come from the
+    study's own fixed runs, per arch and signal reading, in a second phase (orchestrator/calibration.py).
+    `gpus_per_trial=None` means one GPU per trial when
     the cluster has GPUs, else CPU-only trials. `checkpoint_every=K` checkpoints every K-th epoch (the
     last and a diverged epoch always): how a trial runs, not what it computes, so it is no part of
     trial_id. `hooks` are test hooks (see trainables.ray_trainable).
@@ -83,6 +88,7 @@ class StudySpec:
     checkpoint_every: int = 1
     hooks: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    calibrate: bool = False
 
 
 @dataclass(frozen=True)
@@ -192,9 +198,35 @@ def _methods_paper() -> StudySpec:
                      description="every registered batch-size policy on the paper grid")
 
 
+# One reading per reconstructed element of SPEC §2, each changing one choice of the default reading
+# (variant "baseline": decision_rule both, confidence_eps 1e-8, last-step signals, no cooldown after
+# a no-op decision). SPEC §4's reconstruction study runs each with thresholds calibrated for it.
+RECONSTRUCTION_READINGS: dict[str, dict[str, Any]] = {
+    "rule_either": {"decision_rule": "either"},
+    "eps_zero": {"confidence_eps": 0.0},
+    "epoch_mean_signals": {"signal_source": "epoch_mean"},
+    "noop_cooldown": {"cooldown_on_noop": True},
+}
+
+
+def _reconstruction() -> StudySpec:
+    # CPU default sized for ~30 minutes on 2 cores (README, docs/results/): tiny_cnn on a fixed-size
+    # Fashion-MNIST subset, the paper's 100 epochs, cooldown 10 and window 15. On GPUs scale it up with
+    # --archs resnet18 --loop-opt train_limit=null --loop-opt test_limit=null.
+    return StudySpec(
+        name="reconstruction", archs=("tiny_cnn",), datasets=("fashion_mnist",), seeds=(2, 7, 42),
+        methods=("fixed", "deba"), variants=("baseline",) + tuple(RECONSTRUCTION_READINGS),
+        variant_defs=dict(RECONSTRUCTION_READINGS), epochs=100,
+        loop={"train_limit": RECONSTRUCTION_TRAIN_LIMIT, "test_limit": RECONSTRUCTION_TEST_LIMIT,
+              "record_epoch_mean": True},
+        calibrate=True, max_failures=1,
+        description="which reading of DEBA's lost equations reproduces the paper's batch-size path: fixed "
+                    "runs calibrate thresholds per reading, then DEBA runs once per reading (SPEC §4)")
+
+
 PRESETS: dict[str, Callable[[], StudySpec]] = {
     "demo": _demo, "paper": _paper, "ablations": _ablations, "profile": _profile, "methods": _methods,
-    "methods_paper": _methods_paper,
+    "methods_paper": _methods_paper, "reconstruction": _reconstruction,
 }
 
 
@@ -260,6 +292,27 @@ def _check_thresholds(data: Any) -> None:
                 _fail(f"thresholds[{arch!r}].{k}", v, "expected a finite number > 0")
 
 
+def _check_calibrating(study: StudySpec) -> None:
+    """A calibrating study needs fixed runs, sets no thresholds of its own, and records the
+    epoch-mean statistics when a reading uses them."""
+    if "fixed" not in study.methods:
+        _fail("methods", study.methods, "a calibrating study needs the fixed method: its runs calibrate the thresholds")
+    if study.thresholds:
+        _fail("thresholds", sorted(study.thresholds), "this study calibrates its thresholds from its own fixed runs; "
+                                                      "drop --thresholds, or run a study without calibration")
+    given = sorted({"theta_stab", "theta_conf", "thresholds"} & set(study.policy))
+    if given:
+        _fail("policy", given, "this study calibrates its thresholds from its own fixed runs; set them per variant "
+                               "(--define-variant NAME:theta_stab=X,theta_conf=Y) or run a study without calibration")
+    table = variant_table(study)
+    epoch_mean = [v for v in study.variants
+                  if {**study.policy, **table[v]}.get("signal_source") == "epoch_mean"]
+    if epoch_mean and study.loop.get("record_epoch_mean") is not True:
+        _fail("loop.record_epoch_mean", study.loop.get("record_epoch_mean"),
+              f"variants {', '.join(epoch_mean)} read epoch-mean signals, so the fixed runs that calibrate them "
+              "must record them: --loop-opt record_epoch_mean=true")
+
+
 def variant_table(study: StudySpec) -> dict[str, dict[str, Any]]:
     """Built-in plus user-defined variants (user definitions may not redefine built-ins)."""
     for name in study.variant_defs:
@@ -305,6 +358,8 @@ def validate_study(study: StudySpec) -> None:
     if reserved:
         _fail("loop", reserved, "arch, dataset, seed, method, variant, policy and epochs come from the study grid")
     _check_thresholds(study.thresholds)
+    if study.calibrate:
+        _check_calibrating(study)
     unknown_hooks = sorted(set(study.hooks) - TEST_HOOKS)
     if unknown_hooks:
         _fail("hooks", unknown_hooks, f"allowed test hooks: {', '.join(sorted(TEST_HOOKS))}")
@@ -340,14 +395,10 @@ def policy_options_for(study: StudySpec, method: str, arch: str, variant: str) -
     return opts
 
 
-def expand(study: StudySpec) -> list[TrialSpec]:
-    """Validate `study` and expand it to trial specs (dataset, seed, arch, method, variant order).
-
-    Each trial's loop config goes through `trainables.loop.validate_config` and its policy is
-    constructed once, so every bad value fails here with the field named.
-    """
-    from trainables.loop import validate_config
-    from trainables.policies import POLICY_NAMES, make_policy, policy_options
+def _cells(study: StudySpec) -> list[tuple[str, str, int, str, str, dict[str, Any]]]:
+    """Validate `study`; its (arch, dataset, seed, method, variant, policy options) cells, in
+    dataset, seed, arch, method, variant order."""
+    from trainables.policies import POLICY_NAMES, policy_options
 
     validate_study(study)
     variants = variant_table(study)
@@ -361,25 +412,54 @@ def expand(study: StudySpec) -> list[TrialSpec]:
         if not any(_applies(m, v, variants) for m in study.methods):
             _fail("variants", v, f"no method of the study ({', '.join(study.methods)}) accepts its options "
                                  f"{variants[v]}")
+    return [(arch, dataset, seed, method, variant, policy_options_for(study, method, arch, variant))
+            for dataset in study.datasets for seed in study.seeds for arch in study.archs
+            for method in study.methods for variant in study.variants if _applies(method, variant, variants)]
+
+
+Calibration = Callable[[str, str, dict[str, Any]], "dict[str, float] | None"]
+
+
+def expand(study: StudySpec, calibration: Calibration | None = None) -> list[TrialSpec]:
+    """Validate `study` and expand it to trial specs (dataset, seed, arch, method, variant order).
+
+    Each trial's loop config goes through `trainables.loop.validate_config` and its policy is
+    constructed once, so every bad value fails here with the field named. In a calibrating study
+    (`calibrate=True`) a trial that takes its thresholds from the calibration gets them from
+    `calibration(arch, method, options)`; it is left out while that returns None (or without one):
+    `waiting_for_calibration` lists it.
+    """
+    from orchestrator.calibration import needs_calibration
+    from trainables.loop import validate_config
+    from trainables.policies import make_policy
+
     specs: list[TrialSpec] = []
-    for dataset in study.datasets:
-        for seed in study.seeds:
-            for arch in study.archs:
-                for method in study.methods:
-                    for variant in study.variants:
-                        if not _applies(method, variant, variants):
-                            continue
-                        opts = policy_options_for(study, method, arch, variant)
-                        where = f"trial arch={arch} dataset={dataset} seed={seed} method={method} variant={variant}"
-                        try:
-                            make_policy(method, arch=arch, **opts)
-                            cfg = validate_config({**study.loop, "arch": arch, "dataset": dataset, "seed": seed,
-                                                   "method": method, "variant": variant, "policy": opts,
-                                                   "epochs": study.epochs, "data_dir": study.data_dir})
-                            text = canonical_json(cfg)
-                        except ValueError as exc:
-                            raise ValueError(f"{where}: {exc}") from exc
-                        specs.append(TrialSpec(trial_id=trial_id_of(cfg), study=study.name, arch=arch,
-                                               dataset=dataset, seed=seed, method=method, variant=variant,
-                                               config_json=text))
+    for arch, dataset, seed, method, variant, opts in _cells(study):
+        where = f"trial arch={arch} dataset={dataset} seed={seed} method={method} variant={variant}"
+        if study.calibrate and needs_calibration(method, opts):
+            found = calibration(arch, method, opts) if calibration is not None else None
+            if found is None:
+                continue
+            opts = {**opts, **found}
+        try:
+            make_policy(method, arch=arch, **opts)
+            cfg = validate_config({**study.loop, "arch": arch, "dataset": dataset, "seed": seed,
+                                   "method": method, "variant": variant, "policy": opts,
+                                   "epochs": study.epochs, "data_dir": study.data_dir})
+            text = canonical_json(cfg)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from exc
+        specs.append(TrialSpec(trial_id=trial_id_of(cfg), study=study.name, arch=arch, dataset=dataset,
+                               seed=seed, method=method, variant=variant, config_json=text))
     return specs
+
+
+def waiting_for_calibration(study: StudySpec, calibration: Calibration | None = None) -> list[str]:
+    """Labels of the trials `expand` leaves out until their thresholds are calibrated."""
+    from orchestrator.calibration import needs_calibration
+
+    if not study.calibrate:
+        return []
+    return [f"{arch}-{dataset}-s{seed}-{method}-{variant}"
+            for arch, dataset, seed, method, variant, opts in _cells(study)
+            if needs_calibration(method, opts) and (calibration is None or calibration(arch, method, opts) is None)]

@@ -338,3 +338,93 @@ def test_augment_override_and_bad_arguments():
     assert loader.num_batches(11, drop_last=False) == 1
     with pytest.raises(ValueError, match="x_uint8"):
         GpuLoader(torch.zeros(2, 3, 32, 32), torch.zeros(2, dtype=torch.int64), (0, 0, 0), (1, 1, 1), "cpu", False)
+
+
+# ----------------------------------------------------------------------------- tiny Fashion-MNIST files
+def write_idx(path, array):
+    """An IDX file of uint8 `array` (gzipped when the name ends in .gz), as Zalando/LeCun write them."""
+    import gzip
+
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "wb") as f:
+        f.write(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
+def write_tiny_fashion_mnist(folder, n_train=7, n_test=5, gz=True, seed=0):
+    rng = np.random.default_rng(seed)
+    os.makedirs(folder, exist_ok=True)
+    out = {}
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        suffix = ".gz" if gz else ""
+        write_idx(os.path.join(folder, f"{prefix}-images-idx3-ubyte{suffix}"), images)
+        write_idx(os.path.join(folder, f"{prefix}-labels-idx1-ubyte{suffix}"), labels)
+        out[prefix] = (images, labels)
+    return out
+
+
+@pytest.fixture
+def no_debian_copy(monkeypatch, tmp_path):
+    """Point the Debian location at an empty folder: the tests must not depend on the package."""
+    import trainables.data as data
+
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", str(tmp_path / "no-debian-package"))
+
+
+@pytest.mark.parametrize("layout,gz", [("fashion-mnist", True), ("fashion-mnist", False),
+                                       (os.path.join("FashionMNIST", "raw"), True)])
+def test_fashion_mnist_round_trip(tmp_path, no_debian_copy, layout, gz):
+    written = write_tiny_fashion_mnist(str(tmp_path / "data" / layout), gz=gz)
+    ds = load_dataset("fashion_mnist", data_dir=str(tmp_path / "data"), download=False)
+    assert ds.num_classes == 10 and ds.train_x.dtype == torch.uint8
+    assert ds.train_x.shape == (7, 3, 32, 32) and ds.test_x.shape == (5, 3, 32, 32)
+    images, labels = written["train"]
+    # Zero-padded by 2 px on every side, the grey image replicated to three channels.
+    assert torch.equal(ds.train_x[:, :, 2:30, 2:30], torch.from_numpy(images)[:, None].expand(-1, 3, -1, -1))
+    assert int(ds.train_x[:, :, :2].sum()) == 0 and int(ds.train_x[:, :, :, 30:].sum()) == 0
+    assert ds.train_y.tolist() == labels.tolist() and ds.train_y.dtype == torch.int64
+    assert ds.test_y.tolist() == written["t10k"][1].tolist()
+
+
+def test_fashion_mnist_from_the_debian_location(tmp_path, monkeypatch):
+    import trainables.data as data
+
+    written = write_tiny_fashion_mnist(str(tmp_path / "debian"), n_train=3, n_test=2)
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", str(tmp_path / "debian"))
+    ds = load_dataset("fashion_mnist", data_dir=str(tmp_path / "empty"), download=False)
+    assert ds.train_y.tolist() == written["train"][1].tolist()
+
+
+def test_fashion_mnist_missing_files_name_all_three_ways(tmp_path, no_debian_copy):
+    with pytest.raises(DatasetNotFoundError) as err:
+        load_dataset("fashion_mnist", data_dir=str(tmp_path), download=False)
+    text = str(err.value)
+    assert "apt-get install dataset-fashion-mnist" in text and "--data-dir" in text and "online" in text
+    assert "train-images-idx3-ubyte" in text
+
+
+def test_idx_reader_refuses_a_truncated_file(tmp_path):
+    from trainables.data import read_idx
+
+    path = str(tmp_path / "x-idx3-ubyte")
+    write_idx(path, np.zeros((4, 28, 28), np.uint8))
+    with open(path, "r+b") as f:
+        f.truncate(100)
+    with pytest.raises(ValueError, match="IDX header"):
+        read_idx(path)
+
+
+def test_crop_only_augmentation_never_flips():
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.int64).remainder(251).to(torch.uint8).reshape(2, 3, 8, 8)
+    loader = GpuLoader(x, torch.arange(2), (0.5,) * 3, (0.25,) * 3, "cpu", augment=True, flip=False)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        for batch, y in loader.epoch(2, gen, shuffle=False):
+            for img, i in zip(batch, y):
+                raw = (img - loader._shift[0]) / loader._scale[0]
+                raw = raw.round().to(torch.int64)
+                padded = torch.nn.functional.pad(x[int(i)].to(torch.int64), (4, 4, 4, 4))
+                # Some 8x8 window of the padded original, in the original orientation.
+                assert any(torch.equal(raw, padded[:, dy:dy + 8, dx:dx + 8]) for dy in range(9) for dx in range(9))

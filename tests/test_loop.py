@@ -19,7 +19,9 @@ from trainables.signals import grad_stats
 # threads=1: on a shared 2-core machine two torch threads contend with other processes and run
 # ~10x slower; the fixture below restores the process-wide setting after each test.
 SMALL = {"arch": "tiny_cnn", "dataset": "digits", "train_limit": 160, "test_limit": 50, "threads": 1}
-DEBA = {**SMALL, "method": "deba", "policy": {"thresholds": "universal", "cooldown": 1, "b0": 32, "b_min": 8}}
+# "either" rolls back on one symptom: on these tiny runs the batch size moves within a few epochs.
+DEBA = {**SMALL, "method": "deba", "policy": {"thresholds": "universal", "cooldown": 1, "b0": 32, "b_min": 8,
+                                             "decision_rule": "either"}}
 MLP = {**SMALL, "arch": "tiny_mlp"}
 TIMING = {"epoch_time_s", "eval_time_s", "wall_time_s", "samples_per_s", "peak_mem_mb", "measure_time_s"}
 TRAINING = ("train_loss", "train_acc", "test_loss", "test_acc", "grad_var", "grad_norm")
@@ -228,8 +230,9 @@ def test_per_sample_on_batchnorm_model_is_the_eval_approximation() -> None:
 
 
 def test_two_batch_noise_scale_estimator_keeps_the_gradient() -> None:
-    plain = run({**MLP, "epochs": 2, "policy": {"b0": 16}})
-    dive = run({**MLP, "epochs": 2, "method": "divebatch",
+    # crop_flip: on these 160 images DiveBatch then keeps B=16 after epoch 1, so both runs train alike.
+    plain = run({**MLP, "epochs": 2, "augment": "crop_flip", "policy": {"b0": 16}})
+    dive = run({**MLP, "epochs": 2, "augment": "crop_flip", "method": "divebatch",
                 "policy": {"b0": 16, "resize_every": 1, "estimator": "noise_scale", "b_max": 128}})
     for a, b in zip(plain.history, dive.history):
         assert b["estimator"] == "noise_scale" and b["measure_time_s"] > 0.0
@@ -490,3 +493,26 @@ def test_resume_keeps_this_loops_optimizer_settings(tmp_path: Any) -> None:
     for field, value in (("momentum", 0.5), ("weight_decay", 0.0), ("lr", 0.1), ("augment", False)):
         with pytest.raises(ValueError, match=f"another trial: config field {field!r}"):
             TrialLoop({**SMALL, "epochs": 2, field: value}).load_checkpoint(tmp_path)
+
+
+def test_record_epoch_mean_adds_the_other_signal_source_without_changing_training() -> None:
+    plain = run({**SMALL, "epochs": 2})
+    both = run({**SMALL, "epochs": 2, "record_epoch_mean": True})
+    mean_source = run({**SMALL, "epochs": 2, "policy": {"signal_source": "epoch_mean"}})
+    for a, b, c in zip(plain.history, both.history, mean_source.history, strict=True):
+        assert [a[k] for k in TRAINING] == [b[k] for k in TRAINING]
+        assert a["grad_var_epoch_mean"] is None and a["grad_norm_epoch_mean"] is None
+        # The recorded epoch-mean statistics are those an epoch_mean policy sees.
+        assert (b["grad_var_epoch_mean"], b["grad_norm_epoch_mean"]) == (c["grad_var"], c["grad_norm"])
+        assert (c["grad_var_epoch_mean"], c["grad_norm_epoch_mean"]) == (c["grad_var"], c["grad_norm"])
+
+
+@pytest.mark.parametrize("dataset, given, expected", [
+    ("digits", "auto", "crop"), ("cifar10", "auto", "crop_flip"), ("fashion_mnist", "auto", "crop_flip"),
+    ("digits", True, "crop_flip"), ("cifar10", False, "none"), ("cifar100", "crop", "crop"),
+])
+def test_augmentation_defaults_per_dataset(dataset: str, given: Any, expected: str) -> None:
+    cfg = validate_config({"arch": "tiny_cnn", "dataset": dataset, "augment": given})
+    assert cfg["augment"] == expected
+    with pytest.raises(ValueError, match="'augment'='flip'"):
+        validate_config({"arch": "tiny_cnn", "dataset": dataset, "augment": "flip"})

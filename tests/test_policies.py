@@ -42,8 +42,8 @@ def test_cooldown_timing_short():
 
 
 def test_cooldown_zero_decides_every_epoch():
-    p = make_policy("deba", arch="resnet18", cooldown=0)
-    # Epoch 1: c = v/median([v]) = 1 > 0.6 -> rollback under the paper rule.
+    p = make_policy("deba", arch="resnet18", cooldown=0, decision_rule="either")
+    # Epoch 1: c = v/median([v]) = 1 > 0.6 -> rollback under the "either" rule.
     recs = run(p, shrinking_variance_inputs, 3)
     assert [r["decision"] for r in recs] == ["rollback", "increase", "increase"]
     assert [r["batch_size"] for r in recs] == [51, 76, 114]
@@ -51,14 +51,14 @@ def test_cooldown_zero_decides_every_epoch():
 
 def test_rollback_path_and_lower_bound():
     # Rising variance: c = v_t / median > 0.6 -> rollback each decision epoch (cooldown 1 = every epoch).
-    p = make_policy("deba", arch="resnet18", cooldown=1)
+    p = make_policy("deba", arch="resnet18", cooldown=1, decision_rule="either")
     recs = run(p, lambda t: {"train_loss": 1.0, "grad_var": 2.0 ** t, "grad_norm": 2.0}, 5)
     assert [r["batch_size"] for r in recs] == [51, 40, 32, 32, 32]
     assert [r["decision"] for r in recs] == ["rollback", "rollback", "rollback", "hold", "hold"]
 
 
 def test_rounding_floors_and_caps():
-    p = make_policy("deba", arch="resnet18", b0=65, cooldown=1, b_max=100)
+    p = make_policy("deba", arch="resnet18", b0=65, cooldown=1, b_max=100, decision_rule="either")
     recs = run(p, shrinking_variance_inputs, 3, start=1)
     # epoch 1: c = 1 -> rollback floor(0.8*65)=52; then floor(1.5*52)=78; then min(117, 100)=100.
     assert [r["batch_size"] for r in recs] == [52, 78, 100]
@@ -97,7 +97,8 @@ def test_full_history_option_changes_decision():
     seq = [8, 8, 8, 8, 1, 1, 1, 1, 3]
     decisions = {}
     for full in (False, True):
-        p = make_policy("deba", arch="resnet18", window=3, full_history=full, cooldown=9, theta_conf=2.0)
+        p = make_policy("deba", arch="resnet18", window=3, full_history=full, cooldown=9, theta_conf=2.0,
+                        decision_rule="either")
         recs = run(p, lambda t: {"train_loss": 1.0, "grad_var": float(seq[t - 1]), "grad_norm": 2.0}, 9)
         decisions[full] = (recs[-1]["decision"], recs[-1]["confidence"])
     assert decisions[False][0] == "rollback" and decisions[False][1] == pytest.approx(3.0)
@@ -105,7 +106,7 @@ def test_full_history_option_changes_decision():
 
 
 @pytest.mark.parametrize(
-    "confidence, d_norm, d_loss, paper, conservative",
+    "confidence, d_norm, d_loss, either, both",
     [
         (0.5, 0.1, 0.1, "increase", "increase"),   # all stable
         (0.7, 0.1, 0.1, "rollback", "hold"),       # noisy but stable gradients
@@ -116,9 +117,9 @@ def test_full_history_option_changes_decision():
         (math.nan, 0.1, 0.1, "hold", "hold"),      # no information
     ],
 )
-def test_decision_rules(confidence, d_norm, d_loss, paper, conservative):
-    assert decide_deba("paper", confidence, d_norm, d_loss, 0.55, 0.6) == paper
-    assert decide_deba("conservative", confidence, d_norm, d_loss, 0.55, 0.6) == conservative
+def test_decision_rules(confidence, d_norm, d_loss, either, both):
+    assert decide_deba("either", confidence, d_norm, d_loss, 0.55, 0.6) == either
+    assert decide_deba("both", confidence, d_norm, d_loss, 0.55, 0.6) == both
 
 
 def test_thresholds_table_universal_and_override():
@@ -162,7 +163,7 @@ def test_fixed_holds_and_records_signals():
         ({"cooldwn": 3}, "unknown option(s) cooldwn for policy 'deba'"),
         ({"b_min": 128, "b0": 64}, "need b_min <= b0 <= b_max"),
         ({"b_min": 2048}, "need b_min <= b0 <= b_max"),
-        ({"decision_rule": "strict"}, "decision_rule='strict' is not allowed; allowed values: 'paper', 'conservative'"),
+        ({"decision_rule": "strict"}, "decision_rule='strict' is not allowed; allowed values: 'both', 'either'"),
         ({"signal_source": "mean"}, "signal_source='mean' is not allowed; allowed values: 'last_step', 'epoch_mean'"),
         ({"alpha": 0.9}, "alpha=0.9 must be > 1.0"),
         ({"beta": 1.2}, "beta=1.2 must be < 1"),
@@ -199,3 +200,105 @@ def test_policies_do_not_import_torch():
     code = "import sys, trainables.policies; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# ------------------------------------------------------------------ SPEC §2 options: rule, eps, no-op cooldown
+
+def test_confidence_eps_hand_computed():
+    # Tiny variances: with eps = 1e-8, c = 1e-9 / (1e-9 + 1e-8) = 1/11; scale-free (eps = 0) c = 1.
+    default = make_policy("deba", arch="resnet18")
+    scale_free = make_policy("deba", arch="resnet18", confidence_eps=0.0)
+    big_eps = make_policy("deba", arch="resnet18", confidence_eps=1e-9)
+    inputs = {"train_loss": 1.0, "grad_var": 1e-9, "grad_norm": 1.0}
+    assert default.step(epoch=1, **inputs)["confidence"] == pytest.approx(1 / 11)
+    assert scale_free.step(epoch=1, **inputs)["confidence"] == 1.0
+    assert big_eps.step(epoch=1, **inputs)["confidence"] == pytest.approx(0.5)
+
+
+def test_confidence_eps_zero_with_zero_median_holds():
+    p = make_policy("deba", arch="resnet18", confidence_eps=0.0, cooldown=0, decision_rule="either")
+    recs = run(p, lambda t: {"train_loss": 1.0, "grad_var": 0.0, "grad_norm": 1.0}, 2)
+    assert all(math.isnan(r["confidence"]) for r in recs)
+    assert [r["decision"] for r in recs] == ["hold", "hold"] and p.batch_size == 64
+    # Window [0, 0, 5] has median 0 -> c = NaN, not inf.
+    p = make_policy("deba", arch="resnet18", confidence_eps=0.0, cooldown=0, window=3)
+    recs = run(p, lambda t: {"train_loss": 1.0, "grad_var": [0.0, 0.0, 5.0][t - 1], "grad_norm": 1.0}, 3)
+    assert math.isnan(recs[2]["confidence"]) and recs[2]["decision"] == "hold"
+
+
+def test_cooldown_on_noop():
+    # Increase requested at every decision epoch; b_max = 96 is reached at epoch 2 (cooldown 2).
+    for noop, expected in ((False, ["hold", "increase", "hold", "hold", "hold", "hold"]),
+                           (True, ["hold", "increase", "hold", "increase", "hold", "increase"])):
+        p = make_policy("deba", arch="resnet18", cooldown=2, b_max=96, cooldown_on_noop=noop)
+        recs = run(p, shrinking_variance_inputs, 6)
+        assert [r["decision"] for r in recs] == expected, noop
+        assert [r["batch_size"] for r in recs] == [64, 96, 96, 96, 96, 96]
+        # Without the option a no-op decision starts no cooldown: epochs 4..6 decide (outside cooldown).
+        cooldowns = [r["in_cooldown"] for r in recs]
+        assert cooldowns == ([True, False, True, False, False, False] if not noop
+                             else [True, False, True, False, True, False])
+
+
+def test_default_rule_is_both():
+    assert policy_options("deba")["decision_rule"] == "both"
+    assert policy_options("deba")["confidence_eps"] == 1e-8 and policy_options("deba")["cooldown_on_noop"] is False
+
+
+def _reference_deba(seq, *, rule, eps, noop, cooldown, window, theta_stab, theta_conf, b0=64, b_min=32,
+                    b_max=1024, alpha=1.5, beta=0.8):
+    """SPEC §1-2 written out independently of the policy classes: (decision, B_next, c) per epoch."""
+    out, variances, prev_n, prev_l, t_last, batch = [], [], None, None, 0, b0
+    for t, (loss, var, norm) in enumerate(seq, 1):
+        d_n = 0.0 if prev_n is None else abs(norm - prev_n) / (abs(prev_n) + 1e-8)
+        d_l = 0.0 if prev_l is None else abs(loss - prev_l) / (abs(prev_l) + 1e-8)
+        variances = (variances + [var])[-window:]
+        med = sorted(variances)[len(variances) // 2] if len(variances) % 2 else \
+            sum(sorted(variances)[len(variances) // 2 - 1:len(variances) // 2 + 1]) / 2
+        c = var / (med + eps) if med + eps != 0 else math.nan
+        prev_n, prev_l = norm, loss
+        decision = "hold"
+        if t - t_last >= cooldown and not math.isnan(c):
+            if c < theta_conf and d_n < theta_stab and d_l < theta_stab:
+                decision = "increase"
+            elif (c > theta_conf and d_n >= theta_stab) if rule == "both" else (c > theta_conf or d_n >= theta_stab):
+                decision = "rollback"
+        if decision != "hold":
+            new = min(math.floor(alpha * batch), b_max) if decision == "increase" else max(math.floor(beta * batch), b_min)
+            if new == batch and not noop:
+                decision = "hold"
+            else:
+                t_last, batch = t, new
+        out.append((decision, batch, c))
+    return out
+
+
+@pytest.mark.parametrize("rule", ["both", "either"])
+@pytest.mark.parametrize("noop", [False, True])
+@pytest.mark.parametrize("eps", [1e-8, 0.0])
+def test_deba_matches_an_independent_reference_on_random_sequences(rule, noop, eps):
+    import random
+
+    rng = random.Random(f"{rule}-{noop}-{eps}")  # str seeds are deterministic across processes
+    for trial in range(20):
+        n = rng.randint(5, 60)
+        # Variance near 1e-8 so that eps matters; zeros so that a zero median occurs.
+        seq = [(rng.uniform(0.5, 2.0), rng.choice([0.0, rng.uniform(0, 3e-8)]), rng.uniform(0.5, 1.5))
+               for _ in range(n)]
+        opts = dict(cooldown=rng.randint(0, 4), window=rng.randint(1, 6), theta_stab=rng.uniform(0.1, 0.6),
+                    theta_conf=rng.uniform(0.3, 1.5), b_max=rng.choice([96, 216, 1024]))
+        expected = _reference_deba(seq, rule=rule, eps=eps, noop=noop, **opts)
+        cut = rng.randint(1, n)  # resume from a JSON round trip of the state after `cut` epochs
+        first = make_policy("deba", arch="resnet18", decision_rule=rule, confidence_eps=eps,
+                            cooldown_on_noop=noop, **opts)
+        got = []
+        for t, (loss, var, norm) in enumerate(seq[:cut], 1):
+            got.append(first.step(epoch=t, train_loss=loss, grad_var=var, grad_norm=norm))
+        resumed = make_policy("deba", arch="resnet18", decision_rule=rule, confidence_eps=eps,
+                              cooldown_on_noop=noop, **opts)
+        resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
+        for t, (loss, var, norm) in enumerate(seq[cut:], cut + 1):
+            got.append(resumed.step(epoch=t, train_loss=loss, grad_var=var, grad_norm=norm))
+        for t, (r, (decision, batch, c)) in enumerate(zip(got, expected), 1):
+            assert (r["decision"], r["batch_size"]) == (decision, batch), (trial, t, opts)
+            assert (math.isnan(r["confidence"]) and math.isnan(c)) or r["confidence"] == pytest.approx(c, rel=1e-12)

@@ -160,7 +160,7 @@ def test_adascale_gain_formula():
 
 def test_lr_rules_linear_and_sqrt_follow_the_batch():
     for rule, expected in (("linear", 1.5), ("sqrt", math.sqrt(1.5)), ("none", 1.0)):
-        p = make_policy("deba", arch="resnet18", cooldown=1, lr_scaling=rule)
+        p = make_policy("deba", arch="resnet18", cooldown=1, lr_scaling=rule, decision_rule="either")
         step(p, 1)  # c = 1 > 0.6: rollback to 51
         assert p.lr_scale == pytest.approx({"linear": 51 / 64, "sqrt": math.sqrt(51 / 64), "none": 1.0}[rule])
         p = make_policy("gns", cooldown=0, lr_scaling=rule)

@@ -183,3 +183,29 @@ def test_failed_trial_gets_a_runs_row_and_keeps_the_others(tmp_path):
     assert len(epochs_table(results, "fail")) == 3  # the digits trial's rows, all of them
     pending = make_plan(study, results).pending  # the failed trial runs again next time
     assert [t.dataset for t in pending] == ["cifar10"]
+
+
+def test_reconstruction_runs_both_phases_in_one_command(tmp_path, capsys):
+    results = str(tmp_path)
+    argv = ["--study", "reconstruction", "--datasets", "digits", "--seeds", "0,1", "--epochs", "3",
+            "--variants", "baseline,eps_zero,epoch_mean_signals", "--policy-opt", "cooldown=1",
+            "--policy-opt", "window=3", "--results", results, "--loop-opt", "train_limit=128",
+            "--loop-opt", "test_limit=64", "--loop-opt", "threads=1", "--gpus-per-trial", "0", "--quiet",
+            "--verbose", "0"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "phase 2: 6 trial(s) with thresholds calibrated" in out
+    assert "Readings ranked by trajectory distance" in out
+    pinned = json.load(open(os.path.join(results, "reconstruction", "calibration.json")))["entries"]
+    assert len(pinned) == 3  # one per signal reading: baseline, eps_zero, epoch_mean_signals
+    by_reading = {(e["signal_source"], e["confidence_eps"]): e for e in pinned}
+    runs = ResultsStore(results, "reconstruction").read_runs()
+    assert len(runs) == 8 and {r["status"] for r in runs.values()} == {"completed"}
+    for r in runs.values():
+        policy = json.loads(r["config_json"])["policy"]
+        if r["method"] == "deba":
+            key = (policy.get("signal_source", "last_step"), policy.get("confidence_eps", 1e-8))
+            assert (policy["theta_stab"], policy["theta_conf"]) == (by_reading[key]["theta_stab"],
+                                                                      by_reading[key]["theta_conf"])
+    assert main(argv) == 0  # a re-run plans both phases and finds everything done
+    assert "nothing to run" in capsys.readouterr().out

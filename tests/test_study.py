@@ -28,9 +28,9 @@ def test_demo_preset_expands_to_fixed_and_deba_on_digits():
     # fixed accepts window (it records the DEBA signals) but not cooldown/b_max
     assert by_label["tiny_cnn-digits-s0-fixed-baseline"]["policy"] == {"window": 5}
     assert by_label["tiny_cnn-digits-s0-deba-baseline"]["policy"] == {
-        "cooldown": 2, "window": 5, "b_max": 512, "theta_stab": 0.31, "theta_conf": 1.10}
+        "cooldown": 2, "window": 5, "b_max": 512, "theta_stab": 0.29, "theta_conf": 1.00}
     assert by_label["tiny_mlp-digits-s1-deba-baseline"]["policy"] == {
-        "cooldown": 2, "window": 5, "b_max": 512, "theta_stab": 0.25, "theta_conf": 1.10}
+        "cooldown": 2, "window": 5, "b_max": 512, "theta_stab": 0.27, "theta_conf": 1.00}
     assert all(c["epochs"] == 12 and c["dataset"] == "digits" for c in by_label.values())
     assert len({s.trial_id for s in specs}) == 8
 
@@ -135,8 +135,8 @@ def test_cli_overrides_lists_numbers_and_custom_variants():
     specs = expand(study)
     assert len(specs) == 3 * (1 + 2)  # seeds x (fixed baseline + deba {baseline, fast})
     fast = [s for s in specs if s.variant == "fast"][0].config
-    assert fast["policy"] == {"cooldown": 1, "window": 5, "b_max": 512, "alpha": 2.0, "theta_stab": 0.31,
-                              "theta_conf": 1.10}
+    assert fast["policy"] == {"cooldown": 1, "window": 5, "b_max": 512, "alpha": 2.0, "theta_stab": 0.29,
+                              "theta_conf": 1.00}
     assert fast["train_limit"] == 200 and fast["data_dir"] == os.path.abspath("rel/data")
 
 

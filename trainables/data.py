@@ -5,6 +5,12 @@ Datasets (DESIGN.md "Data"), all returned as CPU uint8 NCHW 3x32x32 images + int
   (``cifar-10-batches-py/``, ``cifar-100-python/``) and download it when online. Their md5
   checks stay on by default; ``verify=False`` checks only that the files exist (for a
   user-made subset in the real format, and the tests' tiny files).
+- ``fashion_mnist``: Zalando's Fashion-MNIST (60,000 train / 10,000 test, 28x28 grey, 10
+  classes) from the four standard IDX files, gzipped or not (SPEC §3): zero-padded by 2 px to
+  32x32 and replicated to 3 channels, as uint8 (never a float copy). Found in ``data_dir``
+  (``DIR/fashion-mnist/`` or torchvision's ``DIR/FashionMNIST/raw/``), else in Debian's
+  ``dataset-fashion-mnist`` package (``/usr/share/datasets/fashion-mnist/``), else downloaded by
+  torchvision into ``DIR/FashionMNIST/raw/`` when online.
 - ``digits``: scikit-learn's bundled 8x8 handwritten digits (real data, offline), scaled to
   0..255, bilinearly resized to 32x32 and replicated to 3 channels; a fixed stratified split
   (1437 train / 360 test) that does not depend on the trial seed.
@@ -18,23 +24,35 @@ epoch is reproducible from the generator state and no host round trip happens pe
 
 from __future__ import annotations
 
+import gzip
 import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-DATASETS: tuple[str, ...] = ("cifar10", "cifar100", "digits", "synthetic")
-NUM_CLASSES: dict[str, int] = {"cifar10": 10, "cifar100": 100, "digits": 10, "synthetic": 10}
+DATASETS: tuple[str, ...] = ("cifar10", "cifar100", "fashion_mnist", "digits", "synthetic")
+NUM_CLASSES: dict[str, int] = {"cifar10": 10, "cifar100": 100, "fashion_mnist": 10, "digits": 10, "synthetic": 10}
+# Training-set augmentation: random crop (4 px zero padding) with or without a horizontal flip.
+AUGMENTATIONS: tuple[str, ...] = ("crop_flip", "crop", "none")
+# Per-dataset default [choice]: flips suit photos and clothing, but mirror digits into other glyphs.
+DEFAULT_AUGMENTATION: dict[str, str] = {"cifar10": "crop_flip", "cifar100": "crop_flip", "fashion_mnist": "crop_flip",
+                                        "digits": "crop", "synthetic": "crop_flip"}
 IMAGE_SIZE = 32
 CROP_PADDING = 4  # random crop 32 from the image zero-padded by 4 pixels (SPEC §3)
 DATA_DIR_ENV = "DEBA_DATA_DIR"
 DIGITS_TEST_SIZE = 360  # 1797 images -> 1437 train / 360 test
 DIGITS_SPLIT_SEED = 0  # fixed: every trial of every seed sees the same digits split
 SYNTHETIC_SIZES = (50_000, 10_000)  # train, test (CIFAR's sizes)
+DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"  # apt-get install dataset-fashion-mnist
+FASHION_MNIST_FILES: dict[str, str] = {  # role -> IDX file name (optionally with .gz)
+    "train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
+    "test_x": "t10k-images-idx3-ubyte", "test_y": "t10k-labels-idx1-ubyte",
+}
 
 _CIFAR_SOURCES = {
     "cifar10": ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "cifar-10-batches-py"),
@@ -113,8 +131,9 @@ def load_dataset(
 ) -> ImageDataset:
     """Load dataset ``name`` (one of ``DATASETS``) as CPU uint8 tensors with train statistics.
 
-    ``data_dir`` (CIFAR only): directory holding ``cifar-10-batches-py``/``cifar-100-python``;
-    default ``default_data_dir()``. ``download``: fetch missing CIFAR files (needs internet).
+    ``data_dir`` (CIFAR, Fashion-MNIST): directory holding ``cifar-10-batches-py``/``cifar-100-python``
+    or ``fashion-mnist``/``FashionMNIST/raw``; default ``default_data_dir()``. ``download``: fetch
+    missing files (needs internet).
     ``train_limit``/``test_limit``: keep a random subset of that many samples, chosen with
     ``seed`` (pass the same seed in every trial to compare like with like); for ``synthetic``
     they set the generated sizes, and ``seed`` seeds the generated data. ``verify``: keep
@@ -131,10 +150,12 @@ def load_dataset(
         train_x, train_y, test_x, test_y = _synthetic(
             train_limit or SYNTHETIC_SIZES[0], test_limit or SYNTHETIC_SIZES[1], seed)
     else:
+        root = os.path.expanduser(data_dir) if data_dir else default_data_dir()
         if name == "digits":
             train_x, train_y, test_x, test_y = _digits()
+        elif name == "fashion_mnist":
+            train_x, train_y, test_x, test_y = _fashion_mnist(root, download)
         else:
-            root = os.path.expanduser(data_dir) if data_dir else default_data_dir()
             train_x, train_y, test_x, test_y = _cifar(name, root, download, verify)
         train_x, train_y = _subset(train_x, train_y, train_limit, seed)
         test_x, test_y = _subset(test_x, test_y, test_limit, seed + 1)
@@ -176,6 +197,86 @@ def _digits() -> tuple[Tensor, Tensor, Tensor, Tensor]:
     train_idx = torch.from_numpy(train_idx).sort().values
     test_idx = torch.from_numpy(test_idx).sort().values
     return x[train_idx], y[train_idx], x[test_idx], y[test_idx]
+
+
+def read_idx(path: str) -> np.ndarray:
+    """An IDX file (the MNIST format; gzipped when the name ends in .gz) as a uint8 numpy array.
+
+    Header: two zero bytes, a type byte (0x08 = unsigned byte, the only type these datasets
+    use), the number of dimensions, then each dimension as a big-endian int32.
+    """
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise ValueError(f"{path}: not an IDX file (bad magic number)")
+    if data[2] != 0x08:
+        raise ValueError(f"{path}: IDX element type 0x{data[2]:02x} is not unsigned byte (0x08)")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    size = math.prod(dims)
+    if len(data) != header + size:
+        raise ValueError(f"{path}: IDX header says {dims} ({size} bytes) but the file holds {len(data) - header}")
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _idx_file(folder: str, name: str) -> str | None:
+    for candidate in (name, name + ".gz"):
+        path = os.path.join(folder, candidate)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def fashion_mnist_folders(root: str) -> list[str]:
+    """Where Fashion-MNIST's IDX files are looked for, in order (see the module docstring)."""
+    return [os.path.join(root, "fashion-mnist"), os.path.join(root, "FashionMNIST", "raw"), DEBIAN_FASHION_MNIST]
+
+
+def _find_fashion_mnist(root: str) -> dict[str, str] | None:
+    for folder in fashion_mnist_folders(root):
+        found = {role: _idx_file(folder, name) for role, name in FASHION_MNIST_FILES.items()}
+        if all(found.values()):
+            return found  # type: ignore[return-value]
+    return None
+
+
+def _fashion_mnist(root: str, download: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    files = _find_fashion_mnist(root)
+    error: Exception | None = None
+    if files is None and download:
+        try:
+            from torchvision.datasets import FashionMNIST
+
+            FashionMNIST(root, train=True, download=True)  # fetches all four files into root/FashionMNIST/raw
+        except Exception as err:  # URLError/OSError/RuntimeError when offline; reported below
+            error = err
+        files = _find_fashion_mnist(root)
+    if files is None:
+        tried = (f"downloading failed ({type(error).__name__}: {error})" if error is not None
+                 else "download=False")
+        raise DatasetNotFoundError(
+            f"fashion_mnist: the four IDX files ({', '.join(FASHION_MNIST_FILES.values())}, gzipped or not) "
+            f"are in none of {', '.join(fashion_mnist_folders(root))}; {tried}. Provide them one of three ways: "
+            f"(1) `apt-get install dataset-fashion-mnist` (Debian/Ubuntu, offline: {DEBIAN_FASHION_MNIST}/); "
+            f"(2) put them in DIR/fashion-mnist/ and pass --data-dir DIR (or set {DATA_DIR_ENV}=DIR); "
+            f"(3) run once online, which downloads them through torchvision into {root}/FashionMNIST/raw/.")
+    out = []
+    for split in ("train", "test"):
+        images, labels = read_idx(files[f"{split}_x"]), read_idx(files[f"{split}_y"])
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise ValueError(f"fashion_mnist: {files[f'{split}_x']} {images.shape} and {files[f'{split}_y']} "
+                             f"{labels.shape} are not N images with N labels")
+        x = torch.from_numpy(images.copy()).unsqueeze(1)  # uint8 [N, 1, 28, 28]
+        pad_h, pad_w = IMAGE_SIZE - x.shape[-2], IMAGE_SIZE - x.shape[-1]
+        if pad_h < 0 or pad_w < 0:
+            raise ValueError(f"fashion_mnist: images of {tuple(x.shape[-2:])} do not fit {IMAGE_SIZE}x{IMAGE_SIZE}")
+        # Zero border (black, like the images' own background); uint8 throughout.
+        x = F.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
+        out.append(x.expand(-1, 3, -1, -1).contiguous())
+        out.append(torch.from_numpy(labels.astype("int64")))
+    return out[0], out[1], out[2], out[3]
 
 
 def _cifar_class(name: str, verify: bool) -> type:
@@ -230,8 +331,8 @@ class GpuLoader:
     """One split held on ``device`` as uint8; yields normalised float32 batches from it.
 
     Per epoch, eagerly at the ``epoch()`` call and in this order, it draws from ``generator``:
-    one ``randperm`` (if shuffling), then one crop offset pair and one flip bit per position
-    (if augmenting). A batch is then one gather from the zero-padded uint8 data (crop and flip
+    one ``randperm`` (if shuffling), then one crop offset pair per position (if augmenting) and
+    one flip bit per position (if augmenting with ``flip``). A batch is then one gather from the zero-padded uint8 data (crop and flip
     folded into the gather's indices), a float conversion and one fused scale-and-shift, all on
     the device. The batch size is an argument of ``epoch()``, so it can change every epoch for
     free (nothing is re-laid out); with ``drop_last`` only full batches are yielded.
@@ -246,6 +347,7 @@ class GpuLoader:
         device: str | torch.device,
         augment: bool,
         channels_last: bool = False,
+        flip: bool = True,
     ) -> None:
         _check_images(x_uint8, y, "x_uint8", "y")
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
@@ -255,6 +357,7 @@ class GpuLoader:
         self.num_samples = len(x)  # samples held (no __len__: batches or samples would be ambiguous)
         self.image_size = (x.shape[-2], x.shape[-1])
         self.augment = bool(augment)
+        self.flip = self.augment and bool(flip)  # horizontal flips are part of the augmentation
         self.channels_last = bool(channels_last)
         # Stored zero-padded once when augmenting (like torchvision's RandomCrop(padding=4):
         # black borders in pixel space), so every crop is a plain gather.
@@ -316,7 +419,8 @@ class GpuLoader:
         offsets = flips = None
         if augment:
             offsets = torch.randint(0, 2 * self._pad + 1, (n, 2), generator=generator, device=self.device)
-            flips = torch.randint(0, 2, (n,), generator=generator, device=self.device).bool()
+            if self.flip:
+                flips = torch.randint(0, 2, (n,), generator=generator, device=self.device).bool()
         count = self.num_batches(batch_size, drop_last)
         return self._batches(batch_size, count, order, offsets, flips)
 
@@ -326,7 +430,7 @@ class GpuLoader:
             lo, hi = i * batch_size, min((i + 1) * batch_size, self.num_samples)
             idx = order[lo:hi] if order is not None else slice(lo, hi)
             if offsets is not None:
-                images = self._crop_flip(idx, lo, hi, offsets[lo:hi], flips[lo:hi])
+                images = self._crop_flip(idx, lo, hi, offsets[lo:hi], None if flips is None else flips[lo:hi])
             else:
                 images = self._plain(idx, lo, hi)
             yield self._normalise(images), self._y[idx]
@@ -339,8 +443,9 @@ class GpuLoader:
             return self._x[idx, p:p + h, p:p + w].permute(0, 3, 1, 2)
         return self._x[idx, :, p:p + h, p:p + w]
 
-    def _crop_flip(self, idx: Tensor | slice, lo: int, hi: int, offsets: Tensor, flips: Tensor) -> Tensor:
-        """Random crop + horizontal flip of a whole batch as one gather on the padded data.
+    def _crop_flip(self, idx: Tensor | slice, lo: int, hi: int, offsets: Tensor, flips: Tensor | None) -> Tensor:
+        """Random crop + horizontal flip (``flips`` None: crop only) of a whole batch as one gather on
+        the padded data.
 
         Output pixel (i, j) of sample n reads padded pixel (dy_n + i, dx_n + j), or
         (dy_n + i, dx_n + W - 1 - j) when the sample is flipped (flip after crop).
@@ -349,7 +454,7 @@ class GpuLoader:
             idx = torch.arange(lo, hi, device=self.device)
         dy, dx = offsets[:, 0:1], offsets[:, 1:2]
         rows = dy + self._rows  # [B, H]
-        cols = dx + torch.where(flips[:, None], self._cols.flip(0), self._cols)  # [B, W]
+        cols = dx + (self._cols if flips is None else torch.where(flips[:, None], self._cols.flip(0), self._cols))
         if self.channels_last:  # storage [N, H+2p, W+2p, C]
             return self._x[idx[:, None, None], rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
         channels = torch.arange(3, device=self.device)

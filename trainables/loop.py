@@ -60,11 +60,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainables.data import DATASETS, GpuLoader, load_dataset
+from trainables.data import AUGMENTATIONS, DATASETS, DEFAULT_AUGMENTATION, GpuLoader, load_dataset
 from trainables.estimators import DeviceTimer, DiversityMeter, TwoBatchMeter
 from trainables.models import ARCHITECTURES, build_model
 from trainables.policies import MEASURE_PER_SAMPLE, MEASURE_TWO_BATCH, POLICY_NAMES, make_policy
-from trainables.records import EPOCH_COLUMNS, NULLABLE_EPOCH_COLUMNS
+from trainables.records import EPOCH_COLUMNS
 from trainables.signals import EpochGradAccumulator, grad_moments, moments_to_stats, trainable_params
 
 __all__ = ["CHECKPOINT_FILE", "COMPILE_MODES", "DEFAULT_CONFIG", "MEASUREMENTS", "RECORD_COLUMNS", "REQUIRED_KEYS",
@@ -86,7 +86,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "train_limit": None,
     "test_limit": None,
     "eval_batch_size": 1024,
-    "augment": True,         # random crop + flip on the training set (SPEC §3)
+    "augment": "auto",       # crop_flip | crop | none; auto = the dataset's default (data.DEFAULT_AUGMENTATION)
     "device": "auto",        # auto = cuda when available
     "amp": "auto",           # auto = bf16 on CUDA, off on CPU
     "channels_last": "auto",  # auto = on (measured faster on CPU too: BENCHMARKS.md, speed knobs)
@@ -94,11 +94,16 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "compile": False,        # torch.compile with a dynamic batch dimension: True (default mode) or a mode name
     "cudnn_benchmark": "auto",  # torch.backends.cudnn.benchmark on CUDA; auto = off (unmeasured so far)
     "threads": None,         # torch.set_num_threads; None keeps torch's default
+    # Also record the epoch-mean gradient's variance and norm (grad_var_epoch_mean, grad_norm_epoch_mean)
+    # whatever the policy's signal source: one parameter-sized float32 buffer and one foreach add per
+    # step. Lets a fixed run calibrate both signal sources (the reconstruction study).
+    "record_epoch_mean": False,
 }
 # Keys that identify the trial: a checkpoint only loads into a loop whose config agrees on them
 # (epochs may grow; execution settings such as device, compile or fused_sgd may change).
 IDENTITY_KEYS: tuple[str, ...] = ("arch", "dataset", "seed", "method", "variant", "policy", "train_limit",
-                                  "test_limit", "lr", "momentum", "weight_decay", "augment", "amp")
+                                  "test_limit", "lr", "momentum", "weight_decay", "augment", "amp",
+                                  "record_epoch_mean")
 # Columns of one record: the epochs table without the identifiers the orchestrator adds.
 RECORD_COLUMNS: tuple[str, ...] = tuple(name for name, _ in EPOCH_COLUMNS if name not in ("study", "trial_id"))
 _CHECKPOINT_FORMAT = 1
@@ -174,7 +179,11 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     _check_int(cfg, "train_limit", 1, optional=True)
     _check_int(cfg, "test_limit", 1, optional=True)
     _check_int(cfg, "eval_batch_size", 1)
-    _check_choice(cfg, "augment", (True, False))
+    if isinstance(cfg["augment"], bool):  # the meaning before per-dataset defaults: crop + flip, or nothing
+        cfg["augment"] = "crop_flip" if cfg["augment"] else "none"
+    _check_choice(cfg, "augment", ("auto",) + AUGMENTATIONS)
+    if cfg["augment"] == "auto":
+        cfg["augment"] = DEFAULT_AUGMENTATION[cfg["dataset"]]
     _check_choice(cfg, "device", ("auto", "cpu", "cuda"))
     _check_choice(cfg, "amp", ("auto", "bf16", "off"))
     _check_choice(cfg, "channels_last", ("auto", True, False))
@@ -182,6 +191,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     _check_choice(cfg, "compile", COMPILE_MODES)
     _check_choice(cfg, "cudnn_benchmark", ("auto", True, False))
     _check_int(cfg, "threads", 1, optional=True)
+    _check_choice(cfg, "record_epoch_mean", (False, True))
     make_policy(cfg["method"], arch=cfg["arch"], dataset=cfg["dataset"], **cfg["policy"])  # raises ValueError naming a bad option
     return cfg
 
@@ -288,7 +298,8 @@ class TrialLoop:
         self.data = load_dataset(cfg["dataset"], data_dir=cfg["data_dir"], download=cfg["download"],
                                  train_limit=cfg["train_limit"], test_limit=cfg["test_limit"], seed=cfg["seed"])
         d = self.data
-        self.train_loader = GpuLoader(d.train_x, d.train_y, d.mean, d.std, self.device, augment=cfg["augment"],
+        self.train_loader = GpuLoader(d.train_x, d.train_y, d.mean, d.std, self.device,
+                                      augment=cfg["augment"] != "none", flip=cfg["augment"] == "crop_flip",
                                       channels_last=self.channels_last)
         self.test_loader = GpuLoader(d.test_x, d.test_y, d.mean, d.std, self.device, augment=False,
                                      channels_last=self.channels_last)
@@ -315,7 +326,8 @@ class TrialLoop:
         self.policy = make_policy(cfg["method"], arch=cfg["arch"], dataset=cfg["dataset"], **cfg["policy"])
         self.params = trainable_params(self.model.parameters())
         self._numel = sum(p.numel() for p in self.params)
-        self.accumulator = (EpochGradAccumulator(self.params) if self.policy.signal_source == "epoch_mean"
+        self.accumulator = (EpochGradAccumulator(self.params)
+                            if self.policy.signal_source == "epoch_mean" or cfg["record_epoch_mean"]
                             else None)
 
         self.epochs_done = 0
@@ -360,9 +372,10 @@ class TrialLoop:
         return loss, out
 
     def _train(self, batch_size: int,
-               collectors: dict[str, Measurement]) -> tuple[torch.Tensor, int, float, float, float]:
-        """Train one epoch; returns ([loss sum, correct, grad count, grad sum, grad sumsq] on device,
-        steps, gradient scale, seconds, seconds of it spent in measurements)."""
+               collectors: dict[str, Measurement]) -> tuple[torch.Tensor, int, float, float]:
+        """Train one epoch; returns ([loss sum, correct, then [count, sum, sumsq] of the last step's
+        gradient and, when accumulated, of the epoch's summed gradient] on device, steps, seconds,
+        seconds of it spent in measurements)."""
         self.model.train()
         if self.accumulator is not None:
             self.accumulator.reset()
@@ -406,15 +419,14 @@ class TrialLoop:
                 measure_time += c.measure_seconds()
         # SGD's step leaves .grad untouched (weight decay goes into the update), so after the loop
         # the gradients are exactly those of the epoch's last step.
+        grads = [p.grad for p in self.params if p.grad is not None]
+        parts = [torch.stack([loss_sum, correct.to(torch.float64)]), grad_moments(grads, numel=self._numel)]
         if self.accumulator is not None:
-            moments, scale = self.accumulator.moments(), 1.0 / self.accumulator.steps
-        else:
-            grads = [p.grad for p in self.params if p.grad is not None]
-            moments, scale = grad_moments(grads, numel=self._numel), 1.0
+            parts.append(self.accumulator.moments())  # of the summed gradient: scale by 1/steps
         self._sync()
         seconds = time.perf_counter() - t0
-        stats = torch.cat([torch.stack([loss_sum, correct.to(torch.float64)]), moments.to(self.device)])
-        return stats, steps, scale, seconds, measure_time
+        stats = torch.cat([part.to(self.device) for part in parts])
+        return stats, steps, seconds, measure_time
 
     @torch.no_grad()
     def _evaluate(self) -> tuple[torch.Tensor, float]:
@@ -448,12 +460,16 @@ class TrialLoop:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
 
-        train_stats, steps, scale, epoch_time, measure_time = self._train(batch_size, collectors)
+        train_stats, steps, epoch_time, measure_time = self._train(batch_size, collectors)
         eval_stats, eval_time = self._evaluate()
         # The one host synchronisation of the epoch's statistics.
         loss_sum, correct, *moments = train_stats.tolist()
         test_loss_sum, test_correct = eval_stats.tolist()
-        grad_var, grad_norm = moments_to_stats(moments, scale=scale)
+        last_step = moments_to_stats(moments[:3])
+        epoch_mean = moments_to_stats(moments[3:], scale=1.0 / steps) if len(moments) > 3 else (None, None)
+        # (The signal-overhead benchmark removes the accumulator: the last step's moments then stand in.)
+        use_mean = self.policy.signal_source == "epoch_mean" and epoch_mean[0] is not None
+        grad_var, grad_norm = epoch_mean if use_mean else last_step
         train_loss = loss_sum / steps
         measured: dict[str, Any] = {}
         for c in collectors.values():
@@ -482,8 +498,9 @@ class TrialLoop:
         for key in ("grad_norm_variation", "loss_variation", "confidence", "decision", "in_cooldown"):
             values[key] = prec[key]
         values["in_cooldown"] = bool(values["in_cooldown"])
-        for key in NULLABLE_EPOCH_COLUMNS - {"measure_time_s", "estimator"}:  # method extras: null unless measured
+        for key in ("grad_diversity", "noise_scale", "lr_gain"):  # method extras: null unless measured
             values[key] = prec.get(key)
+        values["grad_var_epoch_mean"], values["grad_norm_epoch_mean"] = epoch_mean
         values["measure_time_s"] = measure_time if collectors else None
         labels = sorted({c.estimator for c in collectors.values() if getattr(c, "estimator", None)})
         values["estimator"] = "+".join(labels) if labels else None

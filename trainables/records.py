@@ -46,6 +46,10 @@ EPOCH_COLUMNS: tuple[tuple[str, str], ...] = ID_COLUMNS + (
     ("lr_gain", "float64"),
     ("estimator", "string"),  # which estimator produced grad_diversity / noise_scale
     ("measure_time_s", "float64"),  # extra training time spent measuring method statistics
+    # Variance and norm of the epoch-mean gradient, when the loop accumulated it (signal_source
+    # epoch_mean, or the loop option record_epoch_mean); null otherwise.
+    ("grad_var_epoch_mean", "float64"),
+    ("grad_norm_epoch_mean", "float64"),
 )
 
 # One row per trial with its final state.
@@ -73,7 +77,8 @@ RUN_COLUMNS: tuple[tuple[str, str], ...] = ID_COLUMNS + (
 DECISIONS: tuple[str, ...] = ("increase", "rollback", "hold")
 RUN_STATUSES: tuple[str, ...] = ("completed", "failed", "diverged")
 NULLABLE_EPOCH_COLUMNS: frozenset[str] = frozenset(
-    {"grad_diversity", "noise_scale", "lr_gain", "estimator", "measure_time_s"})
+    {"grad_diversity", "noise_scale", "lr_gain", "estimator", "measure_time_s", "grad_var_epoch_mean",
+     "grad_norm_epoch_mean"})
 
 
 def epoch_column_names() -> list[str]:

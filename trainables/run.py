@@ -52,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-limit", type=int, default=None)
     p.add_argument("--test-limit", type=int, default=None)
     p.add_argument("--eval-batch-size", type=int, default=1024)
-    p.add_argument("--no-augment", action="store_true", help="no random crop / flip")
+    p.add_argument("--augment", default="auto", choices=("auto", "crop_flip", "crop", "none"),
+                   help="training augmentation (auto = the dataset's default: crop for digits, else crop_flip)")
+    p.add_argument("--no-augment", action="store_true", help="same as --augment none")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--amp", default="auto", help="auto, bf16 or off")
     p.add_argument("--compile", nargs="?", const=True, default=False, metavar="MODE",
@@ -75,7 +77,7 @@ def config_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "epochs": args.epochs, "seed": args.seed, "lr": args.lr, "momentum": args.momentum,
         "weight_decay": args.weight_decay, "data_dir": args.data_dir, "download": not args.no_download,
         "train_limit": args.train_limit, "test_limit": args.test_limit, "eval_batch_size": args.eval_batch_size,
-        "augment": not args.no_augment, "device": args.device, "amp": args.amp, "compile": args.compile,
+        "augment": "none" if args.no_augment else args.augment, "device": args.device, "amp": args.amp, "compile": args.compile,
         "cudnn_benchmark": {"auto": "auto", "on": True, "off": False}[args.cudnn_benchmark],
         "threads": args.threads, "policy": policy,
     })

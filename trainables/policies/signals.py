@@ -25,6 +25,12 @@ def relative_change(current: float, previous: float | None) -> float:
     return abs(current - previous) / (abs(previous) + EPS)
 
 
+def confidence_of(grad_var: float, median: float, eps: float = EPS) -> float:
+    """c_t = sigma2_t / (median + eps) (SPEC §1); NaN when the denominator is 0 (eps = 0, zero median)."""
+    denominator = median + eps
+    return grad_var / denominator if denominator != 0 else math.nan
+
+
 @dataclass
 class EpochSignals:
     """The derived signals of one epoch."""
@@ -38,12 +44,14 @@ class SignalTracker:
     """Sliding window of gradient variances plus the previous epoch's norm and loss.
 
     window: how many sigma^2 values the confidence's median sees (W = 15 in the paper);
-    full_history: keep every value instead (the paper's ablation).
+    full_history: keep every value instead (the paper's ablation); confidence_eps: the eps of the
+    confidence's denominator (0: scale-free, a zero median then gives NaN).
     """
 
-    def __init__(self, window: int = 15, full_history: bool = False) -> None:
+    def __init__(self, window: int = 15, full_history: bool = False, confidence_eps: float = EPS) -> None:
         self.window_size = window
         self.full_history = full_history
+        self.confidence_eps = confidence_eps
         self.variances: deque[float] = deque(maxlen=None if full_history else window)
         self.prev_norm: float | None = None
         self.prev_loss: float | None = None
@@ -56,7 +64,7 @@ class SignalTracker:
         # (confidence NaN) but kept out of the reference statistics.
         if math.isfinite(grad_var):
             self.variances.append(grad_var)
-            confidence = grad_var / (statistics.median(self.variances) + EPS)
+            confidence = confidence_of(grad_var, statistics.median(self.variances), self.confidence_eps)
         else:
             confidence = math.nan
         if math.isfinite(grad_norm):

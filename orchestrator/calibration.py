@@ -1,0 +1,134 @@
+"""Self-calibrating studies: DEBA thresholds from the study's own fixed runs (SPEC §2, §4).
+
+A study with `calibrate=True` (the `reconstruction` preset) runs in two phases inside one
+run_grid invocation: phase 1 trains the fixed trials; once every fixed trial of an arch is
+finished, each DEBA trial of that arch gets theta_stab / theta_conf calibrated by SPEC §2's rule
+(p75 of dN, median of c over epochs >= 2, pooled over the fixed runs' seeds) under its own signal
+reading (signal_source, window, full_history, confidence_eps: the fixed runs' stored gradient
+statistics are replayed with the reading's options), and phase 2 trains them.
+
+The thresholds are pinned in `<results>/<study>/calibration.json` the first time they are
+computed: the DEBA trial ids depend on them, so extending the study later (more seeds) keeps the
+thresholds, and the ids, of the trials already run. Delete the file to recalibrate.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from collections.abc import Iterable
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from orchestrator.store import ResultsStore
+
+CALIBRATION_FILE = "calibration.json"
+# The policy options that define how the signals a threshold is compared with are computed.
+SIGNAL_OPTIONS: tuple[str, ...] = ("signal_source", "window", "full_history", "confidence_eps")
+THRESHOLD_OPTIONS: frozenset[str] = frozenset({"theta_stab", "theta_conf", "thresholds"})
+
+
+def signal_reading(method: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The signal options of a trial's policy, defaults filled in."""
+    from trainables.policies import policy_options
+
+    defaults = policy_options(method)
+    return {k: options.get(k, defaults[k]) for k in SIGNAL_OPTIONS}
+
+
+def needs_calibration(method: str, options: dict[str, Any]) -> bool:
+    """Whether a trial of a calibrating study takes its thresholds from the calibration: its method
+    has thresholds and neither the study nor its variant sets them."""
+    from trainables.policies import policy_options
+
+    return {"theta_stab", "theta_conf"} <= set(policy_options(method)) and not THRESHOLD_OPTIONS & set(options)
+
+
+def _key(arch: str, reading: dict[str, Any]) -> str:
+    return json.dumps({"arch": arch, **reading}, sort_keys=True)
+
+
+def _significant(x: float) -> float:
+    """6 significant digits: readable in configs, and the pinned value is what every trial uses."""
+    return float(f"{x:.6g}")
+
+
+def study_calibration(study: Any, results: str, finished: dict[str, str], write: bool = True) -> Any:
+    """The `calibration(arch, method, options)` lookup `studies.expand` takes for a calibrating study:
+    pinned thresholds, else thresholds computed (and pinned) once every fixed trial of the arch in
+    the study's grid has finished (`finished`: the ledger, trial_id -> status); else None."""
+    from orchestrator.studies import expand
+
+    calibration = StudyCalibration(results, study.name, write=write)
+    fixed = [t for t in expand(study) if t.method == "fixed"]
+
+    def lookup(arch: str, method: str, options: dict[str, Any]) -> dict[str, float] | None:
+        reading = signal_reading(method, options)
+        found = calibration.thresholds(arch, reading)
+        ids = [t.trial_id for t in fixed if t.arch == arch]
+        if found is None and ids and all(finished.get(i) in ("completed", "diverged") for i in ids):
+            calibration.calibrate(arch, [reading], ids)
+            found = calibration.thresholds(arch, reading)
+        return found
+
+    return lookup
+
+
+class StudyCalibration:
+    """The pinned thresholds of one study, computed on demand from its finished fixed trials."""
+
+    def __init__(self, results: str, study: str, write: bool = True) -> None:
+        self.write = write  # False: compute but pin nothing (a dry run writes no file)
+        self._frames: Any = None
+        self.store = ResultsStore(results, study)
+        self.path = posixpath.join(self.store.study_path, CALIBRATION_FILE)
+        self.entries: dict[str, dict[str, Any]] = {}
+        info = self.store.fs.get_file_info(self.path)
+        if info.type == pafs.FileType.File:
+            with self.store.fs.open_input_stream(self.path) as f:
+                try:
+                    doc = json.loads(f.read().decode())
+                    self.entries = {_key(e["arch"], {k: e[k] for k in SIGNAL_OPTIONS}): e for e in doc["entries"]}
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise ValueError(f"calibration file {self.path} cannot be read ({exc}); move it aside to "
+                                     "recalibrate from the fixed runs") from exc
+
+    def thresholds(self, arch: str, reading: dict[str, Any]) -> dict[str, float] | None:
+        """{"theta_stab", "theta_conf"} pinned for (arch, reading), or None when not calibrated yet."""
+        entry = self.entries.get(_key(arch, reading))
+        return None if entry is None else {"theta_stab": entry["theta_stab"], "theta_conf": entry["theta_conf"]}
+
+    def calibrate(self, arch: str, readings: Iterable[dict[str, Any]], fixed_trials: list[str]) -> None:
+        """Compute and pin the thresholds of `arch` for every reading not pinned yet, from the fixed
+        trials `fixed_trials` (all finished); ValueError when they hold nothing to calibrate from."""
+        missing = [r for r in readings if _key(arch, r) not in self.entries]
+        if not missing:
+            return
+        from analysis.calibrate import calibrate_reading
+        from analysis.load import load_store
+        from analysis.trials import trial_summary
+
+        if self._frames is None:
+            self._frames = load_store(self.store.results, self.store.study)
+        store = self._frames
+        epochs = store.epochs[store.epochs["trial_id"].isin(fixed_trials)]
+        summary = trial_summary(epochs, store.runs[store.runs["trial_id"].isin(fixed_trials)])
+        for reading in missing:
+            found = calibrate_reading(epochs, summary, arch, **reading)
+            self.entries[_key(arch, reading)] = {
+                "arch": arch, **reading, "theta_stab": _significant(found["theta_stab"]),
+                "theta_conf": _significant(found["theta_conf"]), "n_runs": found["n_runs"],
+                "n_epochs": found["n_epochs"], "fixed_trials": sorted(fixed_trials)}
+        if self.write:
+            self._write()
+
+    def _write(self) -> None:
+        doc = {"about": "DEBA thresholds calibrated from this study's fixed runs (the rule of SPEC section 2) per arch and "
+                        "signal reading; pinned: delete this file to recalibrate",
+               "entries": [self.entries[k] for k in sorted(self.entries)]}
+        self.store.fs.create_dir(self.store.study_path, recursive=True)
+        tmp = self.path + ".tmp"
+        with self.store.fs.open_output_stream(tmp) as out:
+            out.write(json.dumps(doc, indent=1, sort_keys=True).encode())
+        self.store.fs.move(tmp, self.path)
