@@ -16,19 +16,13 @@ import os
 import numpy as np
 import pandas as pd
 
-# Pure Python (no torch): the policies' own signal bookkeeping, so that a replay is exactly what a
-# policy would have seen.
+# Pure Python (no torch): the paper's constants, and the policies' own signal bookkeeping, so that a
+# replay is exactly what a policy would have seen.
+from trainables import paper
 from trainables.policies.signals import EPS, SignalTracker
 
 # The paper's Table 1 (SPEC §2), shown next to the calibrated values for reference.
-PAPER_THRESHOLDS: dict[str, tuple[float, float]] = {
-    "mobilenetv3": (0.25, 0.5),
-    "efficientnet_b0": (0.60, 0.8),
-    "resnet18": (0.55, 0.6),
-    "resnet50": (12.0, 0.8),
-    "densenet121": (0.55, 0.6),
-    "vit_b16": (0.40, 0.7),
-}
+PAPER_THRESHOLDS: dict[str, tuple[float, float]] = paper.THRESHOLDS
 
 
 def calibrate(

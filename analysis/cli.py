@@ -2,7 +2,9 @@
 
 Prints the Markdown tables (or, with ``--json``, one JSON object on stdout), and writes
 report.md, calibration.json and the PNG plots into the output directory. Exit status 0 on
-success, 1 on bad input (empty store, wrong schema, no fixed baseline), 2 on bad arguments.
+success; 2 on bad arguments (a RESULTS_DIR that does not exist or is no directory, a malformed
+URI, a --study the store does not hold, an --out that is a file), each naming the argument; 1 when
+the store's data cannot be analysed (no study in it, a wrong schema, no fixed baseline).
 """
 
 from __future__ import annotations
@@ -54,12 +56,37 @@ def _studies(values: list[str] | None) -> list[str] | None:
     return names or None
 
 
+def _argument_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the arguments themselves (before any data is read), naming the argument."""
+    import pyarrow.fs as pafs
+
+    from analysis.load import StoreError, find_studies, resolve
+
+    try:
+        fs, root = resolve(args.results_dir)
+        if fs.get_file_info(root).type != pafs.FileType.Directory:
+            return f"RESULTS_DIR {args.results_dir!r} does not exist or is not a directory"
+        found = find_studies(fs, root)
+    except (StoreError, OSError) as exc:
+        return f"RESULTS_DIR {args.results_dir!r}: {exc}"
+    unknown = [s for s in _studies(args.study) or [] if s not in found]
+    if unknown and found:
+        return f"--study {', '.join(unknown)}: not in {args.results_dir!r}; its studies: {', '.join(sorted(found))}"
+    if args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
+        return f"--out {args.out!r} is a file; give a directory for the report"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit status."""
     args = build_parser().parse_args(argv)
     # Imported here so that --help answers without loading pandas/pyarrow.
     from analysis.report import analyse, to_json, to_markdown, write_report
 
+    problem = _argument_problem(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     try:
         a = analyse(args.results_dir, _studies(args.study))
     except ValueError as exc:

@@ -8,7 +8,6 @@ also point at one study directory itself. Every file's footer is checked against
 
 from __future__ import annotations
 
-import os
 import posixpath
 from dataclasses import dataclass, field
 
@@ -19,11 +18,13 @@ import pyarrow.fs as pafs
 
 from analysis.schema import (
     EPOCH_COLUMNS,
-    NULLABLE_EPOCH_COLUMNS,
+    REQUIRED_EPOCH_COLUMNS,
+    REQUIRED_RUN_COLUMNS,
     RUN_COLUMNS,
     arrow_schema,
     schema_problems,
 )
+from trainables.records import resolve_uri
 
 TABLES = ("epochs", "runs")
 
@@ -44,13 +45,12 @@ class Store:
 
 
 def resolve(results_dir: str) -> tuple[pafs.FileSystem, str]:
-    """Filesystem and path for a local directory or a URI that pyarrow.fs understands."""
-    if "://" in results_dir:
-        try:
-            return pafs.FileSystem.from_uri(results_dir)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
-            raise StoreError(f"cannot open results store {results_dir!r}: {exc}") from exc
-    return pafs.LocalFileSystem(), os.path.abspath(results_dir)
+    """Filesystem and path for a local directory or a URI that pyarrow.fs understands
+    (trainables.records.resolve_uri); StoreError when it is malformed or cannot be opened."""
+    try:
+        return resolve_uri(results_dir, field="RESULTS_DIR")
+    except ValueError as exc:
+        raise StoreError(f"cannot open results store {results_dir!r}: {exc}") from exc
 
 
 def _subdirs(fs: pafs.FileSystem, path: str) -> list[str]:
@@ -108,26 +108,33 @@ def _read_table(
     ``base`` is the table directory (``<study>/epochs``); ``key=value`` folders below it are
     hive partitions and count as columns.
     """
-    # An explicit schema: discovery would merge the first file's types with the partition keys.
-    dataset = ds.dataset(
-        files,
-        filesystem=fs,
-        format="parquet",
-        schema=arrow_schema(columns),
-        partitioning="hive",
-        partition_base_dir=base,
-    )
+    def make(paths: list[str]) -> ds.Dataset:
+        # An explicit schema: discovery would merge the first file's types with the partition keys.
+        return ds.dataset(paths, filesystem=fs, format="parquet", schema=arrow_schema(columns),
+                          partitioning="hive", partition_base_dir=base)
+
+    dataset = make(files)
     problems: list[str] = []
+    notes: list[str] = []
     extras: dict[str, list[pa.DataType]] = {}
+    filled: dict[str, int] = {}
+    damaged: list[str] = []
     contract = {name for name, _ in columns}
     for fragment in dataset.get_fragments():
-        physical = fragment.physical_schema
+        try:
+            physical = fragment.physical_schema
+        except (pa.ArrowInvalid, OSError) as exc:  # truncated or not Parquet: name it, leave it out
+            damaged.append(fragment.path)
+            notes.append(f"{label} file {fragment.path} cannot be read ({type(exc).__name__}: {exc}); left out")
+            continue
         hive = _hive_keys(posixpath.relpath(posixpath.dirname(fragment.path), base))
         present = pa.schema(
             list(physical) + [pa.field(k, pa.string()) for k in hive if k not in physical.names]
         )
         for problem in schema_problems(present, columns, optional):
             problems.append(f"{label} file {fragment.path}: {problem}")
+        for name in contract - set(present.names):
+            filled[name] = filled.get(name, 0) + 1
         for f in physical:
             if f.name not in contract:
                 extras.setdefault(f.name, []).append(f.type)
@@ -136,7 +143,11 @@ def _read_table(
         raise StoreError(
             f"{label} table does not match the column contract:\n  " + "\n  ".join(shown)
         )
-    notes = []
+    if filled:
+        notes.append(f"{label}: columns missing from some files, read as null: "
+                     + ", ".join(f"{name} ({n} file{'s' if n > 1 else ''})" for name, n in sorted(filled.items())))
+    if damaged:
+        dataset = make([f for f in files if f not in set(damaged)])
     schema = arrow_schema(columns)
     for name, types in sorted(extras.items()):
         try:
@@ -218,8 +229,10 @@ def load_store(results_dir: str, study: str | None = None) -> Store:
             notes.append(f"study {name!r} has no runs table: every trial counts as incomplete")
         epoch_parts.append((edir, e))
         run_parts.append((rdir, r))
-    epochs = _read_all(fs, epoch_parts, EPOCH_COLUMNS, NULLABLE_EPOCH_COLUMNS, "epochs", notes)
+    epoch_optional = frozenset(n for n, _ in EPOCH_COLUMNS) - REQUIRED_EPOCH_COLUMNS
+    run_optional = frozenset(n for n, _ in RUN_COLUMNS) - REQUIRED_RUN_COLUMNS
+    epochs = _read_all(fs, epoch_parts, EPOCH_COLUMNS, epoch_optional, "epochs", notes)
     epochs = _dedupe(epochs, ["study", "trial_id", "epoch"], ["wall_time_s"], "epochs", notes)
-    runs = _read_all(fs, run_parts, RUN_COLUMNS, frozenset(), "runs", notes)
+    runs = _read_all(fs, run_parts, RUN_COLUMNS, run_optional, "runs", notes)
     runs = _dedupe(runs, ["study", "trial_id"], ["epochs_done"], "runs", notes)
     return Store(root=results_dir, studies=sorted(found), epochs=epochs, runs=runs, notes=notes)

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from analysis.stability import TaxonomyOptions
 from analysis.trajectory import paper_path
 
+DEFAULT_OPTIONS = TaxonomyOptions()
 CLASS_COLORS = {
     "naturally unstable": "tab:red",
     "dynamically stable": "tab:orange",
@@ -52,34 +53,30 @@ def _label(method: str, variant: str) -> str:
 
 def batch_size_trajectories(epochs: pd.DataFrame, path: str, fixed_method: str = "fixed",
                             trajectory: pd.DataFrame | None = None):
-    """Batch size per epoch of every adaptive run, one panel per arch, one line per seed, and the
-    paper's path (dashed) scaled to the panel's planned epochs (``trajectory``'s epochs_planned,
-    else the longest run)."""
+    """Batch size per epoch of every adaptive run, one panel per (arch, method/variant), one line per
+    seed (coloured by dataset), and the paper's path (dashed) scaled to the panel's planned epochs
+    (``trajectory``'s epochs_planned, else the longest run)."""
     e = epochs[epochs["method"].ne(fixed_method)]
     if e.empty:
         return None
-    archs = sorted(e["arch"].unique())
-    fig, axes = _grid(len(archs))
-    series = sorted({(d, m, v) for d, m, v in e[["dataset", "method", "variant"]].itertuples(index=False)})
-    colors = {k: f"C{i % 10}" for i, k in enumerate(series)}
-    for ax, arch in zip(axes, archs):
+    panels = sorted({(a, m, v) for a, m, v in e[["arch", "method", "variant"]].itertuples(index=False)})
+    fig, axes = _grid(len(panels))
+    colors = {d: f"C{i % 10}" for i, d in enumerate(sorted(e["dataset"].unique()))}
+    for ax, (arch, method, variant) in zip(axes, panels):
+        sub = e[e["arch"].eq(arch) & e["method"].eq(method) & e["variant"].eq(variant)]
         seen = set()
-        for (ds, m, v, _tid), run in e[e["arch"].eq(arch)].groupby(
-            ["dataset", "method", "variant", "trial_id"], sort=True
-        ):
-            key = (ds, m, v)
-            label = None if key in seen else f"{ds} {_label(m, v)}"
-            seen.add(key)
-            ax.step(run["epoch"], run["batch_size"], where="post", color=colors[key],
-                    alpha=0.6, lw=1.2, label=label)  # fmt: skip
+        for (ds, _tid), run in sub.groupby(["dataset", "trial_id"], sort=True):
+            ax.step(run["epoch"], run["batch_size"], where="post", color=colors[ds], alpha=0.7, lw=1.2,
+                    label=None if ds in seen else ds)
+            seen.add(ds)
         planned = None
         if trajectory is not None and len(trajectory):
-            planned = trajectory.loc[trajectory["arch"].eq(arch), "epochs_planned"].max()
-        n = int(planned) if planned is not None and pd.notna(planned) else int(e.loc[e["arch"].eq(arch), "epoch"].max())
+            planned = trajectory.loc[trajectory["trial_id"].isin(sub["trial_id"]), "epochs_planned"].max()
+        n = int(planned) if planned is not None and pd.notna(planned) else int(sub["epoch"].max())
         ax.step(range(1, n + 1), paper_path(n), where="post", color="black", ls="--", lw=1.0,
                 label="paper's path")
         ax.set_yscale("log", base=2)
-        ax.set_title(arch)
+        ax.set_title(f"{arch} {_label(method, variant)}", fontsize=9)
         ax.set_xlabel("epoch")
         ax.set_ylabel("batch size")
         ax.legend(fontsize=7)
@@ -148,7 +145,7 @@ def accuracy_curves(epochs: pd.DataFrame, summary: pd.DataFrame, path: str):
     return _save(fig, path)
 
 
-def taxonomy_scatter(tax: pd.DataFrame, path: str, opts: TaxonomyOptions = TaxonomyOptions()):
+def taxonomy_scatter(tax: pd.DataFrame, path: str, opts: TaxonomyOptions = DEFAULT_OPTIONS):
     """S_mean vs sigma_S per (arch, dataset), coloured by class, with the class boundaries."""
     t = tax.dropna(subset=["S_mean"])
     if t.empty:
@@ -179,7 +176,7 @@ def make_plots(
     summary: pd.DataFrame,
     tax: pd.DataFrame,
     out_dir: str,
-    opts: TaxonomyOptions = TaxonomyOptions(),
+    opts: TaxonomyOptions = DEFAULT_OPTIONS,
     trajectory: pd.DataFrame | None = None,
 ) -> dict[str, str]:
     """Write every plot into out_dir; return {name: path} of those that had data."""

@@ -1,95 +1,34 @@
-"""Column contracts of the results store, as the analysis reads them.
+"""The results store's column contract as the analysis reads it.
 
-A copy of the names and Arrow types in ``trainables/records.py`` (the analysis never imports
-trainables; ``tests/test_analysis_schema.py`` keeps the two in step). This module also decides
-which physical Parquet types are acceptable for each contract type and names the offenders.
+The columns and their types are defined once, in ``trainables/records.py`` (torch-free); this
+module adds what the analysis needs on top: which columns it requires, and which physical Parquet
+types are acceptable for each contract type (naming the offenders).
 """
 
 from __future__ import annotations
 
 import pyarrow as pa
 
-ID_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("study", "string"),
-    ("trial_id", "string"),
-    ("arch", "string"),
-    ("dataset", "string"),
-    ("seed", "int64"),
-    ("method", "string"),
-    ("variant", "string"),
+from trainables.records import (  # noqa: F401  (re-exported: the analysis's view of the contract)
+    DECISIONS,
+    EPOCH_COLUMNS,
+    ID_COLUMNS,
+    NULLABLE_EPOCH_COLUMNS,
+    RUN_COLUMNS,
+    RUN_STATUSES,
+    arrow_schema,
 )
 
-EPOCH_COLUMNS: tuple[tuple[str, str], ...] = ID_COLUMNS + (
-    ("epoch", "int64"),
-    ("batch_size", "int64"),
-    ("next_batch_size", "int64"),
-    ("lr", "float64"),
-    ("train_loss", "float64"),
-    ("train_acc", "float64"),
-    ("test_loss", "float64"),
-    ("test_acc", "float64"),
-    ("epoch_time_s", "float64"),
-    ("eval_time_s", "float64"),
-    ("wall_time_s", "float64"),
-    ("samples_per_s", "float64"),
-    ("grad_var", "float64"),
-    ("grad_norm", "float64"),
-    ("grad_norm_variation", "float64"),
-    ("loss_variation", "float64"),
-    ("confidence", "float64"),
-    ("decision", "string"),
-    ("in_cooldown", "bool"),
-    ("peak_mem_mb", "float64"),
-    ("grad_diversity", "float64"),
-    ("noise_scale", "float64"),
-    ("lr_gain", "float64"),
-    ("estimator", "string"),
-    ("measure_time_s", "float64"),
-    ("grad_var_epoch_mean", "float64"),
-    ("grad_norm_epoch_mean", "float64"),
-)
+_CONTRACT_TYPES = ("string", "int64", "float64", "bool")
 
-RUN_COLUMNS: tuple[tuple[str, str], ...] = ID_COLUMNS + (
-    ("config_json", "string"),
-    ("status", "string"),
-    ("error", "string"),
-    ("epochs_done", "int64"),
-    ("final_test_acc", "float64"),
-    ("best_test_acc", "float64"),
-    ("train_time_s", "float64"),
-    ("wall_time_s", "float64"),
-    ("n_increase", "int64"),
-    ("n_rollback", "int64"),
-    ("final_batch_size", "int64"),
-    ("device", "string"),
-    ("host", "string"),
-    ("gpus_per_trial", "float64"),
-    ("cpus_per_trial", "float64"),
-    ("python_version", "string"),
-    ("torch_version", "string"),
-    ("ray_version", "string"),
-)
-
-DECISIONS: tuple[str, ...] = ("increase", "rollback", "hold")
-RUN_STATUSES: tuple[str, ...] = ("completed", "failed", "diverged")
-# Method extras may be missing from a file altogether; they are then read as all-null.
-NULLABLE_EPOCH_COLUMNS: frozenset[str] = frozenset(
-    {"grad_diversity", "noise_scale", "lr_gain", "estimator", "measure_time_s", "grad_var_epoch_mean",
-     "grad_norm_epoch_mean"}
-)
-
-_ARROW_TYPES: dict[str, pa.DataType] = {
-    "string": pa.string(),
-    "int64": pa.int64(),
-    "float64": pa.float64(),
-    "bool": pa.bool_(),
-}
-
-
-def arrow_schema(columns: tuple[tuple[str, str], ...]) -> pa.Schema:
-    """The pyarrow schema of a contract (``EPOCH_COLUMNS`` or ``RUN_COLUMNS``)."""
-    return pa.schema([(name, _ARROW_TYPES[kind]) for name, kind in columns])
-
+# The columns the analysis uses; any other contract column may be missing from a file (a store
+# written before the column existed) and is read as null, with a note naming it.
+REQUIRED_EPOCH_COLUMNS: frozenset[str] = frozenset({
+    "study", "trial_id", "arch", "dataset", "seed", "method", "variant", "epoch", "batch_size", "train_loss",
+    "test_acc", "epoch_time_s", "wall_time_s", "grad_var", "grad_norm_variation", "loss_variation", "confidence",
+    "decision", "in_cooldown"})
+REQUIRED_RUN_COLUMNS: frozenset[str] = frozenset({"study", "trial_id", "arch", "dataset", "seed", "method",
+                                                  "variant", "status"})
 
 def _is_string(t: pa.DataType) -> bool:
     if pa.types.is_dictionary(t):
@@ -115,7 +54,7 @@ def is_compatible(found: pa.DataType, expected: str) -> bool:
         return _is_string(found)
     if expected == "bool":
         return pa.types.is_boolean(found)
-    raise ValueError(f"unknown contract type {expected!r}; allowed: {sorted(_ARROW_TYPES)}")
+    raise ValueError(f"unknown contract type {expected!r}; allowed: {sorted(_CONTRACT_TYPES)}")
 
 
 def schema_problems(

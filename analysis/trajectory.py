@@ -14,26 +14,23 @@ import math
 import numpy as np
 import pandas as pd
 
-PAPER_EPOCHS = 100
-PAPER_B0 = 64
-PAPER_BLOCK = 10  # the cooldown: one increase per block of 10 epochs
-PAPER_GROWTH = 1.5
-PAPER_B_MAX = 1024
-LARGE_BATCH = 729  # the path's last step below B_max; "reached 729" marks a paper-like run
+from trainables import paper
+
+LARGE_BATCH = paper.LARGE_BATCH
 
 
-def paper_batch_size(epoch: int, epochs: int = PAPER_EPOCHS) -> int:
+def paper_batch_size(epoch: int, epochs: int = paper.EPOCHS) -> int:
     """B_paper at epoch ``epoch`` (1-based) of an ``epochs``-epoch run."""
     if epoch < 1 or epochs < 1:
         raise ValueError(f"epoch and epochs must be >= 1, got epoch={epoch}, epochs={epochs}")
-    t = math.ceil(PAPER_EPOCHS * epoch / epochs)
-    batch = PAPER_B0
-    for _ in range((t - 1) // PAPER_BLOCK):
-        batch = min(math.floor(PAPER_GROWTH * batch), PAPER_B_MAX)
+    t = math.ceil(paper.EPOCHS * epoch / epochs)
+    batch = paper.B0
+    for _ in range((t - 1) // paper.COOLDOWN):  # one increase per cooldown block of 10 epochs
+        batch = min(math.floor(paper.GROWTH * batch), paper.B_MAX)
     return batch
 
 
-def paper_path(epochs: int = PAPER_EPOCHS) -> list[int]:
+def paper_path(epochs: int = paper.EPOCHS) -> list[int]:
     """B_paper for epochs 1..``epochs``."""
     return [paper_batch_size(t, epochs) for t in range(1, epochs + 1)]
 

@@ -26,8 +26,8 @@ from analysis.compare import compare  # noqa: E402
 from analysis.load import load_store  # noqa: E402
 from analysis.report import analyse, to_json, to_markdown  # noqa: E402
 from analysis.stability import taxonomy  # noqa: E402
-from analysis.synthetic import synthetic_store  # noqa: E402
 from analysis.trials import trial_summary  # noqa: E402
+from benchmarks.synthetic_store import synthetic_store  # noqa: E402
 
 
 def _timed(fn, repeats: int):

@@ -21,9 +21,22 @@ import sys
 import time
 from typing import Any
 
-from benchmarks.common import (CIFAR_TRAIN_SAMPLES, Result, base_parser, deba_ladder, default_peak_tflops,
-                               header, int_list, loop_config, mfu, resolve_device, resolve_threads,
-                               set_batch_size, str_list, summary)
+from benchmarks.common import (
+    CIFAR_TRAIN_SAMPLES,
+    Result,
+    base_parser,
+    deba_ladder,
+    default_peak_tflops,
+    header,
+    int_list,
+    loop_config,
+    mfu,
+    resolve_device,
+    resolve_threads,
+    set_batch_size,
+    str_list,
+    summary,
+)
 
 PAPER_ARCHS = ("resnet18", "resnet50", "densenet121", "efficientnet_b0", "mobilenetv3", "vit_b16")
 

@@ -19,12 +19,26 @@ Measured, arms alternating within each round:
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Iterator
 from typing import Any
 
-from benchmarks.common import (Result, alternating, base_parser, deba_ladder, header, int_list, loop_config,
-                               paired_ratio, resolve_device, resolve_threads, set_batch_size, summary, timed)
+from benchmarks.common import (
+    Result,
+    alternating,
+    base_parser,
+    deba_ladder,
+    header,
+    int_list,
+    loop_config,
+    paired_ratio,
+    resolve_device,
+    resolve_threads,
+    set_batch_size,
+    summary,
+    timed,
+)
 
 TARGET_LOADER_OVERHEAD = 1.05
 
@@ -133,7 +147,7 @@ def loader_only(data: Any, device: str, batches: list[int], rounds: int, workers
             _drain(arm, b, gen)
         t: dict[str, list[float]] = {"gpu": [], "torchvision": []}
         for name in alternating(list(arms), rounds):
-            seconds, n = timed(lambda: _drain(arms[name], b, gen), device)
+            seconds, n = timed(functools.partial(_drain, arms[name], b, gen), device)
             t[name].append(seconds)
         rows.append({"batch_size": b, "samples": n, "gpu_s": summary(t["gpu"]), "torchvision_s": summary(t["torchvision"]),
                      "gpu_samples_per_s": n / summary(t["gpu"])["median"],

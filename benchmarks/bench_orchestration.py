@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
@@ -28,8 +29,18 @@ import tempfile
 import time
 from typing import Any
 
-from benchmarks.common import (DEFAULT_OUT, ROOT, Result, base_parser, header, loop_config, mean_call_time, resolve_device,
-                               resolve_threads, str_list)
+from benchmarks.common import (
+    DEFAULT_OUT,
+    ROOT,
+    Result,
+    base_parser,
+    header,
+    loop_config,
+    mean_call_time,
+    resolve_device,
+    resolve_threads,
+    str_list,
+)
 
 CKPT_TARGET = 0.01  # report + checkpoint under 1% of an epoch
 
@@ -46,7 +57,7 @@ def checkpoint_cost(archs: list[str], device: str, threads: int | None, repeats:
         for p in loop.params:  # the momentum state SGD holds after its first step
             loop.optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p)
         with tempfile.TemporaryDirectory(prefix="bench-ckpt-") as d:
-            seconds = mean_call_time(lambda: loop.save_checkpoint(d), "cpu", repeats, warmup=1)
+            seconds = mean_call_time(functools.partial(loop.save_checkpoint, d), "cpu", repeats, warmup=1)
             size = os.path.getsize(os.path.join(d, "state.pt"))
         row = {"arch": arch, "params": loop._numel, "checkpoint_mb": size / 2**20, "save_s": seconds}
         if curve and arch in curve:
@@ -152,7 +163,7 @@ def ray_part(result: Result, gpu: bool, quick: bool, rounds: int) -> None:
             # Packing: the same trials per arm, arms alternating over rounds.
             per_arm: dict[str, list[dict[str, Any]]] = {}
             for r in range(rounds):
-                for i, res in enumerate(arms if r % 2 == 0 else list(reversed(arms))):
+                for res in arms if r % 2 == 0 else list(reversed(arms)):
                     key = f"gpu{res['gpu']:g}_cpu{res['cpu']:g}"
                     study = _study(f"pack-{key}-r{r}", arch, dataset, trials, epochs, batch, limit, test_limit, res)
                     out = run_study(study, results, res)

@@ -28,9 +28,22 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from benchmarks.common import (CIFAR_TRAIN_SAMPLES, Result, alternating, base_parser, header, int_list,
-                               loop_config, mean_call_time, paired_ratio, resolve_device, resolve_threads,
-                               run_epoch_timed, str_list, summary)
+from benchmarks.common import (
+    CIFAR_TRAIN_SAMPLES,
+    Result,
+    alternating,
+    base_parser,
+    header,
+    int_list,
+    loop_config,
+    mean_call_time,
+    paired_ratio,
+    resolve_device,
+    resolve_threads,
+    run_epoch_timed,
+    str_list,
+    summary,
+)
 
 TARGET = 1.01
 

@@ -7,10 +7,9 @@ Variants (TrialLoop config keys; `default` is the loop's "auto" settings for the
   plain           amp off, channels_last off, fused_sgd off, compile off
   bf16 / channels_last / fused_sgd   one knob on, the rest as plain
   default         amp/channels_last/fused_sgd "auto" (bf16 + channels_last + fused on CUDA; all off on CPU)
-  cudnn_benchmark default + torch.backends.cudnn.benchmark = True (no loop knob: set around its epochs)
+  cudnn_benchmark default + cudnn_benchmark=True (torch.backends.cudnn.benchmark)
   compile         default + compile=True (the loop marks the batch dimension dynamic)
-  cudagraphs      default + compile in mode "reduce-overhead" (CUDA graphs; no loop knob: the
-                  benchmark passes the mode to torch.compile while the loop is built)
+  cudagraphs      default + compile="reduce-overhead" (torch.compile's CUDA-graph mode)
 
 Phase 1 (compile and first-epoch cost): every variant trains two epochs at each batch size of
 `--first-batch-sizes` (default: the DEBA ladder on CUDA, so the ~8 batch-size changes of a run are
@@ -22,18 +21,28 @@ one-off cost over the ladder / time saved per full 50,000-sample epoch.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
 from typing import Any
 
-from benchmarks.common import (CIFAR_TRAIN_SAMPLES, Result, alternating, base_parser, deba_ladder, header,
-                               int_list, loop_config, paired_ratio, resolve_device, resolve_threads,
-                               set_batch_size, str_list, summary)
+from benchmarks.common import (
+    CIFAR_TRAIN_SAMPLES,
+    Result,
+    alternating,
+    base_parser,
+    deba_ladder,
+    header,
+    int_list,
+    loop_config,
+    paired_ratio,
+    resolve_device,
+    resolve_threads,
+    set_batch_size,
+    str_list,
+    summary,
+)
 
 PLAIN = {"amp": "off", "channels_last": False, "fused_sgd": False, "compile": False}
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -42,42 +51,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "channels_last": {"config": {**PLAIN, "channels_last": True}},
     "fused_sgd": {"config": {**PLAIN, "fused_sgd": True}},
     "default": {"config": {}},
-    "cudnn_benchmark": {"config": {}, "cudnn_benchmark": True, "cuda_only": True},
+    "cudnn_benchmark": {"config": {"cudnn_benchmark": True}, "cuda_only": True},
     "compile": {"config": {"compile": True}},
-    "cudagraphs": {"config": {"compile": True}, "compile_mode": "reduce-overhead", "cuda_only": True},
+    "cudagraphs": {"config": {"compile": "reduce-overhead"}, "cuda_only": True},
 }
 # Variants whose first epoch at a new batch size can cost more (compilation, graph capture, autotuning):
 # phase 1 walks them through every size of --first-batch-sizes, the others through the first only.
 LADDER_VARIANTS = frozenset({"default", "cudnn_benchmark", "compile", "cudagraphs"})
-
-
-@contextlib.contextmanager
-def compile_mode(mode: str | None) -> Iterator[None]:
-    """While active, torch.compile(...) calls default to `mode` (how the loop gets CUDA graphs)."""
-    import torch
-
-    if mode is None:
-        yield
-        return
-    original = torch.compile
-    torch.compile = functools.partial(original, mode=mode)
-    try:
-        yield
-    finally:
-        torch.compile = original
-
-
-@contextlib.contextmanager
-def cudnn_benchmark(on: bool) -> Iterator[None]:
-    """Set torch.backends.cudnn.benchmark for the block."""
-    import torch
-
-    saved = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = on
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.benchmark = saved
 
 
 class Variant:
@@ -89,14 +69,12 @@ class Variant:
         self.name = name
         self.spec = VARIANTS[name]
         cfg = loop_config(arch, "synthetic", device, threads, batch, samples, test_limit=128, **self.spec["config"])
-        with compile_mode(self.spec.get("compile_mode")):
-            self.loop = TrialLoop(cfg)
+        self.loop = TrialLoop(cfg)
 
     def epoch(self, batch: int) -> float:
         """Train one epoch at `batch`; the loop's training seconds."""
         set_batch_size(self.loop, batch)
-        with cudnn_benchmark(bool(self.spec.get("cudnn_benchmark"))):
-            return self.loop.run_epoch()["epoch_time_s"]
+        return self.loop.run_epoch()["epoch_time_s"]
 
 
 def main(argv: list[str] | None = None) -> int:

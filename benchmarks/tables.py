@@ -73,7 +73,7 @@ def _data(doc: dict[str, Any]) -> list[str]:
            _f(r["torchvision_train_s"]["median"]), fmt_ratio(r["loader_overhead"]),
            fmt_ratio(r["torchvision_over_gpu"])] for r in doc["numbers"]["training"]]
     p = doc["params"]
-    return (["Loader only (%d samples, %d DataLoader workers):" % (p["samples"], p["workers"]), ""]
+    return ([f"Loader only ({p['samples']} samples, {p['workers']} DataLoader workers):", ""]
             + _table(["B", "GpuLoader samples/s", "torchvision samples/s", "torchvision/GpuLoader time"], lo)
             + ["", f"Training epochs of {p['arch']} through TrialLoop.run_epoch (train seconds, median):", ""]
             + _table(["B", "steps", "GpuLoader s", "pre-made s", "torchvision s", "GpuLoader/pre-made",

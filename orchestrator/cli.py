@@ -2,8 +2,10 @@
 
 Lists take commas or spaces (`--seeds 0,1 2`). `--policy-opt KEY=VALUE` sets a study-wide policy
 option (every method that accepts it), `--define-variant NAME:KEY=VALUE[,KEY=VALUE]` adds a named
-variant, `--loop-opt KEY=VALUE` sets a TrialLoop config key (lr, train_limit, amp, ...). Values are
-read as JSON when they parse (3, 0.5, true, null) and as strings otherwise.
+variant, `--loop-opt KEY=VALUE` sets a TrialLoop config key (lr, train_limit, amp, ...), as does
+the flag of each trial setting (`--lr 0.02`, `--train-limit 4000`: generated from TrialConfig's
+fields), and `--batch-size B` sets the policy option b0. Values are read as JSON when they parse
+(3, 0.5, true, null) and as strings otherwise.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import os
 from typing import Any
 
 from orchestrator.studies import PRESETS, StudySpec, load_thresholds, preset, with_overrides
+from trainables.config import TrialConfig
+from trainables.settings import add_arguments, fields_of, parse_text
 
 DEFAULT_RESULTS = "results"
 
@@ -60,6 +64,21 @@ def _number(field: str, text: str | None, kind: type = float) -> Any:
             from None
 
 
+# TrialConfig fields the study grid sets (or --data-dir): no per-setting flag for them.
+GRID_FIELDS = frozenset({"arch", "dataset", "seed", "method", "variant", "policy", "epochs", "data_dir"})
+LOOP_PREFIX = "loop_setting_"
+
+
+def _loop_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The trial settings given as flags (--lr 0.02, --train-limit 4000, ...)."""
+    out = {}
+    for f in fields_of(TrialConfig):
+        text = getattr(args, LOOP_PREFIX + f.name, None)
+        if text is not None:
+            out[f.name] = parse_text(f.name, text, f.metadata)
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The run_grid argument parser."""
     p = argparse.ArgumentParser(
@@ -102,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
     p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Ray Tune verbosity (default 1)")
     p.add_argument("--no-analysis", action="store_true", help="skip the analysis tables at the end")
+    p.add_argument("--batch-size", metavar="B", help="first batch size of every trial (policy option b0)")
+    p.add_argument("--test-hook", action="append", default=[], metavar="KEY=VALUE", help=argparse.SUPPRESS)
+    # One flag per trial setting the grid does not own (the same fields as `python -m trainables.run`).
+    add_arguments(p, TrialConfig, skip=GRID_FIELDS, group="trial settings for every trial (trainables/config.py)",
+                  dest_prefix=LOOP_PREFIX)
     return p
 
 
@@ -115,10 +139,18 @@ def study_from_args(args: argparse.Namespace) -> StudySpec:
             raise ValueError(f"define_variant={item!r} is not allowed; expected NAME:KEY=VALUE[,KEY=VALUE]")
         variant_defs[name] = _pairs(f"define_variant[{name}]", [o for o in opts.split(",") if o])
     thresholds = dict(base.thresholds)
-    if args.thresholds:
-        thresholds.update(load_thresholds(args.thresholds))
+    policy = {**base.policy, **_pairs("policy_opt", args.policy_opt)}
+    if args.batch_size is not None:
+        policy["b0"] = _number("batch_size", args.batch_size, int)
+    given = load_thresholds(args.thresholds) if args.thresholds else {}
+    if given:
+        both = sorted({"theta_stab", "theta_conf", "thresholds"} & set(_pairs("policy_opt", args.policy_opt)))
+        if both:
+            raise ValueError(f"policy_opt={both} is not allowed together with thresholds={args.thresholds!r}: both "
+                             "set DEBA's thresholds; give one of them")
+        thresholds.update(given)
     data_dir = os.path.abspath(args.data_dir) if args.data_dir else None  # trials chdir: absolute paths only
-    return with_overrides(
+    study = with_overrides(
         base, name=args.study, archs=_split(args.archs), datasets=_split(args.datasets),
         seeds=_ints("seeds", _split(args.seeds)), methods=_split(args.methods), variants=_split(args.variants),
         epochs=_number("epochs", args.epochs, int), data_dir=data_dir,
@@ -126,6 +158,12 @@ def study_from_args(args: argparse.Namespace) -> StudySpec:
         cpus_per_trial=_number("cpus_per_trial", args.cpus_per_trial),
         max_failures=_number("max_failures", args.max_failures, int),
         checkpoint_every=_number("checkpoint_every", args.checkpoint_every, int),
-        policy={**base.policy, **_pairs("policy_opt", args.policy_opt)},
-        loop={**base.loop, **_pairs("loop_opt", args.loop_opt)},
+        policy=policy, loop={**base.loop, **_pairs("loop_opt", args.loop_opt), **_loop_flags(args)},
+        hooks={**base.hooks, **_pairs("test_hook", args.test_hook)},
         variant_defs=variant_defs, thresholds=thresholds)
+    outside = sorted(set(given) - set(study.archs))
+    if outside:
+        raise ValueError(f"thresholds={args.thresholds!r} has thresholds for {', '.join(outside)}, which this study "
+                         f"does not run (its archs: {', '.join(study.archs)}); every key must be an arch of the "
+                         "study: drop those entries or add the archs with --archs")
+    return study

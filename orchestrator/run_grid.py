@@ -4,28 +4,51 @@ Works from the repo root, as the `deba-grid` console script, and as a Ray job:
 `ray job submit --working-dir . -- python orchestrator/run_grid.py --preset paper --results s3://...`.
 Validates everything and consults the ledger before Ray starts; attaches to a cluster given by
 --address or $RAY_ADDRESS, else starts a local Ray; runs the pending trials with a scheduler-free
-Tuner; prints a summary (and the analysis tables when the analysis package provides them).
-Exit status: 0 when every trial of the study is finished, 1 when some failed, 2 for a bad config.
+Tuner; prints a summary and the analysis tables. One driver per study (a lock in the study's
+folder); SIGTERM (`ray job stop`) and Ctrl-C stop it gracefully, and the same command resumes.
+Exit status: 0 when every trial of the study is finished, 1 when some failed, 2 for a bad config
+or a study another driver is running, 128 + the signal number when a signal stopped it.
 """
 
 from __future__ import annotations
 
+import argparse
+import functools
 import os
+import signal
 import sys
 import time
+
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from analysis.report import summarize  # noqa: E402
 from orchestrator.cli import build_parser, study_from_args  # noqa: E402
-from orchestrator.runner import (Plan, cluster_gpus, connect, make_plan, ray_overhead,  # noqa: E402
-                                 resolve_resources, run_plan, storage_root)
-from orchestrator.store import ResultsStore, resolve_uri  # noqa: E402
+from orchestrator.lock import StudyLock, StudyLocked  # noqa: E402
+from orchestrator.runner import (  # noqa: E402
+    Plan,
+    cluster_gpus,
+    cluster_slots,
+    connect,
+    local_slots,
+    make_plan,
+    ray_overhead,
+    resolve_resources,
+    run_plan,
+    storage_root,
+)
+from orchestrator.schedule import format_duration, makespan  # noqa: E402
+from orchestrator.store import ResultsStore, check_location  # noqa: E402
+from orchestrator.studies import StudySpec  # noqa: E402
 
 
-def format_plan(plan: Plan, results: str, resources: str, storage: str | None = None) -> str:
-    """The plan as text: study, trials with their state, resources, where results go."""
+def format_plan(plan: Plan, results: str, resources: str, storage: str | None = None,
+                slots: int | None = None) -> str:
+    """The plan as text: study, trials in launch order with their cost estimates and state, the
+    predicted makespan on `slots` parallel trials (and on 8/16/64 GPUs), where results go."""
     study = plan.study
     runs = ResultsStore(results, study.name).ledger()
+    est = plan.estimate
     lines = [f"study {study.name!r}: {study.description}".rstrip(": "),
              f"  grid: archs={','.join(study.archs)} datasets={','.join(study.datasets)} "
              f"seeds={','.join(map(str, study.seeds))} methods={','.join(study.methods)} "
@@ -36,10 +59,28 @@ def format_plan(plan: Plan, results: str, resources: str, storage: str | None = 
              f"checkpoint every {study.checkpoint_every} epoch(s)",
              f"  results: {ResultsStore(results, study.name).study_path}  experiments: "
              f"{storage_root(results, study.name, storage)}"]
-    for t in plan.trials:
+    inputs = {t.arch: t.config.get("timm_input") for t in plan.trials if t.config.get("timm_input")}
+    if inputs:
+        from trainables.timm_archs import describe
+
+        lines += [f"  {arch} at 32x32 (timm_input={choice}): {describe(arch, choice)}"
+                  for arch, choice in sorted(inputs.items())]
+    pending = plan.launch_order()
+    if est is not None and pending:
+        costs = [est.costs[t.trial_id] for t in pending]
+        source = (f"measured epoch times of {est.measured} trial(s)' arch/dataset, FLOPs for the rest"
+                  if est.unit == "s" else "FLOPs x samples x epochs (no trial measured yet)")
+        spans = [(n, makespan(costs, n)) for n in sorted({*(slots and [slots] or []), 8, 16, 64})]
+        lines.append(f"  cost of the {len(pending)} trial(s) to run: {format_duration(sum(costs), est.unit)} in all "
+                     f"({source}); launched longest first; predicted makespan: "
+                     + ", ".join(f"{format_duration(span, est.unit)} on {n} {'slots here' if n == slots else 'GPUs'}"
+                                 for n, span in spans))
+    finished = [t for t in plan.trials if t.trial_id in plan.finished]
+    for t in pending + finished:
         state = runs.get(t.trial_id, "pending")
         action = "skip" if t.trial_id in plan.finished else "run"
-        lines.append(f"    {t.trial_id}  {t.label:<52} {action:<4} ({state})")
+        cost = format_duration(est.costs[t.trial_id], est.unit) if est and action == "run" else ""
+        lines.append(f"    {t.trial_id}  {t.label:<52} {action:<4} ({state}) {cost}".rstrip())
     if plan.waiting:
         lines.append(f"  phase 2: {len(plan.waiting)} trial(s) wait for thresholds calibrated from the study's own "
                      "fixed runs (they run once every fixed run of their arch has finished):")
@@ -48,14 +89,18 @@ def format_plan(plan: Plan, results: str, resources: str, storage: str | None = 
 
 
 def format_summary(results: str, study: str) -> str:
-    """Per (arch, dataset, method, variant): trials by status, final/best accuracy, train time, final B."""
+    """Per (arch, dataset, method, variant): trials by status, final accuracy and train time of the
+    completed ones, final B."""
     import pandas as pd
 
     runs = ResultsStore(results, study).read_runs()
     if not runs:
         return f"study {study!r}: no runs recorded"
     df = pd.DataFrame(list(runs.values()))
-    df["final_acc_%"] = 100 * df["final_test_acc"].astype(float)
+    # Only completed trials: a failed or diverged trial's last accuracy is not a final accuracy.
+    completed = df["status"] == "completed"
+    df["final_acc_%"] = (100 * df["final_test_acc"].astype(float)).where(completed)
+    df["train_s"] = df["train_time_s"].astype(float).where(completed)
     g = df.groupby(["arch", "dataset", "method", "variant"], sort=True)
     table = pd.DataFrame({
         "trials": g.size(),
@@ -64,44 +109,40 @@ def format_summary(results: str, study: str) -> str:
         "failed": g["status"].apply(lambda s: int((s == "failed").sum())),
         "final_acc_%": g["final_acc_%"].mean().round(2),
         "acc_std": g["final_acc_%"].std().round(2),
-        "train_s": g["train_time_s"].mean().round(1),
+        "train_s": g["train_s"].mean().round(1),
         "final_bs": g["final_batch_size"].mean().round(0),
     })
     text = [f"study {study!r}: {len(df)} trial(s)", table.to_string()]
     failed = df[df["status"] == "failed"]
     for _, row in failed.iterrows():
-        last = (row["error"] or "").strip().splitlines()
+        lines = (row["error"] or "").strip().splitlines()
         text.append(f"  failed {row['trial_id']} {row['arch']}/{row['method']}/s{row['seed']}: "
-                    f"{last[-1] if last else 'no error text'}")
+                    f"{lines[0] if lines else 'no error text'}")
     return "\n".join(text)
 
 
-def analysis_tables(results: str, study: str) -> str | None:
-    """The analysis package's summary of the study, or None when the package does not provide one."""
-    try:
-        from analysis.report import summarize
-    except ImportError:
-        return None
-    out = summarize(results, study)
-    return out if isinstance(out, str) else None
-
-
 def main(argv: list[str] | None = None) -> int:
-    """The run_grid command; returns the exit status."""
+    """The run_grid command; returns the exit status (module docstring)."""
     args = build_parser().parse_args(argv)
     t0 = time.perf_counter()
     try:
-        study = study_from_args(args)
-        plan = make_plan(study, args.results, write=not args.dry_run)
+        check_location(args.results, "results")
         if args.storage:
-            resolve_uri(args.storage, field="storage")  # Tune would only fail on it after Ray started
+            check_location(args.storage, "storage")  # Tune would only fail on it after Ray started
+        study = study_from_args(args)
+        plan = make_plan(study, args.results, write=not args.dry_run, storage=args.storage)
     except ValueError as exc:
         print(f"run_grid: invalid study: {exc}", file=sys.stderr)
         return 2
+    lock = StudyLock(args.results, study.name)
     if args.dry_run:
         g = study.gpus_per_trial
         gpu = f"{g:g} GPU" if g is not None else "1 GPU if the cluster has GPUs, else CPU-only"
-        print(format_plan(plan, args.results, f"{study.cpus_per_trial:g} CPU, {gpu}", args.storage))
+        print(format_plan(plan, args.results, f"{study.cpus_per_trial:g} CPU, {gpu}", args.storage,
+                          slots=local_slots(study)))
+        holder = lock.holder()
+        if holder is not None and not lock.stale(holder):
+            print(f"note: the study is being run now by {lock.describe(holder)}")
         return 0
     if not plan.pending:
         print(format_plan(plan, args.results, "n/a (nothing to run)", args.storage))
@@ -112,9 +153,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"all {len(plan.trials)} trial(s) of study {study.name!r} are finished; nothing to run")
         print(format_summary(args.results, study.name))
         return 0
+    try:
+        lock.acquire()
+    except StudyLocked as exc:
+        print(f"run_grid: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return _run(args, study, plan, t0)
+    finally:
+        lock.release()
+
+
+def _run(args: argparse.Namespace, study: StudySpec, plan: Plan, t0: float) -> int:
+    """Start or attach to Ray and run the plan (both phases of a calibrating study), holding the lock."""
+    from orchestrator.interrupt import GracefulStop
 
     how = connect(args.address, args.dashboard)
     print(how, flush=True)
+    stop = GracefulStop().install()  # after ray.init, which replaces the SIGTERM handler
     gpus = cluster_gpus()
     attached = how.startswith("attached")
     try:
@@ -125,20 +181,23 @@ def main(argv: list[str] | None = None) -> int:
     if attached and study.gpus_per_trial is None and gpus == 0:
         print("note: the cluster has no GPU up now, so trials run CPU-only; on an autoscaling cluster whose "
               "GPU workers are not started yet, pass --gpus-per-trial 1", flush=True)
-    print(format_plan(plan, args.results, f"{resources['cpu']:g} CPU, {resources['gpu']:g} GPU", args.storage),
-          flush=True)
-    report = run_plan(plan, args.results, resources, storage=args.storage, echo=not args.quiet,
-                      verbose=args.verbose)
-    if plan.waiting:  # a calibrating study: phase 2 runs with the thresholds phase 1 made possible
-        plan = make_plan(study, args.results)
-        ready = len(plan.pending)
-        print(f"[{study.name}] phase 2: {ready} trial(s) with thresholds calibrated from the fixed runs "
-              f"({ResultsStore(args.results, study.name).study_path}/calibration.json)", flush=True)
-        if ready:
-            more = run_plan(plan, args.results, resources, storage=args.storage, echo=not args.quiet,
-                            verbose=args.verbose)
-            report.experiments.update(more.experiments)
-            report.grids.extend(more.grids)
+    print(format_plan(plan, args.results, f"{resources['cpu']:g} CPU, {resources['gpu']:g} GPU", args.storage,
+                      slots=cluster_slots(resources)), flush=True)
+    run = functools.partial(run_plan, results=args.results, resources=resources, storage=args.storage,
+                            echo=not args.quiet, verbose=args.verbose, stop=stop)
+    report = run(plan)
+    if plan.waiting and not report.interrupted:  # a calibrating study: phase 2 with the thresholds phase 1 gave
+        plan = make_plan(study, args.results, storage=args.storage)
+        print(f"[{study.name}] phase 2: {len(plan.pending)} trial(s) with thresholds calibrated from the fixed "
+              f"runs ({ResultsStore(args.results, study.name).study_path}/calibration.json)", flush=True)
+        more = run(plan)
+        report.experiments.update(more.experiments)
+        report.grids.extend(more.grids)
+        report.interrupted = more.interrupted
+    if report.interrupted:
+        print(f"run_grid: stopped by signal {stop.signal}; the trials' checkpoints and rows are stored. Re-run the "
+              "same command to resume.", file=sys.stderr, flush=True)
+        return 128 + (stop.signal or signal.SIGINT)
 
     print()
     print(format_summary(args.results, study.name))
@@ -150,11 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wall time: {time.perf_counter() - t0:.1f} s; experiments: "
           + ", ".join(f"{k} ({v})" for k, v in report.experiments.items()))
     if not args.no_analysis:
-        tables = analysis_tables(args.results, study.name)
-        print(tables if tables is not None else
-              "(analysis tables: analysis.report.summarize is not available; run `python -m analysis "
-              f"{args.results}` once the analysis package is installed)")
-    final = make_plan(study, args.results)
+        print(summarize(args.results, study.name))
+    final = make_plan(study, args.results, storage=args.storage)
     unfinished = final.pending + final.waiting
     if unfinished:
         print(f"{len(unfinished)} trial(s) not finished; re-run the same command to retry them", file=sys.stderr)

@@ -1,17 +1,19 @@
-"""Run a validated study on Ray Tune: resources, experiments, restore, the ledger.
+"""Run a validated study on Ray Tune: resources, experiments, resume points, the ledger.
 
 Experiment directories live under `<storage>/<exp-name>` with `<storage>` = `<results>/<study>/_ray`
 unless given. Each experiment is one Tuner over a fixed set of trials (`exp-<hash of its trial
 ids>`), with the trial payloads in `orchestrator_plan.json` next to Tune's own state. Running a
 study:
 
-1. the ledger (runs rows with status completed or diverged) removes finished trials;
-2. every earlier experiment that still holds pending trials is resumed with `Tuner.restore`
-   (unfinished trials continue from their checkpoints, errored ones retry from theirs);
-3. whatever is still pending (new seeds, new archs, trials of no experiment) runs in a new
-   experiment.
+1. the ledger (runs rows) removes finished trials: completed ones that ran the study's epochs, and
+   diverged ones; a completed trial with fewer epochs than the study now asks for is extended;
+2. every other trial runs in one new experiment, starting from its newest intact checkpoint whose
+   epochs the results store covers, whichever earlier experiment wrote it
+   (orchestrator/checkpoints.py), else from scratch.
 
-So re-running the same command resumes an interrupted study, and a widened command extends it.
+So re-running the same command resumes an interrupted study, whatever stopped it, and a widened
+command extends it. Tune's own experiment state is never restored: it can name a checkpoint that
+Tune already deleted when the driver was killed at the wrong moment.
 """
 
 from __future__ import annotations
@@ -20,14 +22,17 @@ import hashlib
 import json
 import os
 import posixpath
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow.fs as pafs
 
 from orchestrator.calibration import study_calibration
-from orchestrator.studies import StudySpec, TrialSpec, expand, waiting_for_calibration
-from orchestrator.store import FINISHED_STATUSES, ResultsStore, resolve_uri, storage_uri
+from orchestrator.checkpoints import find_checkpoints, prune, resume_points
+from orchestrator.schedule import CostEstimate, estimate_costs, longest_first
+from orchestrator.store import ResultsStore, resolve_uri, storage_uri
+from orchestrator.studies import StudySpec, TrialSpec, config_differences, expand, waiting_for_calibration
 
 PLAN_FILE = "orchestrator_plan.json"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,6 +47,13 @@ class Plan:
     trials: tuple[TrialSpec, ...]
     finished: frozenset[str]
     waiting: tuple[str, ...] = ()
+    estimate: CostEstimate | None = None  # cost per trial (orchestrator/schedule.py)
+
+    def launch_order(self) -> list[TrialSpec]:
+        """The pending trials, longest first (the order Tune starts them in)."""
+        costs = self.estimate.costs if self.estimate else {}
+        by_id = {t.trial_id: t for t in self.pending}
+        return [by_id[i] for i in longest_first(by_id, costs)]
 
     @property
     def pending(self) -> tuple[TrialSpec, ...]:
@@ -49,21 +61,64 @@ class Plan:
         return tuple(t for t in self.trials if t.trial_id not in self.finished)
 
 
-def make_plan(study: StudySpec, results: str, write: bool = True) -> Plan:
+def make_plan(study: StudySpec, results: str, write: bool = True, storage: str | None = None) -> Plan:
     """Expand and validate `study`, then consult the ledger in `results`.
 
     A calibrating study's phase-2 trials are planned once their thresholds can be calibrated
-    (pinned in the store unless `write` is False, as for a dry run).
+    (pinned in the store unless `write` is False, as for a dry run). A study keeps one
+    configuration per (arch, dataset, seed, method, variant): a trial stored with other settings
+    is refused (ValueError naming them), except more epochs, which extend it.
     """
-    ledger = ResultsStore(results, study.name).ledger()
+    store = ResultsStore(results, study.name)
+    runs = store.read_runs()
+    ledger = {tid: row["status"] for tid, row in runs.items()}
     calibration = study_calibration(study, results, ledger, write=write) if study.calibrate else None
     trials = tuple(expand(study, calibration))
     ids = [t.trial_id for t in trials]
     if len(set(ids)) != len(ids):
         raise ValueError("two trials of the study have the same configuration (duplicate trial_id)")
-    finished = {tid for tid, status in ledger.items() if status in FINISHED_STATUSES} & set(ids)
+    plans = {name: doc for name, doc in read_plans(storage_root(results, study.name, storage)).items()
+             if doc.get("study") == study.name}
+    check_one_configuration(study, trials, runs, plans, store.trials_with_epochs())
+    finished = store.finished(study.epochs) & set(ids)
     return Plan(study=study, trials=trials, finished=frozenset(finished),
-                waiting=tuple(waiting_for_calibration(study, calibration)))
+                waiting=tuple(waiting_for_calibration(study, calibration)),
+                estimate=estimate_costs(trials, store.epoch_seconds(finished)))
+
+
+def check_one_configuration(study: StudySpec, trials: tuple[TrialSpec, ...], runs: dict[str, dict[str, Any]],
+                            plans: dict[str, dict[str, Any]], with_rows: set[str]) -> None:
+    """Refuse a study whose trials differ from the ones its store already holds for the same cell
+    (arch, dataset, seed, method, variant), naming the settings; more epochs only extend a trial.
+
+    What the store holds: the runs rows' configs, and the plans of trials that stored epoch rows
+    (`with_rows`) but no runs row yet (interrupted)."""
+    stored: dict[str, dict[str, Any]] = {}  # label -> a stored config of that cell
+    for doc in plans.values():
+        for tid, p in doc.get("trials", {}).items():
+            if tid in with_rows and isinstance(p, dict) and "label" in p and "config" in p:
+                stored.setdefault(p["label"], p["config"])
+    for row in runs.values():
+        try:
+            cfg = json.loads(row.get("config_json") or "")
+        except ValueError:
+            continue
+        label = f"{row['arch']}-{row['dataset']}-s{row['seed']}-{row['method']}-{row['variant']}"
+        stored[label] = cfg
+    for t in trials:
+        old = stored.get(t.label)
+        if old is None:
+            continue
+        new = t.config
+        changes = config_differences(old, new)
+        fewer = isinstance(old.get("epochs"), int) and new["epochs"] < old["epochs"]
+        if changes or fewer:
+            what = "; ".join(changes + ([f"epochs: {old['epochs']} -> {new['epochs']} (fewer)"] if fewer else []))
+            raise ValueError(
+                f"study {study.name!r} already holds trial {t.label} with other settings ({what}). A study keeps "
+                f"one configuration per trial so that its tables compare like with like: run these settings as "
+                f"a new study (--study {study.name}-2), or move {study.name!r} out of the results folder. "
+                "(More epochs, seeds, archs, datasets, methods or variants extend a study.)")
 
 
 # ------------------------------------------------------------------------------------------------ Ray
@@ -97,6 +152,27 @@ def resolve_resources(study: StudySpec, cluster_gpus: float, autoscaling: bool =
         raise ValueError(f"gpus_per_trial={gpus:g} is not allowed: this Ray has {cluster_gpus:g} GPU(s); "
                          "give --gpus-per-trial 0 for CPU-only trials")
     return {"cpu": float(study.cpus_per_trial), "gpu": float(gpus)}
+
+
+def local_slots(study: StudySpec) -> int:
+    """How many trials this machine runs at once without a cluster: its GPUs, else CPUs / cpus_per_trial."""
+    import torch
+
+    gpus = torch.cuda.device_count()
+    if gpus and study.gpus_per_trial != 0:
+        return max(1, int(gpus / (study.gpus_per_trial or 1.0)))
+    return max(1, int((os.cpu_count() or 1) / study.cpus_per_trial))
+
+
+def cluster_slots(resources: dict[str, float]) -> int:
+    """How many trials of `resources` the connected cluster runs at once (now)."""
+    import ray
+
+    total = ray.cluster_resources()
+    by_gpu = total.get("GPU", 0.0) / resources["gpu"] if resources["gpu"] else float("inf")
+    by_cpu = total.get("CPU", 0.0) / resources["cpu"] if resources["cpu"] else float("inf")
+    slots = min(by_gpu, by_cpu)
+    return max(1, int(slots)) if slots != float("inf") else 1
 
 
 def cluster_gpus() -> float:
@@ -144,21 +220,49 @@ def read_plans(root: str) -> dict[str, dict[str, Any]]:
     return plans
 
 
-def payload(spec: TrialSpec, hooks: dict[str, Any], checkpoint_every: int = 1) -> dict[str, Any]:
+def payload(spec: TrialSpec, hooks: dict[str, Any], checkpoint_every: int = 1,
+            init_checkpoints: list[str] | None = None) -> dict[str, Any]:
     """What a trial process needs (see trainables.ray_trainable)."""
     return {"study": spec.study, "config": spec.config, "hooks": dict(hooks), "label": spec.label,
-            "checkpoint_every": checkpoint_every}
+            "checkpoint_every": checkpoint_every, "init_checkpoints": list(init_checkpoints or [])}
+
+
+IDENTIFIERS: tuple[str, ...] = ("arch", "dataset", "seed", "method", "variant")
+
+
+class TrialField:
+    """`tune.sample_from` function: one identifier of the trial the grid point names (picklable)."""
+
+    def __init__(self, key: str, values: dict[str, Any]) -> None:
+        self.key = key
+        self.values = values
+
+    def __call__(self, spec: Any) -> Any:
+        return self.values[spec.config.trial_id]
 
 
 class TrialNamer:
-    """Trial names and directories from the orchestrator's labels (picklable for Tuner.restore)."""
+    """Trial names and directories from the orchestrator's labels (picklable); a `/` (timm/<name>
+    archs) becomes `_`, so that every trial directory sits directly in its experiment's."""
 
     def __init__(self, labels: dict[str, str]) -> None:
         self.labels = labels
 
     def __call__(self, trial: Any) -> str:
         trial_id = trial.config["trial_id"]
-        return f"{self.labels.get(trial_id, 'trial')}-{trial_id}"
+        return f"{self.labels.get(trial_id, 'trial')}-{trial_id}".replace("/", "_")
+
+
+def pause_after_save(seconds: float) -> Any:
+    """Test hook: a Tune callback that sleeps after Tune registered (and pruned) a trial's checkpoint,
+    before the experiment snapshot, the window in which a killed driver used to wedge a trial."""
+    from ray import tune
+
+    class PauseAfterSave(tune.Callback):
+        def on_trial_save(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            time.sleep(seconds)
+
+    return PauseAfterSave()
 
 
 def _trainable(payloads: dict[str, dict[str, Any]], resources: dict[str, float]) -> Any:
@@ -170,17 +274,21 @@ def _trainable(payloads: dict[str, dict[str, Any]], resources: dict[str, float])
 
 
 def _tuner(plan_doc: dict[str, Any], specs: dict[str, TrialSpec], results: str, root: str, name: str,
-           max_failures: int, echo: bool, verbose: int) -> Any:
+           max_failures: int, echo: bool, verbose: int, extra_callbacks: list[Any]) -> Any:
     from ray import tune
 
     from orchestrator.sink import ParquetSink
 
-    ids = sorted(plan_doc["trials"])
+    ids = plan_doc.get("order") or list(plan_doc["trials"])  # launch order: Tune starts grid points in order
     labels = {tid: plan_doc["trials"][tid]["label"] for tid in ids}
     return tune.Tuner(
         _trainable(plan_doc["trials"], plan_doc["resources"]),
-        # The param_space stays tiny: it is copied into every result. Payloads travel via with_parameters.
-        param_space={"trial_id": tune.grid_search(ids)},
+        # The param_space stays small (it is copied into every result): the trial id and the five
+        # identifiers, so that Tune's own views (ResultGrid, TensorBoard HParams) say which trial is
+        # which. Payloads travel via with_parameters.
+        param_space={"trial_id": tune.grid_search(ids),
+                     **{key: tune.sample_from(TrialField(key, {t: getattr(specs[t], key) for t in ids}))
+                        for key in IDENTIFIERS}},
         # reuse_actors: a finished trial's process runs the next one, saving the worker start and
         # the torch import (tens of seconds on a small CPU machine); a dead process is replaced.
         tune_config=tune.TuneConfig(num_samples=1, reuse_actors=True, trial_name_creator=TrialNamer(labels),
@@ -190,7 +298,7 @@ def _tuner(plan_doc: dict[str, Any], specs: dict[str, TrialSpec], results: str, 
             failure_config=tune.FailureConfig(max_failures=max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             callbacks=[ParquetSink(results, plan_doc["study"], {t: specs[t] for t in ids}, plan_doc["resources"],
-                                   echo=echo)],
+                                   echo=echo), *extra_callbacks],
             verbose=verbose,
         ),
     )
@@ -198,59 +306,62 @@ def _tuner(plan_doc: dict[str, Any], specs: dict[str, TrialSpec], results: str, 
 
 @dataclass
 class RunReport:
-    """What `run_plan` did: experiments run (name -> "new"|"restored") and the Tune result grids."""
+    """What `run_plan` did: experiments run (name -> "new"), the Tune result grids, where trials started
+    (trial_id -> ResumePoint), the checkpoints pruned, and whether a stop signal cut the run short."""
 
     experiments: dict[str, str]
     grids: list[Any]
+    starts: dict[str, Any] = field(default_factory=dict)
+    pruned: list[str] = field(default_factory=list)
+    interrupted: bool = False
 
 
 def run_plan(plan: Plan, results: str, resources: dict[str, float], storage: str | None = None,
-             echo: bool = True, verbose: int = 1) -> RunReport:
-    """Run the pending trials of `plan`: resume earlier experiments, then one new experiment."""
-    from ray import tune
+             echo: bool = True, verbose: int = 1, stop: Any = None) -> RunReport:
+    """Run the pending trials of `plan` in one new experiment, each from its newest usable checkpoint.
 
-    # Tune forces an experiment snapshot every num_to_keep checkpoints of a trial and warns when that
-    # happens often; with a checkpoint per epoch of short epochs it always does, and the snapshot is cheap.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    Never `Tuner.restore` (orchestrator/checkpoints.py says why): unfinished trials of earlier
+    experiments continue from the checkpoints found on storage, whose epochs the results store
+    covers. Older checkpoints of these trials are pruned first (the caller holds the study lock).
+    `stop` (a GracefulStop) ends the run early on SIGTERM/SIGINT with Tune's final snapshot.
+    """
     study = plan.study
+    ids = [t.trial_id for t in plan.launch_order()]
+    if not ids:
+        return RunReport(experiments={}, grids=[])
     root = storage_root(results, study.name, storage)
     specs = {t.trial_id: t for t in plan.trials}
-    pending = {t.trial_id for t in plan.pending}
-    done: dict[str, str] = {}
-    grids = []
     store = ResultsStore(results, study.name)
+    found = find_checkpoints(root, set(ids))
+    starts = resume_points(found, store.stored_epochs(ids))
+    pruned = prune(found, starts)
+    for tid in ids:  # printed even with echo off (--quiet drops the per-epoch lines only)
+        point = starts[tid]
+        for why in point.skipped:
+            print(f"[{study.name}] {specs[tid].label}: checkpoint passed over: {why}", flush=True)
+        if point.candidates:
+            print(f"[{study.name}] {specs[tid].label}: resumes after epoch {point.epoch} "
+                  f"({point.candidates[0]})", flush=True)
     plans = read_plans(root)
-    for name, doc in sorted(plans.items()):
-        open_ids = pending & set(doc["trials"])
-        exp_path = _join(root, name)
-        if not open_ids or not tune.Tuner.can_restore(exp_path):
-            continue
-        print(f"[{study.name}] resuming experiment {name}: {len(open_ids)} unfinished trial(s)", flush=True)
-        # The restored Tuner brings its own ParquetSink, pickled with its state. The checkpoint
-        # cadence is an execution setting: this command's value applies to resumed trials too.
-        payloads = {tid: {**p, "checkpoint_every": study.checkpoint_every} for tid, p in doc["trials"].items()}
-        tuner = tune.Tuner.restore(exp_path, trainable=_trainable(payloads, doc["resources"]),
-                                   resume_unfinished=True, resume_errored=True)
-        before = store.run_mtimes()
-        grids.append(tuner.fit())
-        done[name] = "restored"
-        # Trials the restored run settled (a runs row written now) are handled; a trial Tune had
-        # already marked finished but whose row is missing (deleted to force a re-run) stays pending.
-        # "Written now" compares the storage's own timestamps, never the driver's clock with them.
-        after = store.run_mtimes()
-        pending -= {tid for tid in open_ids if tid in after and after[tid] != before.get(tid)}
-    if pending:
-        ids = sorted(pending)
-        name = experiment_name(ids)
-        while name in plans or name in done:
-            name = experiment_name(ids + [name])  # same trials as an old experiment: take a fresh directory
-        doc = {"study": study.name, "resources": resources,
-               "trials": {tid: payload(specs[tid], study.hooks, study.checkpoint_every) for tid in ids}}
-        write_plan(root, name, doc)
-        tuner = _tuner(doc, specs, results, root, name, study.max_failures, echo, verbose)
-        grids.append(tuner.fit())
-        done[name] = "new"
-    return RunReport(experiments=done, grids=grids)
+    name = experiment_name(ids)
+    while name in plans:
+        name = experiment_name(ids + [name])  # same trials as an earlier experiment: a fresh directory
+    doc = {"study": study.name, "resources": resources, "order": ids,
+           "trials": {tid: payload(specs[tid], study.hooks, study.checkpoint_every, list(starts[tid].candidates))
+                      for tid in ids}}
+    write_plan(root, name, doc)
+    extra = [stop] if stop is not None else []
+    if study.hooks.get("driver_pause_after_save_s"):
+        extra.append(pause_after_save(float(study.hooks["driver_pause_after_save_s"])))
+    tuner = _tuner(doc, specs, results, root, name, study.max_failures, echo, verbose, extra_callbacks=extra)
+    report = RunReport(experiments={}, grids=[], starts=starts, pruned=pruned)
+    if stop is not None and stop.requested:
+        report.interrupted = True
+        return report
+    report.grids.append(tuner.fit())
+    report.experiments[name] = "new"
+    report.interrupted = stop is not None and stop.requested
+    return report
 
 
 def ray_overhead(grids: list[Any]) -> dict[str, float] | None:

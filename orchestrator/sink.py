@@ -10,38 +10,53 @@ from __future__ import annotations
 
 import math
 import platform
+import sys
+import traceback
 from typing import Any
 
 import ray
 from ray import tune
 
 from orchestrator.store import ResultsStore, run_row
-from trainables.records import epoch_column_names
+from trainables.records import epoch_column_names, progress_line
 
-_ERROR_CHARS = 4000  # the end of a traceback names the exception; keep that part
+_ERROR_CHARS = 4000
 
 
 def _trial_key(trial: Any) -> str:
     return trial.config["trial_id"]
 
 
+def error_text(exc: BaseException | None, fallback: str | None = None) -> str:
+    """A trial's error as stored: the cause's type and message first, then the start of its
+    traceback (where the trial's own code raised), without Ray's wrapping."""
+    if exc is None:
+        return (fallback or "trial failed without an error message").strip()[:_ERROR_CHARS]
+    cause = getattr(exc, "cause", None)
+    cause = cause if isinstance(cause, BaseException) else exc
+    message = str(cause).strip().splitlines()
+    head = f"{type(cause).__name__}: {message[0] if message else ''}".rstrip(": ")
+    frames = getattr(exc, "traceback_str", None)
+    if not frames and cause.__traceback__ is not None:
+        frames = "".join(traceback.format_exception(type(cause), cause, cause.__traceback__))
+    body = "\n".join(message[1:] + ([frames.strip()] if frames else []))
+    return (head + ("\n" + body if body else ""))[:_ERROR_CHARS]
+
+
 def _error_text(trial: Any) -> str:
-    """The trial's last error as text (the tail of its traceback)."""
-    text = None
+    """The trial's last error (see `error_text`); the error file's text when it does not unpickle."""
     try:
         exc = trial.get_pickled_error()
-        if exc is not None:
-            text = str(exc)
     except Exception:  # the pickled error may not unpickle on the driver; fall back to the log
-        text = None
-    if not text and trial.error_file:
+        exc = None
+    fallback = None
+    if exc is None and trial.error_file:
         try:
             with open(trial.error_file) as f:
-                text = f.read()
+                fallback = f.read()
         except OSError:
-            text = None
-    text = (text or "trial failed without an error message").strip()
-    return text[-_ERROR_CHARS:]
+            fallback = None
+    return error_text(exc, fallback)
 
 
 def _non_finite(row: dict[str, Any]) -> bool:
@@ -50,15 +65,8 @@ def _non_finite(row: dict[str, Any]) -> bool:
 
 
 def epoch_line(study: str, label: str, trial_id: str, row: dict[str, Any], epochs: int) -> str:
-    """One progress line per reported epoch."""
-    def num(x: Any, fmt: str) -> str:
-        return "nan" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, fmt)
-
-    return (f"[{study}] {label} ({trial_id[:6]}) epoch {row['epoch']:>3}/{epochs}"
-            f"  bs {row['batch_size']}->{row['next_batch_size']}"
-            f"  loss {num(row.get('train_loss'), '.4f')}  test_acc {num(row.get('test_acc'), '.4f')}"
-            f"  {row.get('decision')}{' (cooldown)' if row.get('in_cooldown') else ''}"
-            f"  {num(row.get('epoch_time_s'), '.2f')}s")
+    """One progress line per reported epoch (the format of trainables.records.progress_line)."""
+    return progress_line(row, epochs, prefix=f"[{study}] {label} ({trial_id[:6]}) ")
 
 
 class ParquetSink(tune.Callback):
@@ -81,6 +89,7 @@ class ParquetSink(tune.Callback):
         self._store: ResultsStore | None = None
         self._rows: dict[str, dict[int, dict[str, Any]]] = {}
         self._meta: dict[str, dict[str, Any]] = {}
+        self._damaged: dict[str, str] = {}  # trial_id -> why its stored rows cannot be trusted
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k in ("results", "study", "specs", "resources", "echo")}
@@ -99,11 +108,32 @@ class ParquetSink(tune.Callback):
     def _buffer(self, trial_id: str) -> dict[int, dict[str, Any]]:
         if trial_id not in self._rows:
             # A resumed study: rows stored by an earlier driver are the starting point.
+            before = len(self.store.quarantined)
             self._rows[trial_id] = {int(r["epoch"]): r for r in self.store.read_epochs(trial_id)}
+            if len(self.store.quarantined) > before:
+                path, dest, _ = self.store.quarantined[-1]
+                self._damaged[trial_id] = (f"its epochs file {path} was damaged and was moved to {dest}; the rows "
+                                           "of the epochs before this run are lost, so the trial runs again from "
+                                           "its first epoch next time")
         return self._rows[trial_id]
+
+    def _guard(self, what: str, trial: Any, fn: Any, *args: Any) -> None:
+        """Run one callback's work; an error concerns that trial only and never reaches Tune (which
+        would abort every other trial of the experiment)."""
+        try:
+            fn(*args)
+        except Exception as exc:
+            trial_id = _trial_key(trial)
+            self._damaged.setdefault(trial_id, f"the driver could not store its {what} ({type(exc).__name__}: "
+                                               f"{exc}); the trial runs again next time")
+            print(f"[{self.study}] error storing the {what} of trial {trial_id}: {type(exc).__name__}: {exc}",
+                  file=sys.stderr, flush=True)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         """Store one epoch row and rewrite the trial's epochs file."""
+        self._guard("epoch row", trial, self._store_result, trial, result)
+
+    def _store_result(self, trial: Any, result: dict) -> None:
         trial_id = _trial_key(trial)
         spec = self.specs[trial_id]
         row = {name: result.get(name) for name in epoch_column_names()}
@@ -119,6 +149,9 @@ class ParquetSink(tune.Callback):
                                 "host": result.get("hostname"), "torch_version": result.get("torch_version"),
                                 "python_version": result.get("python_version")}
         if self.echo:
+            if result.get("checkpoints_skipped") and epoch == (result.get("resumed_from_epoch") or 0) + 1:
+                print(f"[{self.study}] {spec.label}: passed over damaged checkpoint(s): "
+                      f"{result['checkpoints_skipped']}", flush=True)
             print(epoch_line(self.study, spec.label, trial_id, row, spec.config["epochs"]), flush=True)
 
     def _finish(self, trial: Any, status: str | None, error: str | None) -> None:
@@ -126,6 +159,8 @@ class ParquetSink(tune.Callback):
         spec = self.specs[trial_id]
         rows = [self._buffer(trial_id)[e] for e in sorted(self._buffer(trial_id))]
         meta = self._meta.get(trial_id, {})
+        if trial_id in self._damaged:
+            status, error = "failed", self._damaged[trial_id] + (f"\n{error}" if error else "")
         if status is None:
             status = meta.get("loop_status")
             if status not in ("completed", "diverged"):
@@ -133,7 +168,7 @@ class ParquetSink(tune.Callback):
                 # the function returned early: judge by what the store holds, as the loop would.
                 if rows and _non_finite(rows[-1]):
                     status = "diverged"
-                elif len(rows) == spec.config["epochs"]:
+                elif [int(r["epoch"]) for r in rows] == list(range(1, spec.config["epochs"] + 1)):
                     status = "completed"
                 else:
                     status = "failed"
@@ -145,12 +180,12 @@ class ParquetSink(tune.Callback):
             torch_version=meta.get("torch_version"), ray_version=ray.__version__))
         if self.echo:
             print(f"[{self.study}] {spec.label} ({trial_id[:6]}) {status} after {len(rows)} epochs"
-                  + (f": {error.splitlines()[-1] if error.strip() else error}" if error else ""), flush=True)
+                  + (f": {error.splitlines()[0]}" if error and error.strip() else ""), flush=True)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """A trial returned: completed or diverged, as its last result says."""
-        self._finish(trial, None, None)
+        self._guard("runs row", trial, self._finish, trial, None, None)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """A trial failed for good (its retries are used up): record it as failed with the error."""
-        self._finish(trial, "failed", _error_text(trial))
+        self._guard("runs row", trial, self._finish, trial, "failed", _error_text(trial))

@@ -12,31 +12,56 @@ from __future__ import annotations
 import math
 import os
 import posixpath
+import sys
+import time
 import uuid
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from trainables.records import EPOCH_COLUMNS, RUN_COLUMNS, epoch_column_names
+from trainables.records import EPOCH_COLUMNS, RUN_COLUMNS, arrow_schema, epoch_column_names, resolve_uri, trial_summary
 
-_ARROW_TYPES: dict[str, pa.DataType] = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64(),
-                                        "bool": pa.bool_()}
-EPOCH_SCHEMA: pa.Schema = pa.schema([(n, _ARROW_TYPES[t]) for n, t in EPOCH_COLUMNS])
-RUN_SCHEMA: pa.Schema = pa.schema([(n, _ARROW_TYPES[t]) for n, t in RUN_COLUMNS])
+__all__ = ["EPOCH_SCHEMA", "RUN_SCHEMA", "ResultsStore", "check_location", "inside_ray_job", "resolve_uri", "run_row",
+           "storage_uri", "to_table"]
+
+EPOCH_SCHEMA: pa.Schema = arrow_schema(EPOCH_COLUMNS)
+RUN_SCHEMA: pa.Schema = arrow_schema(RUN_COLUMNS)
 # Runs with these statuses are finished: a re-run skips them. Failed trials run again.
 FINISHED_STATUSES: frozenset[str] = frozenset({"completed", "diverged"})
 
 
-def resolve_uri(results: str, field: str = "results") -> tuple[pafs.FileSystem, str]:
-    """Filesystem and root path for a local path or a pyarrow.fs URI; ValueError names `field`."""
-    if "://" in results:
-        try:
-            return pafs.FileSystem.from_uri(results)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
-            raise ValueError(f"{field}={results!r} is not a path or URI pyarrow.fs can open: {exc}") from exc
-    return pafs.LocalFileSystem(), os.path.abspath(results)
+JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray for a `ray job submit` entrypoint
+
+
+def inside_ray_job() -> bool:
+    """Whether this process is the entrypoint of a Ray job (its working directory is temporary)."""
+    return JOB_ENV in os.environ
+
+
+def check_location(value: str, field: str = "results") -> None:
+    """Refuse, before anything starts, a results/storage location that cannot hold the study: a
+    malformed URI, an existing file, an unwritable directory, or (inside a Ray job) a relative path
+    or one inside Ray's temporary session folders, which vanish with the job."""
+    fs, path = resolve_uri(value, field=field)
+    if not isinstance(fs, pafs.LocalFileSystem):
+        return
+    if inside_ray_job():
+        ray_tmp = os.environ.get("RAY_TMPDIR", "/tmp/ray")
+        if not os.path.isabs(os.path.expanduser(value)) or path.startswith(os.path.abspath(ray_tmp) + os.sep):
+            raise ValueError(f"{field}={value!r} would be {path}, inside this Ray job's temporary working directory, "
+                             "which is deleted with the job: give an absolute path on storage every node shares "
+                             "(NFS/EFS, the same mount path everywhere) or a URI such as s3://BUCKET/results")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{field}={value!r} is a file ({path}); give a directory (it is created when missing)")
+    parent = path
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{field}={value!r}: {parent} is not a writable directory, so {path} cannot be "
+                         "created or written; choose a directory you can write")
 
 
 def storage_uri(results: str) -> str:
@@ -72,6 +97,7 @@ class ResultsStore:
         self.study = study
         self.fs, root = resolve_uri(results)
         self.study_path = posixpath.join(root, study)
+        self.quarantined: list[tuple[str, str, str]] = []  # (path, where it went, why)
 
     def _path(self, table: str, trial_id: str) -> str:
         return posixpath.join(self.study_path, table, f"{trial_id}.parquet")
@@ -86,10 +112,28 @@ class ResultsStore:
         self.fs.move(tmp, path)
 
     def _read(self, path: str) -> pa.Table | None:
+        """The table in `path`; None when absent, or damaged (then moved aside, see `quarantine`)."""
         if self.fs.get_file_info(path).type != pafs.FileType.File:
             return None
-        with self.fs.open_input_file(path) as f:
-            return pq.read_table(f)
+        try:
+            with self.fs.open_input_file(path) as f:
+                return pq.read_table(f)
+        except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
+            self.quarantine(path, f"{type(exc).__name__}: {exc}")
+            return None
+
+    def quarantine(self, path: str, reason: str) -> str:
+        """Move a damaged file to `<study>/_quarantine/` (never deleted) and say so on stderr; returns
+        where it went. The trial it belonged to then has no rows (or no runs row) and runs again."""
+        rel = posixpath.relpath(path, self.study_path)
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        dest = posixpath.join(self.study_path, "_quarantine", f"{rel.replace('/', '__')}.{stamp}.{uuid.uuid4().hex[:6]}")
+        self.fs.create_dir(posixpath.dirname(dest), recursive=True)
+        self.fs.move(path, dest)
+        self.quarantined.append((path, dest, reason))
+        print(f"results store: {path} is damaged ({reason[:300]}); moved it to {dest}. The trial it belongs to "
+              "will run again.", file=sys.stderr, flush=True)
+        return dest
 
     # epochs ---------------------------------------------------------------------------------------
     def write_epochs(self, trial_id: str, rows: Iterable[dict[str, Any]]) -> None:
@@ -99,6 +143,36 @@ class ResultsStore:
             by_epoch[int(r["epoch"])] = r
         ordered = [by_epoch[e] for e in sorted(by_epoch)]
         self._write(to_table(ordered, EPOCH_COLUMNS, EPOCH_SCHEMA), self._path("epochs", trial_id))
+
+    def trials_with_epochs(self) -> set[str]:
+        """Ids of the trials that have an epochs file."""
+        directory = posixpath.join(self.study_path, "epochs")
+        infos = self.fs.get_file_info(pafs.FileSelector(directory, allow_not_found=True))
+        return {i.base_name[:-len(".parquet")] for i in infos if i.type == pafs.FileType.File
+                and i.base_name.endswith(".parquet") and not i.base_name.startswith((".", "_"))}
+
+    def epoch_seconds(self, trial_ids: Iterable[str]) -> dict[tuple[str, str], float]:
+        """(arch, dataset) -> mean train + eval seconds per epoch over these trials' stored rows."""
+        sums: dict[tuple[str, str], list[float]] = {}
+        for tid in trial_ids:
+            for r in self.read_epochs(tid):
+                t = (r.get("epoch_time_s") or 0.0) + (r.get("eval_time_s") or 0.0)
+                if t > 0 and math.isfinite(t):
+                    acc = sums.setdefault((r["arch"], r["dataset"]), [0.0, 0.0])
+                    acc[0] += t
+                    acc[1] += 1
+        return {k: total / n for k, (total, n) in sums.items()}
+
+    def stored_epochs(self, trial_ids: Iterable[str]) -> dict[str, int]:
+        """trial_id -> the last epoch k such that the trial's rows for epochs 1..k are all stored."""
+        out = {}
+        for tid in trial_ids:
+            have = {int(r["epoch"]) for r in self.read_epochs(tid)}
+            k = 0
+            while k + 1 in have:
+                k += 1
+            out[tid] = k
+        return out
 
     def read_epochs(self, trial_id: str) -> list[dict[str, Any]]:
         """The trial's stored epoch rows, in epoch order (empty when none)."""
@@ -121,7 +195,14 @@ class ResultsStore:
         for info in infos:
             if info.type == pafs.FileType.File and info.base_name.endswith(".parquet") \
                     and not info.base_name.startswith((".", "_")):
-                for row in self._read(info.path).to_pylist():
+                table = self._read(info.path)
+                if table is None:
+                    continue
+                missing = {"trial_id", "status"} - set(table.column_names)
+                if missing:
+                    self.quarantine(info.path, f"no column(s) {', '.join(sorted(missing))}")
+                    continue
+                for row in table.to_pylist():
                     out[row["trial_id"]] = row
         return out
 
@@ -136,9 +217,12 @@ class ResultsStore:
         """trial_id -> status of every trial with a runs row."""
         return {tid: row["status"] for tid, row in self.read_runs().items()}
 
-    def finished(self) -> set[str]:
-        """Ids of trials that need no more work (completed or diverged)."""
-        return {tid for tid, status in self.ledger().items() if status in FINISHED_STATUSES}
+    def finished(self, epochs: int | None = None) -> set[str]:
+        """Ids of trials that need no more work: diverged, or completed (with at least `epochs` epochs
+        when given: a completed trial with fewer is extended by a study that asks for more)."""
+        return {tid for tid, row in self.read_runs().items()
+                if row["status"] == "diverged" or (row["status"] == "completed"
+                                                   and (epochs is None or (row.get("epochs_done") or 0) >= epochs))}
 
 
 def run_row(spec: Any, epochs: list[dict[str, Any]], *, status: str, error: str | None = None,
@@ -146,20 +230,9 @@ def run_row(spec: Any, epochs: list[dict[str, Any]], *, status: str, error: str 
     """The runs-table row of a trial from its spec (a TrialSpec) and its stored epoch rows.
 
     `extra` fills the columns that the epochs do not determine (device, host, resources, versions).
-    final_batch_size is the batch size the last epoch trained with.
     """
-    last = epochs[-1] if epochs else {}
-    accs = [r["test_acc"] for r in epochs if r.get("test_acc") is not None and math.isfinite(r["test_acc"])]
-    train_times = [r["epoch_time_s"] for r in epochs if r.get("epoch_time_s") is not None]
-    row = {
-        "study": spec.study, "trial_id": spec.trial_id, "arch": spec.arch, "dataset": spec.dataset,
-        "seed": spec.seed, "method": spec.method, "variant": spec.variant, "config_json": spec.config_json,
-        "status": status, "error": error, "epochs_done": len(epochs),
-        "final_test_acc": last.get("test_acc"), "best_test_acc": max(accs) if accs else None,
-        "train_time_s": sum(train_times) if epochs else None, "wall_time_s": last.get("wall_time_s"),
-        "n_increase": sum(r.get("decision") == "increase" for r in epochs),
-        "n_rollback": sum(r.get("decision") == "rollback" for r in epochs),
-        "final_batch_size": last.get("batch_size"),
-    }
+    row = {"study": spec.study, "trial_id": spec.trial_id, "arch": spec.arch, "dataset": spec.dataset,
+           "seed": spec.seed, "method": spec.method, "variant": spec.variant, "config_json": spec.config_json,
+           "status": status, "error": error, **trial_summary(epochs)}
     row.update(extra)
     return row

@@ -9,16 +9,16 @@ starts, and a bad value raises ValueError naming the field and the allowed value
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, NoReturn
+from typing import Any, NoReturn
 
-PAPER_ARCHS: tuple[str, ...] = ("resnet18", "resnet50", "densenet121", "efficientnet_b0", "mobilenetv3",
-                                "vit_b16")
-PAPER_SEEDS: tuple[int, ...] = (2, 7, 42, 123, 199)
-PROFILE_SEEDS: tuple[int, ...] = (2, 42, 199)
+from trainables import paper
+from trainables.config import EXECUTION_FIELDS, TrialConfig, canonical_json, identity_of
+
+PAPER_ARCHS, PAPER_SEEDS, PROFILE_SEEDS = paper.ARCHS, paper.SEEDS, paper.PROFILE_SEEDS
 
 # variant name -> policy options it sets (SPEC §3 ablations). "baseline" is each method's main
 # configuration; fixed runs are always "baseline".
@@ -31,7 +31,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 ABLATION_VARIANTS: tuple[str, ...] = ("universal_thresholds", "cooldown2", "cooldown5", "full_history")
 # The reconstruction preset's CPU size (Fashion-MNIST subset sizes); see _reconstruction.
-RECONSTRUCTION_TRAIN_LIMIT = 6000
+RECONSTRUCTION_TRAIN_LIMIT = 4000
 RECONSTRUCTION_TEST_LIMIT = 2000
 
 # DEBA thresholds of the demo's tiny archs (they have no Table 1 row), calibrated by SPEC §2's rule
@@ -43,16 +43,16 @@ DEMO_THRESHOLDS: dict[str, dict[str, float]] = {
     "tiny_mlp": {"theta_stab": 0.27, "theta_conf": 1.00},
 }
 
-# Loop-config keys that change how a trial runs but not what it computes; left out of trial_id so
-# that moving a study to other hardware or another data copy does not invalidate finished trials.
-EXECUTION_KEYS: frozenset[str] = frozenset({
-    "data_dir", "download", "device", "threads", "eval_batch_size", "compile", "fused_sgd", "channels_last",
-    "cudnn_benchmark",
-})
+# Loop-config keys that change how a trial runs but not what it computes (TrialConfig's execution
+# fields): left out of trial_id, so moving a study to other hardware keeps its finished trials.
+EXECUTION_KEYS: frozenset[str] = EXECUTION_FIELDS
 # Keys the orchestrator owns; a study's loop overrides may not set them.
 RESERVED_LOOP_KEYS: frozenset[str] = frozenset({"arch", "dataset", "seed", "method", "variant", "policy",
                                                 "epochs"})
-TEST_HOOKS: frozenset[str] = frozenset({"fail_at_epoch", "fail_marker_dir"})
+# Test hooks: a trial process dying after an epoch (trainables.ray_trainable), and the driver pausing
+# right after Tune registered a checkpoint, before its experiment snapshot (runner.PauseAfterSave),
+# which widens the window a random kill lands in.
+TEST_HOOKS: frozenset[str] = frozenset({"fail_at_epoch", "fail_marker_dir", "driver_pause_after_save_s"})
 
 
 @dataclass(frozen=True)
@@ -115,15 +115,14 @@ class TrialSpec:
         return f"{self.arch}-{self.dataset}-s{self.seed}-{self.method}-{self.variant}"
 
 
-def canonical_json(obj: Any) -> str:
-    """JSON with sorted keys and no whitespace: equal configs give equal strings."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
-
-
-def trial_id_of(config: dict[str, Any]) -> str:
-    """Stable 12-hex-digit id of the result-defining part of a loop config (execution keys excluded)."""
-    defining = {k: v for k, v in config.items() if k not in EXECUTION_KEYS}
-    return hashlib.sha1(canonical_json(defining).encode()).hexdigest()[:12]
+def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """"field: old -> new" for each identity field (policy options one by one) that differs."""
+    a, b = identity_of(old), identity_of(new)
+    a = {**{k: v for k, v in a.items() if k != "policy"}, **{f"policy.{k}": v for k, v in a.get("policy", {}).items()}}
+    b = {**{k: v for k, v in b.items() if k != "policy"}, **{f"policy.{k}": v for k, v in b.get("policy", {}).items()}}
+    missing = "(unset)"
+    return [f"{k}: {a.get(k, missing)!r} -> {b.get(k, missing)!r}" for k in sorted(set(a) | set(b))
+            if a.get(k, missing) != b.get(k, missing)]
 
 
 # ---------------------------------------------------------------------------------------------- presets
@@ -277,14 +276,34 @@ def _check_names(field_name: str, values: tuple, allowed: tuple[str, ...]) -> No
         _fail(field_name, values, "each value may appear once")
 
 
+def _check_archs(archs: tuple) -> None:
+    from trainables.models import ARCHITECTURES, check_arch
+
+    if not isinstance(archs, tuple) or not archs:
+        _fail("archs", archs, f"give at least one of: {', '.join(ARCHITECTURES)}, or timm/<name>")
+    for arch in archs:
+        try:
+            check_arch(arch)
+        except ValueError as exc:
+            raise ValueError(f"archs: {exc}") from None
+    if len(set(archs)) != len(archs):
+        _fail("archs", archs, "each value may appear once")
+
+
 def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _check_thresholds(data: Any) -> None:
+    from trainables.models import check_arch
+
     if not isinstance(data, dict):
         _fail("thresholds", data, 'expected a mapping arch -> {"theta_stab": x, "theta_conf": y}')
     for arch, pair in data.items():
+        try:
+            check_arch(arch)
+        except ValueError as exc:
+            raise ValueError(f"thresholds key: {exc}") from None
         if not isinstance(pair, dict) or set(pair) != {"theta_stab", "theta_conf"}:
             _fail(f"thresholds[{arch!r}]", pair, 'expected exactly {"theta_stab": x, "theta_conf": y}')
         for k, v in pair.items():
@@ -326,12 +345,13 @@ def variant_table(study: StudySpec) -> dict[str, dict[str, Any]]:
 def validate_study(study: StudySpec) -> None:
     """Study-level checks (names, numbers, resources); per-trial checks happen in `expand`."""
     from trainables.data import DATASETS
-    from trainables.models import ARCHITECTURES
     from trainables.policies import POLICY_NAMES
 
-    if not isinstance(study.name, str) or not study.name or not all(c.isalnum() or c in "_-." for c in study.name):
-        _fail("study", study.name, "a study name uses letters, digits, '_', '-' and '.'")
-    _check_names("archs", study.archs, tuple(ARCHITECTURES))
+    if not isinstance(study.name, str) or not study.name[:1].isalnum() \
+            or not all(c.isascii() and (c.isalnum() or c in "_-.") for c in study.name):
+        _fail("study", study.name, "a study name is a plain folder name: letters, digits, '_', '-' and '.', "
+                                   "starting with a letter or digit (it names <results>/<study>/)")
+    _check_archs(study.archs)
     _check_names("datasets", study.datasets, tuple(DATASETS))
     _check_names("methods", study.methods, tuple(POLICY_NAMES))
     _check_names("variants", study.variants, tuple(variant_table(study)))
@@ -383,14 +403,21 @@ def _applies(method: str, variant: str, variants: dict[str, dict[str, Any]]) -> 
 
 
 def policy_options_for(study: StudySpec, method: str, arch: str, variant: str) -> dict[str, Any]:
-    """Policy options of one trial: study-wide options < calibrated thresholds < the variant's."""
+    """Policy options of one trial: per-arch thresholds < study-wide options < the variant's.
+
+    A study-wide theta_stab/theta_conf (--policy-opt) is the user's explicit choice for every arch,
+    so it overrides a preset's per-arch thresholds; `thresholds` ("universal") given study-wide or by
+    the variant replaces the per-arch thresholds altogether.
+    """
     from trainables.policies import policy_options
 
     accepted = set(policy_options(method))
-    opts = {k: v for k, v in study.policy.items() if k in accepted}
     variant_opts = variant_table(study)[variant]
-    if arch in study.thresholds and {"theta_stab", "theta_conf"} <= accepted and "thresholds" not in variant_opts:
+    opts: dict[str, Any] = {}
+    if arch in study.thresholds and {"theta_stab", "theta_conf"} <= accepted \
+            and "thresholds" not in variant_opts and "thresholds" not in study.policy:
         opts.update(study.thresholds[arch])
+    opts.update({k: v for k, v in study.policy.items() if k in accepted})
     opts.update(variant_opts)
     return opts
 
@@ -423,15 +450,13 @@ Calibration = Callable[[str, str, dict[str, Any]], "dict[str, float] | None"]
 def expand(study: StudySpec, calibration: Calibration | None = None) -> list[TrialSpec]:
     """Validate `study` and expand it to trial specs (dataset, seed, arch, method, variant order).
 
-    Each trial's loop config goes through `trainables.loop.validate_config` and its policy is
-    constructed once, so every bad value fails here with the field named. In a calibrating study
+    Each trial's settings become a `TrialConfig` (checked in one place, trainables/config.py), so
+    every bad value fails here with the field named. In a calibrating study
     (`calibrate=True`) a trial that takes its thresholds from the calibration gets them from
     `calibration(arch, method, options)`; it is left out while that returns None (or without one):
     `waiting_for_calibration` lists it.
     """
     from orchestrator.calibration import needs_calibration
-    from trainables.loop import validate_config
-    from trainables.policies import make_policy
 
     specs: list[TrialSpec] = []
     for arch, dataset, seed, method, variant, opts in _cells(study):
@@ -442,15 +467,13 @@ def expand(study: StudySpec, calibration: Calibration | None = None) -> list[Tri
                 continue
             opts = {**opts, **found}
         try:
-            make_policy(method, arch=arch, **opts)
-            cfg = validate_config({**study.loop, "arch": arch, "dataset": dataset, "seed": seed,
-                                   "method": method, "variant": variant, "policy": opts,
-                                   "epochs": study.epochs, "data_dir": study.data_dir})
-            text = canonical_json(cfg)
+            cfg = TrialConfig.from_dict({**study.loop, "arch": arch, "dataset": dataset, "seed": seed,
+                                         "method": method, "variant": variant, "policy": opts,
+                                         "epochs": study.epochs, "data_dir": study.data_dir})
         except ValueError as exc:
             raise ValueError(f"{where}: {exc}") from exc
-        specs.append(TrialSpec(trial_id=trial_id_of(cfg), study=study.name, arch=arch, dataset=dataset,
-                               seed=seed, method=method, variant=variant, config_json=text))
+        specs.append(TrialSpec(trial_id=cfg.trial_id(), study=study.name, arch=arch, dataset=dataset,
+                               seed=seed, method=method, variant=variant, config_json=canonical_json(cfg.to_dict())))
     return specs
 
 

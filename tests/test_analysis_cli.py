@@ -11,7 +11,7 @@ import pytest
 
 from analysis.cli import main
 from analysis.report import summarize
-from analysis.synthetic import run_row, synthetic_store, trial_rows, write_trial
+from benchmarks.synthetic_store import run_row, synthetic_store, trial_rows, write_trial
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -114,13 +114,13 @@ def test_profiling_store_with_fixed_runs_only(tmp_path, capsys):
     assert "No adaptive runs to compare" in summarize(str(root))
 
 
-@pytest.mark.parametrize("case, message", [
-    ("empty", "no study found"),
-    ("no_fixed", "no fixed baseline"),
-    ("schema", "missing column 'test_acc'"),
-    ("unknown_study", "study 'nope' not found"),
+@pytest.mark.parametrize("case, message, code", [
+    ("empty", "no study found", 1),
+    ("no_fixed", "no fixed baseline", 1),
+    ("schema", "missing column 'test_acc'", 1),
+    ("unknown_study", "--study nope: not in", 2),  # a bad argument, not bad data
 ])  # fmt: skip
-def test_bad_input_exits_non_zero(tmp_path, capsys, case, message):
+def test_bad_input_exits_non_zero(tmp_path, capsys, case, message, code):
     root = tmp_path / "r"
     os.makedirs(root)
     args = [str(root), "--out", str(tmp_path / "o"), "--no-plots"]
@@ -137,7 +137,7 @@ def test_bad_input_exits_non_zero(tmp_path, capsys, case, message):
     elif case == "unknown_study":
         _trial(root, "s", "f", "resnet18", 1, "fixed")
         args += ["--study", "nope"]
-    assert main(args) == 1
+    assert main(args) == code
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err
     assert not (tmp_path / "o").exists()
@@ -159,4 +159,4 @@ def test_python_m_analysis_subprocess(small, tmp_path):
     assert json.loads(done.stdout)["comparison"][0]["method"] == "deba"
     bad = subprocess.run([sys.executable, "-m", "analysis", str(tmp_path / "missing")],
                          capture_output=True, text=True, env=env, cwd=REPO)  # fmt: skip
-    assert bad.returncode == 1 and "does not exist" in bad.stderr
+    assert bad.returncode == 2 and "does not exist" in bad.stderr

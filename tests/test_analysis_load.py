@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from analysis.load import StoreError, load_store
-from analysis.synthetic import EPOCH_SCHEMA, run_row, trial_rows, write_trial
+from benchmarks.synthetic_store import EPOCH_SCHEMA, run_row, trial_rows, write_trial
 
 
 def _trial(root, study, tid, seed=1, method="fixed", n=3, run=True, **cols):

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from analysis.report import analyse
-from analysis.synthetic import trial_rows
+from benchmarks.synthetic_store import trial_rows
 
 store_mod = pytest.importorskip("orchestrator.store")
 

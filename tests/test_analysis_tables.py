@@ -34,7 +34,7 @@ from analysis.stability import (
     predicted_outcome,
     prediction_holds,
 )
-from analysis.synthetic import run_row, trial_rows, write_trial
+from benchmarks.synthetic_store import run_row, trial_rows, write_trial
 
 NAN = float("nan")
 

@@ -11,9 +11,9 @@ import pytest
 
 from analysis.calibrate import calibrate_reading, replay_signals
 from analysis.report import analyse, to_json
-from analysis.synthetic import run_row, trial_rows, write_trial
 from analysis.trajectory import paper_batch_size, paper_path, trajectory_distance
 from analysis.trials import trial_summary
+from benchmarks.synthetic_store import run_row, trial_rows, write_trial
 from trainables.policies import make_policy
 
 

@@ -15,10 +15,9 @@ import pytest
 import torch
 
 from benchmarks import bench_batch, bench_data, bench_orchestration, bench_signals, bench_speedups, tables
-from benchmarks.common import (alternating, deba_ladder, default_peak_tflops, mfu, paired_ratio, set_batch_size,
-                               summary)
 from benchmarks.bench_data import PremadeLoader
 from benchmarks.bench_signals import signals_off
+from benchmarks.common import alternating, deba_ladder, default_peak_tflops, mfu, paired_ratio, set_batch_size, summary
 from trainables.loop import TrialLoop
 
 MACHINE_KEYS = {"host", "cpu", "device", "device_type", "torch", "commit", "torch_threads"}

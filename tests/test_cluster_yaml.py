@@ -36,7 +36,13 @@ def test_cluster_yaml_has_cpu_head_and_gpu_workers(cluster):
     assert workers[0]["node_config"]["InstanceType"] == "p5.48xlarge"
     assert cluster["docker"]["image"].startswith("rayproject/ray:2.60.0")
     assert any("pip install" in c and "~/deba" in c for c in cluster["setup_commands"])
-    assert cluster["file_mounts"] == {"~/deba": "."}
+    assert cluster["file_mounts"]["~/deba"] == "."
+
+
+def test_cluster_yaml_runs_every_node_with_token_authentication(cluster):
+    # Every container (ray start, the job driver, trials) sees token mode; every node gets the token.
+    assert "-e RAY_AUTH_MODE=token" in cluster["docker"]["run_options"]
+    assert cluster["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
 
 
 def test_schema_check_is_real(cluster):

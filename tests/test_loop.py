@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from trainables import loop as loop_mod
 from trainables.loop import DEFAULT_CONFIG, RECORD_COLUMNS, TrialLoop, validate_config
+from trainables.measurements import MeasureContext
 from trainables.records import epoch_column_names
 from trainables.signals import grad_stats
 
@@ -51,23 +52,24 @@ def test_validate_fills_defaults() -> None:
 
 
 @pytest.mark.parametrize("patch, message", [
-    ({"arch": "resnet19"}, "'arch'='resnet19'.*'resnet18'"),
-    ({"dataset": "mnist"}, "'dataset'='mnist'.*'digits'"),
-    ({"method": "sgdr"}, "'method'='sgdr'.*'deba'"),
-    ({"lr": 0}, "'lr'=0: expected a finite number > 0"),
-    ({"lr": float("nan")}, "'lr'=nan"),
-    ({"momentum": 1.0}, "'momentum'=1.0.*< 1.0"),
-    ({"epochs": 0}, "'epochs'=0: expected an integer >= 1"),
-    ({"seed": True}, "'seed'=True: expected an integer"),
-    ({"train_limit": 2.5}, "'train_limit'=2.5"),
-    ({"device": "tpu"}, "'device'='tpu'.*'auto', 'cpu', 'cuda'"),
-    ({"amp": "fp16"}, "'amp'='fp16'.*'bf16'"),
-    ({"channels_last": 1}, "'channels_last'=1.*'auto', True, False"),
-    ({"compile": "default"}, "'compile'='default'.*False, True, 'reduce-overhead', 'max-autotune'"),
-    ({"compile": 1}, "'compile'=1"),
-    ({"cudnn_benchmark": "on"}, "'cudnn_benchmark'='on'.*'auto', True, False"),
-    ({"policy": {"arch": "resnet18"}}, "'policy'.*without 'arch'"),
-    ({"policy": {"cooldwn": 3}}, "unknown option.*cooldwn"),
+    ({"arch": "resnet19"}, "arch='resnet19' is not allowed; expected .*resnet18"),
+    ({"dataset": "mnist"}, "dataset='mnist' is not allowed; expected .*'digits'"),
+    ({"method": "sgdr"}, "method='sgdr' is not allowed; expected .*'deba'"),
+    ({"lr": 0}, "lr=0 is not allowed; expected a finite number > 0"),
+    ({"lr": float("nan")}, "lr=nan is not allowed"),
+    ({"momentum": 1.0}, "momentum=1.0 is not allowed; expected .*< 1"),
+    ({"epochs": 0}, "epochs=0 is not allowed; expected an integer >= 1"),
+    ({"seed": True}, "seed=True is not allowed; expected an integer"),
+    ({"train_limit": 2.5}, "train_limit=2.5 is not allowed"),
+    ({"device": "tpu"}, "device='tpu' is not allowed; expected one of 'auto', 'cpu', 'cuda'"),
+    ({"amp": "fp16"}, "amp='fp16' is not allowed; expected .*'bf16'"),
+    ({"channels_last": 1}, "channels_last=1 is not allowed; expected one of 'auto', True, False"),
+    ({"compile": "default"}, "compile='default' is not allowed; expected one of False, True, 'reduce-overhead', "
+                             "'max-autotune'"),
+    ({"compile": 1}, "compile=1 is not allowed"),
+    ({"cudnn_benchmark": "on"}, "cudnn_benchmark='on' is not allowed; expected one of 'auto', True, False"),
+    ({"policy": {"arch": "resnet18"}}, "policy=.* is not allowed; expected policy options without 'arch'"),
+    ({"policy": {"cooldwn": 3}}, "unknown policy 'fixed' option.*'cooldwn'"),
     ({"lr_schedule": "cosine"}, "unknown config field.*'lr_schedule'"),
 ])
 def test_validate_rejects(patch: dict[str, Any], message: str) -> None:
@@ -166,12 +168,13 @@ class GradProbe:
 
     instances: list[GradProbe] = []
 
-    def __init__(self, loop: TrialLoop, epoch: int) -> None:
+    def __init__(self, ctx: MeasureContext) -> None:
+        self.model = ctx.model
         self.flats: list[np.ndarray] = []
         GradProbe.instances.append(self)
 
-    def on_step(self, loop: TrialLoop, step: int, x: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> None:
-        self.flats.append(np.concatenate([p.grad.double().numpy().ravel() for p in loop.model.parameters()]))
+    def on_step(self, step: int, x: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> None:
+        self.flats.append(np.concatenate([p.grad.double().numpy().ravel() for p in self.model.parameters()]))
 
     def result(self) -> dict[str, Any]:
         return {}
@@ -366,7 +369,7 @@ def test_diverged_record_keeps_the_lr_gain_it_trained_with() -> None:
 class PlainBackward:
     """Test measurement that replaces the backward with the same computation, counting its calls."""
 
-    def __init__(self, loop: TrialLoop, epoch: int) -> None:
+    def __init__(self, ctx: MeasureContext) -> None:
         self.calls = 0
 
     def backward(self, loss_and_logits: Any, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -381,8 +384,7 @@ class PlainBackward:
 
 def test_measurement_can_replace_the_backward(monkeypatch: pytest.MonkeyPatch) -> None:
     made: list[PlainBackward] = []
-    monkeypatch.setitem(loop_mod.MEASUREMENTS, "plain", lambda loop, epoch: made.append(PlainBackward(loop, epoch))
-                        or made[-1])
+    monkeypatch.setitem(loop_mod.MEASUREMENTS, "plain", lambda ctx: made.append(PlainBackward(ctx)) or made[-1])
     cfg = {**SMALL, "epochs": 1, "policy": {"b0": 32}}
     plain = run(cfg)
     hooked = TrialLoop(cfg)
@@ -460,20 +462,20 @@ def test_cli_speed_knobs() -> None:
 
     base = ["--arch", "tiny_cnn", "--dataset", "digits"]
     cfg = config_from_args(build_parser().parse_args(base))
-    assert cfg["compile"] is False and cfg["cudnn_benchmark"] == "auto"
+    assert cfg.compile is False and cfg.cudnn_benchmark == "auto"
     cfg = config_from_args(build_parser().parse_args(base + ["--compile", "--cudnn-benchmark", "on"]))
-    assert cfg["compile"] is True and cfg["cudnn_benchmark"] is True
+    assert cfg.compile is True and cfg.cudnn_benchmark is True
     cfg = config_from_args(build_parser().parse_args(base + ["--compile", "max-autotune"]))
-    assert cfg["compile"] == "max-autotune"
-    with pytest.raises(ValueError, match="'compile'='fast'"):
+    assert cfg.compile == "max-autotune"
+    with pytest.raises(ValueError, match="compile='fast' is not allowed"):
         config_from_args(build_parser().parse_args(base + ["--compile", "fast"]))
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--arch", "tiny", "--dataset", "digits"], "'arch'='tiny'"),
+    (["--arch", "tiny", "--dataset", "digits"], "arch='tiny' is not allowed"),
     (["--arch", "tiny_cnn", "--dataset", "digits", "--method", "deba"], "no Table 1 thresholds"),
     (["--arch", "tiny_cnn", "--dataset", "digits", "--policy-opt", "b0"], "expected key=value"),
-    (["--arch", "tiny_cnn", "--dataset", "digits", "--lr", "-1"], "'lr'=-1.0"),
+    (["--arch", "tiny_cnn", "--dataset", "digits", "--lr", "-1"], "lr=-1.0 is not allowed"),
 ])
 def test_cli_config_errors_exit_2(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     from trainables.run import main
@@ -514,5 +516,5 @@ def test_record_epoch_mean_adds_the_other_signal_source_without_changing_trainin
 def test_augmentation_defaults_per_dataset(dataset: str, given: Any, expected: str) -> None:
     cfg = validate_config({"arch": "tiny_cnn", "dataset": dataset, "augment": given})
     assert cfg["augment"] == expected
-    with pytest.raises(ValueError, match="'augment'='flip'"):
+    with pytest.raises(ValueError, match="augment='flip' is not allowed"):
         validate_config({"arch": "tiny_cnn", "dataset": dataset, "augment": "flip"})

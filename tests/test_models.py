@@ -51,7 +51,7 @@ def test_builds_and_outputs_logits(arch):
         seen = {}
         if arch == "vit_b16":  # the 32x32 input reaches the standard ViT-B/16 as 224x224
             # (hooks must return None, or they replace the module's input)
-            model.model.register_forward_pre_hook(lambda m, args: seen.update(shape=args[0].shape))
+            model.model.register_forward_pre_hook(lambda m, args, seen=seen: seen.update(shape=args[0].shape))
         with torch.no_grad():
             out = model(x)  # train mode: BatchNorm uses batch statistics of 2 images
         if arch == "vit_b16":

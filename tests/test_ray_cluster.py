@@ -1,6 +1,6 @@
 """Multi-node behaviour on a 2-node `ray.cluster_utils.Cluster` (1 CPU each): a study spread over both
-nodes survives the loss of the worker node, and a study whose driver is killed resumes with
-`Tuner.restore` when the same command runs again. The drivers are `run_grid.py` subprocesses
+nodes survives the loss of the worker node, and a study whose driver is killed resumes from the
+trials' checkpoints (in a new experiment) when the same command runs again. The drivers are `run_grid.py` subprocesses
 attached with --address, as on a real cluster; the cluster utilities run in this main thread.
 """
 
@@ -79,11 +79,12 @@ def _wait_for(predicate, proc: subprocess.Popen, log: str, timeout: float = 240)
 
 
 def _tune_results(results: str, study: str) -> dict[str, list[dict]]:
-    """Trial dir name -> the results Tune logged for it (all attempts, all experiments)."""
+    """<experiment>/<trial dir> -> the results Tune logged for it (all attempts)."""
     out = {}
     for path in glob.glob(os.path.join(results, study, "_ray", "*", "*", "result.json")):
         with open(path) as f:
-            out[os.path.basename(os.path.dirname(path))] = [json.loads(line) for line in f if line.strip()]
+            key = os.path.relpath(os.path.dirname(path), os.path.join(results, study, "_ray"))
+            out[key] = [json.loads(line) for line in f if line.strip()]
     return out
 
 
@@ -117,7 +118,7 @@ def test_study_spans_two_nodes_and_survives_losing_the_worker(cluster, tmp_path)
     assert len(moved) == 1 and moved[0][-1] == head_id  # the worker's trial finished on the head
 
 
-def test_killed_driver_resumes_with_tuner_restore(cluster, tmp_path):
+def test_killed_driver_resumes_from_the_trials_checkpoints(cluster, tmp_path):
     _ensure_worker(cluster)
     results, log, log2 = str(tmp_path / "results"), str(tmp_path / "driver.log"), str(tmp_path / "driver2.log")
     cmd = _command(cluster, results, "kill")
@@ -137,7 +138,7 @@ def test_killed_driver_resumes_with_tuner_restore(cluster, tmp_path):
     proc2 = _start(cmd, log2)
     assert proc2.wait(timeout=300) == 0, open(log2).read()[-4000:]
     out = open(log2).read()
-    assert "resuming experiment exp-" in out and "(restored)" in out
+    assert out.count("resumes after epoch") >= 1 and "(new)" in out
     _assert_complete(results, "kill")
     resumed = [r["resumed_from_epoch"] for rows in _tune_results(results, "kill").values() for r in rows
                if r.get("resumed_from_epoch")]

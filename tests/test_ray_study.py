@@ -209,3 +209,33 @@ def test_reconstruction_runs_both_phases_in_one_command(tmp_path, capsys):
                                                                       by_reading[key]["theta_conf"])
     assert main(argv) == 0  # a re-run plans both phases and finds everything done
     assert "nothing to run" in capsys.readouterr().out
+
+
+def test_trials_launch_longest_first_and_tune_shows_their_identifiers(tmp_path):
+    from ray import tune
+
+    from orchestrator.runner import IDENTIFIERS
+
+    results = str(tmp_path)
+    study = StudySpec(name="order", archs=("tiny_mlp", "tiny_cnn"), datasets=("digits",), seeds=(0,),
+                      methods=("fixed",), epochs=1, loop={"train_limit": 64, "test_limit": 32, "threads": 1},
+                      gpus_per_trial=0.0, cpus_per_trial=2.0)  # one trial at a time: the launch order shows
+    plan = make_plan(study, results)
+    order = [t.trial_id for t in plan.launch_order()]
+    assert [t.arch for t in plan.launch_order()] == ["tiny_cnn", "tiny_mlp"]  # more FLOPs first
+    report = run_plan(plan, results, {"cpu": 2.0, "gpu": 0.0}, echo=False, verbose=0)
+    (grid,) = report.grids
+    assert [r.config["trial_id"] for r in grid] == order
+    started = {r.config["trial_id"]: r.metrics_dataframe["timestamp"].min() for r in grid}
+    assert started[order[0]] <= started[order[1]]
+    specs = {t.trial_id: t for t in plan.trials}
+    for r in grid:
+        assert {k: r.config[k] for k in IDENTIFIERS} == {k: getattr(specs[r.config["trial_id"]], k) for k in IDENTIFIERS}
+    # Tune's own view of the finished experiment, without reading Parquet.
+    exp = os.path.join(results, "order", "_ray", next(iter(report.experiments)))
+    from trainables.ray_trainable import train_trial
+
+    restored = tune.Tuner.restore(exp, trainable=tune.with_parameters(train_trial, payloads={}))
+    df = restored.get_results().get_dataframe()
+    assert set(df["config/arch"]) == {"tiny_cnn", "tiny_mlp"} and set(df["config/method"]) == {"fixed"}
+    assert "test_acc" in df and (df["epoch"] == 1).all()

@@ -48,6 +48,11 @@ DATA_DIR_ENV = "DEBA_DATA_DIR"
 DIGITS_TEST_SIZE = 360  # 1797 images -> 1437 train / 360 test
 DIGITS_SPLIT_SEED = 0  # fixed: every trial of every seed sees the same digits split
 SYNTHETIC_SIZES = (50_000, 10_000)  # train, test (CIFAR's sizes)
+# Full split sizes (train, test) of each dataset, for planning (orchestrator/schedule.py).
+SPLIT_SIZES: dict[str, tuple[int, int]] = {"cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000),
+                                           "fashion_mnist": (60_000, 10_000), "digits": (1797 - DIGITS_TEST_SIZE,
+                                                                                      DIGITS_TEST_SIZE),
+                                           "synthetic": SYNTHETIC_SIZES}
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"  # apt-get install dataset-fashion-mnist
 FASHION_MNIST_FILES: dict[str, str] = {  # role -> IDX file name (optionally with .gz)
     "train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
@@ -96,6 +101,14 @@ def _check_images(x: Tensor, y: Tensor, x_name: str, y_name: str) -> None:
         raise ValueError(f"{x_name} must be a uint8 tensor [N, 3, H, W], got {x.dtype} {tuple(x.shape)}")
     if y.dtype != torch.int64 or y.dim() != 1 or len(y) != len(x):
         raise ValueError(f"{y_name} must be an int64 tensor [{len(x)}], got {y.dtype} {tuple(y.shape)}")
+
+
+def split_sizes(name: str, train_limit: int | None = None, test_limit: int | None = None) -> tuple[int, int]:
+    """(train, test) sample counts a trial of dataset `name` uses, without loading anything."""
+    n_train, n_test = SPLIT_SIZES[name]
+    if name == "synthetic":
+        return train_limit or n_train, test_limit or n_test
+    return min(n_train, train_limit or n_train), min(n_test, test_limit or n_test)
 
 
 def default_data_dir() -> str:

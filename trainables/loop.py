@@ -1,7 +1,7 @@
-"""The epoch loop of one trial: data, model, optimizer and batch-size policy from one plain dict.
+"""The epoch loop of one trial: data, model, optimizer and batch-size policy from its TrialConfig.
 
     from trainables.loop import TrialLoop
-    loop = TrialLoop({"arch": "tiny_cnn", "dataset": "digits", "method": "deba", "epochs": 5})
+    loop = TrialLoop({"arch": "tiny_cnn", "dataset": "digits", "method": "deba", "epochs": 5})  # or a TrialConfig
     while not loop.done:
         rec = loop.run_epoch()      # one epochs-table row (trainables/records.py), minus study/trial_id
         loop.save_checkpoint(dir)   # optional; TrialLoop(cfg).load_checkpoint(dir) resumes exactly
@@ -20,9 +20,9 @@ Documented choices:
   and the policy is not stepped.
 - peak_mem_mb: the epoch's peak of torch.cuda.max_memory_allocated on CUDA; on CPU the process's
   maximum resident set size so far (the OS gives no per-epoch peak).
-- Method statistics (trainables/estimators.py): the policy names what it needs for an epoch
-  (`policy.measurements(epoch)`); only then does the loop build the meter, so other epochs cost
-  nothing extra. "per_sample_diversity" runs a per-sample pass after each step's backward;
+- Method statistics (trainables/measurements.py, trainables/estimators.py): the policy names
+  what it needs for an epoch (`policy.measurements(epoch)`); only then does the loop build the
+  meter, so other epochs cost nothing extra. "per_sample_diversity" runs a per-sample pass after each step's backward;
   "two_batch" replaces each step's forward + backward by k micro-batches (k from
   `policy.measure_settings()`). `estimator` records which ran ("per_sample", "per_sample_bn_eval",
   "per_sample_bn_eval_consistent", "noise_scale"; joined with "+" when two ran), null otherwise.
@@ -46,221 +46,36 @@ Documented choices:
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
 import resource
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainables.data import AUGMENTATIONS, DATASETS, DEFAULT_AUGMENTATION, GpuLoader, load_dataset
-from trainables.estimators import DeviceTimer, DiversityMeter, TwoBatchMeter
-from trainables.models import ARCHITECTURES, build_model
-from trainables.policies import MEASURE_PER_SAMPLE, MEASURE_TWO_BATCH, POLICY_NAMES, make_policy
-from trainables.records import EPOCH_COLUMNS
+from trainables.config import COMPILE_MODES, DEFAULT_CONFIG, IDENTITY_FIELDS, TrialConfig, validate_config
+from trainables.data import GpuLoader, load_dataset
+from trainables.estimators import DeviceTimer
+from trainables.measurements import MEASUREMENTS, MeasureContext, Measurement
+from trainables.models import build_model
+from trainables.policies import POLICIES
+from trainables.records import CHECKPOINT_FILE, CHECKPOINT_META_FILE, EPOCH_COLUMNS
 from trainables.signals import EpochGradAccumulator, grad_moments, moments_to_stats, trainable_params
 
-__all__ = ["CHECKPOINT_FILE", "COMPILE_MODES", "DEFAULT_CONFIG", "MEASUREMENTS", "RECORD_COLUMNS", "REQUIRED_KEYS",
-           "Measurement", "PerSampleDiversity", "TrialLoop", "TwoBatchNoise", "validate_config"]
+__all__ = ["CHECKPOINT_FILE", "COMPILE_MODES", "DEFAULT_CONFIG", "MEASUREMENTS", "RECORD_COLUMNS", "TrialConfig",
+           "TrialLoop", "validate_config"]
 
-CHECKPOINT_FILE = "state.pt"
-REQUIRED_KEYS: tuple[str, ...] = ("arch", "dataset")
-DEFAULT_CONFIG: dict[str, Any] = {
-    "seed": 0,
-    "method": "fixed",
-    "variant": "baseline",
-    "policy": {},            # make_policy options (arch excluded)
-    "epochs": 100,
-    "lr": 0.01,
-    "momentum": 0.9,
-    "weight_decay": 5e-4,
-    "data_dir": None,
-    "download": True,
-    "train_limit": None,
-    "test_limit": None,
-    "eval_batch_size": 1024,
-    "augment": "auto",       # crop_flip | crop | none; auto = the dataset's default (data.DEFAULT_AUGMENTATION)
-    "device": "auto",        # auto = cuda when available
-    "amp": "auto",           # auto = bf16 on CUDA, off on CPU
-    "channels_last": "auto",  # auto = on (measured faster on CPU too: BENCHMARKS.md, speed knobs)
-    "fused_sgd": "auto",     # auto = on CUDA
-    "compile": False,        # torch.compile with a dynamic batch dimension: True (default mode) or a mode name
-    "cudnn_benchmark": "auto",  # torch.backends.cudnn.benchmark on CUDA; auto = off (unmeasured so far)
-    "threads": None,         # torch.set_num_threads; None keeps torch's default
-    # Also record the epoch-mean gradient's variance and norm (grad_var_epoch_mean, grad_norm_epoch_mean)
-    # whatever the policy's signal source: one parameter-sized float32 buffer and one foreach add per
-    # step. Lets a fixed run calibrate both signal sources (the reconstruction study).
-    "record_epoch_mean": False,
-}
-# Keys that identify the trial: a checkpoint only loads into a loop whose config agrees on them
-# (epochs may grow; execution settings such as device, compile or fused_sgd may change).
-IDENTITY_KEYS: tuple[str, ...] = ("arch", "dataset", "seed", "method", "variant", "policy", "train_limit",
-                                  "test_limit", "lr", "momentum", "weight_decay", "augment", "amp",
-                                  "record_epoch_mean")
 # Columns of one record: the epochs table without the identifiers the orchestrator adds.
 RECORD_COLUMNS: tuple[str, ...] = tuple(name for name, _ in EPOCH_COLUMNS if name not in ("study", "trial_id"))
 _CHECKPOINT_FORMAT = 1
-# Values of the `compile` field: off, torch.compile's default mode, or a torch.compile mode name.
-COMPILE_MODES: tuple[Any, ...] = (False, True, "reduce-overhead", "max-autotune")
-
-
-def _fail(field: str, value: Any, expected: str) -> None:
-    raise ValueError(f"config field {field!r}={value!r}: expected {expected}")
-
-
-def _check_int(cfg: dict[str, Any], field: str, minimum: int, optional: bool = False) -> None:
-    value = cfg[field]
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        _fail(field, value, f"an integer >= {minimum}" + (" or null" if optional else ""))
-
-
-def _check_float(cfg: dict[str, Any], field: str, minimum: float, strict: bool, maximum: float | None = None) -> None:
-    value = cfg[field]
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > minimum if strict else value >= minimum) and (maximum is None or value < maximum)
-    if not ok:
-        bound = f"{'>' if strict else '>='} {minimum}" + (f" and < {maximum}" if maximum is not None else "")
-        _fail(field, value, f"a finite number {bound}")
-    cfg[field] = float(value)
-
-
-def _check_choice(cfg: dict[str, Any], field: str, allowed: tuple[Any, ...]) -> None:
-    value = cfg[field]
-    # `1 in (True,)` is true in Python; compare types too so 1 is not taken for True.
-    if not any(value == a and type(value) is type(a) for a in allowed):
-        _fail(field, value, "one of " + ", ".join(map(repr, allowed)))
-
-
-def validate_config(config: dict[str, Any]) -> dict[str, Any]:
-    """Return a new config with defaults filled in; ValueError names a bad field and its allowed values.
-
-    The policy options are validated by building the policy (pure Python, cheap).
-    """
-    if not isinstance(config, dict):
-        raise ValueError(f"config must be a dict, got {type(config).__name__}")
-    allowed = set(REQUIRED_KEYS) | set(DEFAULT_CONFIG)
-    unknown = sorted(set(config) - allowed)
-    if unknown:
-        raise ValueError(f"unknown config field(s) {', '.join(map(repr, unknown))}; "
-                         f"allowed fields: {', '.join(sorted(allowed))}")
-    missing = [k for k in REQUIRED_KEYS if k not in config]
-    if missing:
-        raise ValueError(f"missing required config field(s) {', '.join(map(repr, missing))}")
-    cfg = {**DEFAULT_CONFIG, **config}
-    if cfg["policy"] is None:
-        cfg["policy"] = {}
-    _check_choice(cfg, "arch", tuple(ARCHITECTURES))
-    _check_choice(cfg, "dataset", tuple(DATASETS))
-    _check_choice(cfg, "method", tuple(POLICY_NAMES))
-    _check_int(cfg, "seed", 0)
-    if not isinstance(cfg["variant"], str) or not cfg["variant"]:
-        _fail("variant", cfg["variant"], "a non-empty string")
-    if not isinstance(cfg["policy"], dict):
-        _fail("policy", cfg["policy"], "a dict of policy options")
-    cfg["policy"] = dict(cfg["policy"])
-    if "arch" in cfg["policy"]:
-        _fail("policy", cfg["policy"], "policy options without 'arch' (the trial's arch is used)")
-    _check_int(cfg, "epochs", 1)
-    _check_float(cfg, "lr", 0.0, strict=True)
-    _check_float(cfg, "momentum", 0.0, strict=False, maximum=1.0)
-    _check_float(cfg, "weight_decay", 0.0, strict=False)
-    if cfg["data_dir"] is not None and not isinstance(cfg["data_dir"], str):
-        _fail("data_dir", cfg["data_dir"], "a path string or null")
-    _check_choice(cfg, "download", (True, False))
-    _check_int(cfg, "train_limit", 1, optional=True)
-    _check_int(cfg, "test_limit", 1, optional=True)
-    _check_int(cfg, "eval_batch_size", 1)
-    if isinstance(cfg["augment"], bool):  # the meaning before per-dataset defaults: crop + flip, or nothing
-        cfg["augment"] = "crop_flip" if cfg["augment"] else "none"
-    _check_choice(cfg, "augment", ("auto",) + AUGMENTATIONS)
-    if cfg["augment"] == "auto":
-        cfg["augment"] = DEFAULT_AUGMENTATION[cfg["dataset"]]
-    _check_choice(cfg, "device", ("auto", "cpu", "cuda"))
-    _check_choice(cfg, "amp", ("auto", "bf16", "off"))
-    _check_choice(cfg, "channels_last", ("auto", True, False))
-    _check_choice(cfg, "fused_sgd", ("auto", True, False))
-    _check_choice(cfg, "compile", COMPILE_MODES)
-    _check_choice(cfg, "cudnn_benchmark", ("auto", True, False))
-    _check_int(cfg, "threads", 1, optional=True)
-    _check_choice(cfg, "record_epoch_mean", (False, True))
-    make_policy(cfg["method"], arch=cfg["arch"], dataset=cfg["dataset"], **cfg["policy"])  # raises ValueError naming a bad option
-    return cfg
-
-
-class Measurement(Protocol):
-    """An extra statistic a policy asks for via `policy.measurements(epoch)` (hook for later methods).
-
-    Built once per epoch by a factory `(loop, epoch) -> Measurement` registered in MEASUREMENTS
-    under the name the policy requests. Optional members: `estimator` (str, recorded in the
-    `estimator` column), `measure_seconds()` (extra seconds not covered by the timed on_step
-    hooks, added to measure_time_s). A measurement may also define
-    `backward(loss_and_logits, x, y) -> (loss, logits)` to replace the step's forward + backward
-    (e.g. to split the batch into micro-batches); it must leave the batch-mean gradient in `.grad`
-    and return the detached batch-mean loss and the logits. `loss_and_logits(x, y)` runs the
-    model's forward under the loop's autocast and returns (mean cross-entropy, logits). At most
-    one measurement of an epoch may replace the backward.
-    """
-
-    def on_step(self, loop: TrialLoop, step: int, x: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> None:
-        """Called after each training step's backward, before optimizer.step (gradients are live)."""
-
-    def result(self) -> dict[str, Any]:
-        """Keyword arguments (plain Python values) for policy.step, read once after the epoch."""
-
-
-class PerSampleDiversity:
-    """"per_sample_diversity": DiveBatch's gradient diversity from a per-sample pass after each backward."""
-
-    def __init__(self, loop: TrialLoop, epoch: int) -> None:
-        settings = loop.policy.measure_settings()
-        self.meter = DiversityMeter(loop.model, chunk_size=int(settings.get("per_sample_chunk", 32)),
-                                    diversity_sum=str(settings.get("diversity_sum", "training")))
-        self.estimator = self.meter.estimator
-
-    def on_step(self, loop: TrialLoop, step: int, x: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> None:
-        """Fold in the step's batch (its batch-mean gradient is live in .grad)."""
-        self.meter.add(x, y)
-
-    def result(self) -> dict[str, Any]:
-        """grad_diversity and n_samples for policy.step."""
-        return self.meter.result()
-
-
-class TwoBatchNoise:
-    """"two_batch": McCandlish's estimates from k micro-batches of every step (replaces the backward)."""
-
-    estimator = "noise_scale"
-
-    def __init__(self, loop: TrialLoop, epoch: int) -> None:
-        k = int(loop.policy.measure_settings().get("micro_batches", 2))
-        self.meter = TwoBatchMeter(loop.params, micro_batches=k)
-
-    def backward(self, loss_and_logits: Any, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The step's forward + backward as k micro-batches; leaves the batch-mean gradient in .grad."""
-        return self.meter.backward(loss_and_logits, x, y)
-
-    def measure_seconds(self) -> float:
-        """Seconds spent in the meter's own statistics this epoch."""
-        return self.meter.timer.seconds()
-
-    def result(self) -> dict[str, Any]:
-        """noise_trace, noise_sqnorm and n_samples for policy.step."""
-        return self.meter.result()
-
-
-MEASUREMENTS: dict[str, Callable[[TrialLoop, int], Measurement]] = {
-    MEASURE_PER_SAMPLE: PerSampleDiversity,
-    MEASURE_TWO_BATCH: TwoBatchNoise,
-}
 
 
 def _seed_everything(seed: int) -> None:
@@ -277,29 +92,29 @@ def _max_rss_mb() -> float:
 class TrialLoop:
     """One trial's training state and its per-epoch step; see the module docstring."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: TrialConfig | Mapping[str, Any]) -> None:
         self._t_start = time.perf_counter()
-        self.config = cfg = validate_config(config)
-        if cfg["threads"] is not None:
-            torch.set_num_threads(cfg["threads"])
-        if cfg["device"] == "cuda" and not torch.cuda.is_available():
-            raise ValueError("config field 'device'='cuda': no CUDA device is available; use 'auto' or 'cpu'")
-        use_cuda = cfg["device"] == "cuda" or (cfg["device"] == "auto" and torch.cuda.is_available())
+        self.config = cfg = TrialConfig.coerce(config)
+        if cfg.threads is not None:
+            torch.set_num_threads(cfg.threads)
+        if cfg.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device='cuda' is not allowed; expected 'auto' or 'cpu': no CUDA device is available")
+        use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
         self.device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
         self.device_name = torch.cuda.get_device_name(self.device) if use_cuda else "cpu"
-        self.amp_dtype = torch.bfloat16 if cfg["amp"] == "bf16" or (cfg["amp"] == "auto" and use_cuda) else None
-        self.channels_last = cfg["channels_last"] in (True, "auto")
-        fused = cfg["fused_sgd"] is True or (cfg["fused_sgd"] == "auto" and use_cuda)
-        self.cudnn_benchmark = cfg["cudnn_benchmark"] is True  # "auto" = off until measured
+        self.amp_dtype = torch.bfloat16 if cfg.amp == "bf16" or (cfg.amp == "auto" and use_cuda) else None
+        self.channels_last = cfg.channels_last in (True, "auto")
+        fused = cfg.fused_sgd is True or (cfg.fused_sgd == "auto" and use_cuda)
+        self.cudnn_benchmark = cfg.cudnn_benchmark is True  # "auto" = off until measured
         if use_cuda:
             torch.backends.cudnn.benchmark = self.cudnn_benchmark
 
-        _seed_everything(cfg["seed"])
-        self.data = load_dataset(cfg["dataset"], data_dir=cfg["data_dir"], download=cfg["download"],
-                                 train_limit=cfg["train_limit"], test_limit=cfg["test_limit"], seed=cfg["seed"])
+        _seed_everything(cfg.seed)
+        self.data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, download=cfg.download,
+                                 train_limit=cfg.train_limit, test_limit=cfg.test_limit, seed=cfg.seed)
         d = self.data
         self.train_loader = GpuLoader(d.train_x, d.train_y, d.mean, d.std, self.device,
-                                      augment=cfg["augment"] != "none", flip=cfg["augment"] == "crop_flip",
+                                      augment=cfg.augment != "none", flip=cfg.augment == "crop_flip",
                                       channels_last=self.channels_last)
         self.test_loader = GpuLoader(d.test_x, d.test_y, d.mean, d.std, self.device, augment=False,
                                      channels_last=self.channels_last)
@@ -308,26 +123,26 @@ class TrialLoop:
             raise ValueError(f"dataset {cfg['dataset']!r}: empty train or test split")
         # The loader's generator drives the shuffle and the augmentation; its state is checkpointed.
         self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(cfg["seed"])
+        self.generator.manual_seed(cfg.seed)
 
-        self.model = build_model(cfg["arch"], d.num_classes).to(self.device)
+        self.model = build_model(cfg.arch, d.num_classes, cfg.timm_input).to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         # `net` is what runs forward; `model` (uncompiled) owns the parameters and the state_dict.
         self.net: Callable[[torch.Tensor], torch.Tensor] = self.model
-        if cfg["compile"] is not False:
-            # No mode keyword for True: torch.compile's own default (and benchmarks/bench_speedups.py's
-            # compile_mode shim, which pre-binds a mode, keeps working).
-            mode = {} if cfg["compile"] is True else {"mode": cfg["compile"]}
+        if cfg.compile is not False:
+            # No mode keyword for True: torch.compile's own default.
+            mode = {} if cfg.compile is True else {"mode": cfg.compile}
             self.net = torch.compile(self.model, **mode)
         self._fused = fused or None
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
-                                         weight_decay=cfg["weight_decay"], fused=self._fused)
-        self.policy = make_policy(cfg["method"], arch=cfg["arch"], dataset=cfg["dataset"], **cfg["policy"])
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                         weight_decay=cfg.weight_decay, fused=self._fused)
+        # The one policy of the trial, from the options the config already checked.
+        self.policy = POLICIES[cfg.method](arch=cfg.arch, dataset=cfg.dataset, options=cfg.options)
         self.params = trainable_params(self.model.parameters())
         self._numel = sum(p.numel() for p in self.params)
         self.accumulator = (EpochGradAccumulator(self.params)
-                            if self.policy.signal_source == "epoch_mean" or cfg["record_epoch_mean"]
+                            if self.policy.signal_source == "epoch_mean" or cfg.record_epoch_mean
                             else None)
 
         self.epochs_done = 0
@@ -360,9 +175,11 @@ class TrialLoop:
         missing = [name for name in requested if name not in MEASUREMENTS]
         if missing:
             raise NotImplementedError(
-                f"policy {self.config['method']!r} requests measurement(s) {', '.join(missing)} for epoch {epoch}, "
+                f"policy {self.config.method!r} requests measurement(s) {', '.join(missing)} for epoch {epoch}, "
                 f"which the epoch loop does not implement yet (implemented: {', '.join(sorted(MEASUREMENTS)) or 'none'})")
-        return {name: MEASUREMENTS[name](self, epoch) for name in requested}
+        ctx = MeasureContext(model=self.model, params=self.params, settings=self.policy.measure_settings(),
+                             epoch=epoch)
+        return {name: MEASUREMENTS[name](ctx) for name in requested}
 
     def loss_and_logits(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward `x` under the loop's autocast; (mean cross-entropy in float32, logits)."""
@@ -393,7 +210,7 @@ class TrialLoop:
         t0 = time.perf_counter()
         for x, y in self.train_loader.epoch(batch_size, self.generator, shuffle=True, drop_last=True):
             steps += 1
-            if self.config["compile"]:
+            if self.config.compile:
                 torch._dynamo.mark_dynamic(x, 0)
             self.optimizer.zero_grad(set_to_none=True)
             if custom_backward is not None:
@@ -406,7 +223,7 @@ class TrialLoop:
             if on_step:
                 with hook_timer.region():
                     for hook in on_step:
-                        hook(self, steps, x, y, loss)
+                        hook(steps, x, y, loss)
             self.optimizer.step()
             loss_sum += loss.detach()
             correct += (out.detach().argmax(dim=1) == y).sum()
@@ -436,8 +253,8 @@ class TrialLoop:
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         self._sync()
         t0 = time.perf_counter()
-        for x, y in self.test_loader.epoch(self.config["eval_batch_size"], None, shuffle=False, drop_last=False):
-            if self.config["compile"]:
+        for x, y in self.test_loader.epoch(self.config.eval_batch_size, None, shuffle=False, drop_last=False):
+            if self.config.compile:
                 torch._dynamo.mark_dynamic(x, 0)
             with self._autocast():
                 out = self.net(x)
@@ -454,7 +271,7 @@ class TrialLoop:
         epoch = self.epochs_done + 1
         collectors = self._collectors(epoch)
         batch_size = min(int(self.policy.batch_size), self.n_train)
-        lr = cfg["lr"] * float(self.policy.lr_scale)
+        lr = cfg.lr * float(self.policy.lr_scale)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         if self.device.type == "cuda":
@@ -487,8 +304,8 @@ class TrialLoop:
         peak = (torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda"
                 else _max_rss_mb())
         values = {
-            "arch": cfg["arch"], "dataset": cfg["dataset"], "seed": cfg["seed"], "method": cfg["method"],
-            "variant": cfg["variant"], "epoch": epoch, "batch_size": batch_size,
+            "arch": cfg.arch, "dataset": cfg.dataset, "seed": cfg.seed, "method": cfg.method,
+            "variant": cfg.variant, "epoch": epoch, "batch_size": batch_size,
             "next_batch_size": int(prec["batch_size"]), "lr": lr, "train_loss": train_loss,
             "train_acc": correct / (steps * batch_size), "test_loss": test_loss_sum / self.n_test,
             "test_acc": test_correct / self.n_test, "epoch_time_s": epoch_time, "eval_time_s": eval_time,
@@ -510,7 +327,7 @@ class TrialLoop:
         self.history.append(record)
         if diverged:
             self.status = "diverged"
-        elif self.epochs_done >= cfg["epochs"]:
+        elif self.epochs_done >= cfg.epochs:
             self.status = "completed"
         return record
 
@@ -520,7 +337,7 @@ class TrialLoop:
         np_state = np.random.get_state()
         return {
             "format": _CHECKPOINT_FORMAT,
-            "config": dict(self.config),
+            "config": self.config.to_dict(),
             "device_type": self.device.type,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -542,10 +359,11 @@ class TrialLoop:
         """Restore what state_dict() returned; ValueError if it belongs to a different trial or device type."""
         if state.get("format") != _CHECKPOINT_FORMAT:
             raise ValueError(f"checkpoint format {state.get('format')!r} is not {_CHECKPOINT_FORMAT}")
-        for key in IDENTITY_KEYS:
-            if state["config"].get(key) != self.config[key]:
+        mine = self.config.to_dict()
+        for key in IDENTITY_FIELDS:
+            if state["config"].get(key) != mine[key]:
                 raise ValueError(f"checkpoint belongs to another trial: config field {key!r} is "
-                                 f"{state['config'].get(key)!r} there and {self.config[key]!r} here")
+                                 f"{state['config'].get(key)!r} there and {mine[key]!r} here")
         if state["device_type"] != self.device.type:
             raise ValueError(f"checkpoint was written on {state['device_type']}, this loop runs on "
                              f"{self.device.type}: the RNG states cannot carry over; use device={state['device_type']!r}")
@@ -570,20 +388,39 @@ class TrialLoop:
         if state["status"] == "diverged":
             self.status = "diverged"
         else:
-            self.status = "completed" if self.epochs_done >= self.config["epochs"] else "running"
+            self.status = "completed" if self.epochs_done >= self.config.epochs else "running"
 
     def save_checkpoint(self, directory: str | os.PathLike[str]) -> str:
-        """Write state_dict() atomically to <directory>/state.pt; returns the file path."""
+        """Write state_dict() atomically to <directory>/state.pt, then <directory>/checkpoint.json
+        ({"epoch", "status", "trial"}: what the checkpoint ends, readable without torch); returns the
+        state file's path."""
         os.makedirs(directory, exist_ok=True)
         path = os.path.join(directory, CHECKPOINT_FILE)
         tmp = path + ".tmp"
         torch.save(self.state_dict(), tmp)
         os.replace(tmp, path)
+        meta = os.path.join(directory, CHECKPOINT_META_FILE)
+        cfg = self.config
+        with open(meta + ".tmp", "w", encoding="utf-8") as f:
+            json.dump({"epoch": self.epochs_done, "status": self.status,
+                       "trial": {k: getattr(cfg, k) for k in ("arch", "dataset", "seed", "method", "variant")}}, f)
+        os.replace(meta + ".tmp", meta)
         return path
 
-    def load_checkpoint(self, directory: str | os.PathLike[str]) -> None:
-        """Restore from <directory>/state.pt (written by save_checkpoint)."""
+    @staticmethod
+    def read_checkpoint(directory: str | os.PathLike[str]) -> dict[str, Any]:
+        """The state in <directory>/state.pt; ValueError naming the file when it is missing or damaged."""
         path = os.path.join(directory, CHECKPOINT_FILE)
-        # CPU first: RNG states must be CPU tensors; load_state_dict moves weights to the device.
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        self.load_state_dict(state)
+        if not os.path.isfile(path):
+            raise ValueError(f"checkpoint {path} does not exist")
+        try:
+            # CPU first: RNG states must be CPU tensors; load_state_dict moves weights to the device.
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a truncated zip, a foreign pickle: torch raises several types
+            raise ValueError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); it is damaged "
+                             "(a copy cut short?) or not a checkpoint of this tool") from exc
+
+    def load_checkpoint(self, directory: str | os.PathLike[str]) -> None:
+        """Restore from <directory>/state.pt (written by save_checkpoint); ValueError when it is damaged
+        or belongs to another trial (nothing is changed then)."""
+        self.load_state_dict(self.read_checkpoint(directory))

@@ -1,4 +1,5 @@
-"""Architecture registry: the six study architectures (SPEC §3) plus two tiny test models.
+"""Architecture registry: the six study architectures (SPEC §3), two tiny test models, and any timm
+model as `timm/<name>` (trainables/timm_archs.py).
 
 Every builder takes the number of classes and returns a freshly initialised ``nn.Module``
 (never pretrained, never downloads) that maps an NCHW float batch of 32x32 images to logits
@@ -9,14 +10,17 @@ Every builder takes the number of classes and returns a freshly initialised ``nn
 
 from __future__ import annotations
 
+import difflib
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision import models as tvm
+
+from trainables import timm_archs
 
 INPUT_SIZE = 32  # every dataset of the study is 32x32x3
 
@@ -166,24 +170,38 @@ ARCHITECTURES: dict[str, ArchSpec] = {
 }
 
 
+def check_arch(arch: str) -> None:
+    """Refuse an architecture name neither the registry nor timm (`timm/<name>`) knows, naming the
+    known ones (and close names)."""
+    if isinstance(arch, str) and arch in ARCHITECTURES:
+        return
+    if timm_archs.is_timm(arch):
+        timm_archs.model_name(arch)
+        return
+    close = difflib.get_close_matches(str(arch), list(ARCHITECTURES), n=3, cutoff=0.6)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    raise ValueError(f"arch={arch!r} is not allowed; expected one of the known architectures: "
+                     f"{', '.join(ARCHITECTURES)}, or timm/<name> for any timm model{hint}")
+
+
 def get_arch(arch: str) -> ArchSpec:
     """The registry entry for ``arch``; ValueError naming the known architectures otherwise."""
-    try:
-        return ARCHITECTURES[arch]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown arch {arch!r}; known architectures: {', '.join(ARCHITECTURES)}") from None
+    check_arch(arch)
+    return ARCHITECTURES[arch]
 
 
-def build_model(arch: str, num_classes: int) -> nn.Module:
-    """A freshly initialised model (no pretrained weights) for 32x32 NCHW float input."""
-    spec = get_arch(arch)
+def build_model(arch: str, num_classes: int, timm_input: str | None = None) -> nn.Module:
+    """A freshly initialised model (no pretrained weights) for 32x32 NCHW float input; a timm arch
+    is built as `timm_input` says (trainables/timm_archs.py; None = its automatic choice)."""
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
-    return spec.build(num_classes)
+    if timm_archs.is_timm(arch):
+        return timm_archs.build(arch, num_classes, timm_archs.resolve_input(arch, num_classes, timm_input or "auto"))
+    return get_arch(arch).build(num_classes)
 
 
-@functools.lru_cache(maxsize=None)
-def model_flops_per_sample(arch: str, num_classes: int = 10) -> float | None:
+@functools.cache
+def model_flops_per_sample(arch: str, num_classes: int = 10, timm_input: str | None = None) -> float | None:
     """Forward FLOPs (2 per multiply-accumulate) for one 32x32 image, or None if not countable.
 
     Counted with ``torch.utils.flop_counter.FlopCounterMode`` on the meta device (no memory,
@@ -191,10 +209,10 @@ def model_flops_per_sample(arch: str, num_classes: int = 10) -> float | None:
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    get_arch(arch)  # validate the name before doing any work
+    check_arch(arch)  # validate the name before doing any work
     batch = 2
     with torch.device("meta"):
-        model = build_model(arch, num_classes).eval()
+        model = build_model(arch, num_classes, timm_input).eval()
         x = torch.empty(batch, 3, INPUT_SIZE, INPUT_SIZE)
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():

@@ -2,14 +2,17 @@
 
 The orchestrator passes a small param_space ({"trial_id": ...}) and the trial payloads through
 `tune.with_parameters(train_trial, payloads=...)`; a payload is
-{"study": str, "config": <TrialLoop config>, "hooks": {...}, "checkpoint_every": K}.
+{"study": str, "config": <TrialLoop config>, "hooks": {...}, "checkpoint_every": K,
+"init_checkpoints": [URI, ...]} (the orchestrator's resume candidates from earlier experiments,
+newest first; orchestrator/checkpoints.py).
 
 Per epoch the trial trains, evaluates and calls `tune.report(row, checkpoint=...)`, with a
 checkpoint (model, optimizer, policy, RNG states, history: `TrialLoop.save_checkpoint`) on every
-K-th epoch and on the epoch that ends the trial (completed or diverged). A retried or restored
-trial resumes from `tune.get_checkpoint()` and re-reports the epochs after it, which the driver's
-sink stores over the abandoned attempt's rows; the loop restores every RNG state, so their values
-equal an uninterrupted run's. Each report also carries the Ray overhead of the previous epoch
+K-th epoch and on the epoch that ends the trial (completed or diverged). A retried trial resumes
+from `tune.get_checkpoint()`, a trial of a new experiment from the first of its `init_checkpoints`
+that loads (a damaged one is passed over and named in the `checkpoints_skipped` metric), and
+re-reports the epochs after it, which the driver's sink stores over the abandoned attempt's rows;
+the loop restores every RNG state, so their values equal an uninterrupted run's. Each report also carries the Ray overhead of the previous epoch
 (checkpoint save, 0 without one, + report time) so the driver can measure it.
 
 Test hook (used by tests/test_ray_study.py): hooks {"fail_at_epoch": k,
@@ -37,11 +40,15 @@ GAUGE_TAGS: tuple[str, ...] = ("study", "trial_id", "arch", "dataset", "seed", "
 class TrialGauges:
     """Live per-trial metrics for Ray's metrics export (Prometheus / Grafana dashboards)."""
 
+    # Exported to Prometheus as ray_deba_trial_<name> (orchestrator/dashboards/ reads them).
     METRICS: dict[str, str] = {
         "batch_size": "batch size chosen for the next epoch",
         "test_acc": "test accuracy after the last epoch (fraction)",
         "epoch_time_s": "training time of the last epoch (s)",
         "confidence": "DEBA confidence signal of the last epoch",
+        "epoch": "epochs trained so far",
+        "epochs_total": "epochs the trial is configured for",
+        "finished": "1 once the trial completed or diverged, 0 while it trains",
     }
 
     def __init__(self, study: str, trial_id: str, config: dict[str, Any]) -> None:
@@ -52,10 +59,14 @@ class TrialGauges:
         self.gauges = {name: Gauge(f"deba_trial_{name}", description=desc, tag_keys=GAUGE_TAGS)
                        for name, desc in self.METRICS.items()}
 
-    def update(self, rec: dict[str, Any]) -> None:
-        """Set every gauge from one epoch record (the batch-size gauge shows the next epoch's size)."""
-        values = {"batch_size": rec.get("next_batch_size"), "test_acc": rec.get("test_acc"),
-                  "epoch_time_s": rec.get("epoch_time_s"), "confidence": rec.get("confidence")}
+    def update(self, rec: dict[str, Any] | None, epochs_done: int, epochs_total: int, finished: bool) -> None:
+        """Set the gauges from one epoch record (None: only progress, e.g. at a trial's start); the
+        batch-size gauge shows the next epoch's size. A finished trial's worker may run the next
+        trial (reused actors) and keep exporting these values: dashboards drop it by `finished`."""
+        values: dict[str, Any] = {"epoch": epochs_done, "epochs_total": epochs_total, "finished": int(finished)}
+        if rec is not None:
+            values.update(batch_size=rec.get("next_batch_size"), test_acc=rec.get("test_acc"),
+                          epoch_time_s=rec.get("epoch_time_s"), confidence=rec.get("confidence"))
         for name, value in values.items():
             if value is not None:
                 self.gauges[name].set(float(value), tags=self.tags)
@@ -78,6 +89,23 @@ def _maybe_fail(hooks: dict[str, Any], trial_id: str, epoch: int) -> None:
         f.write(f"died after epoch {epoch}\n")
     sys.stdout.flush()
     os._exit(1)
+
+
+def resume(loop: Any, own: tune.Checkpoint | None, seeds: list[str]) -> tuple[str | None, list[str]]:
+    """Load the first checkpoint that reads: Tune's own (this experiment's, after a retry), else the
+    seeds the orchestrator found in earlier experiments (newest first). Returns where the loop
+    resumed from (None: from scratch) and "where: why" for each checkpoint passed over."""
+    candidates = ([own] if own is not None else []) + [tune.Checkpoint(uri) for uri in seeds]
+    skipped = []
+    for checkpoint in candidates:
+        try:
+            with checkpoint.as_directory() as directory:
+                state = loop.read_checkpoint(directory)
+            loop.load_state_dict(state)
+            return checkpoint.path, skipped
+        except (ValueError, OSError) as exc:  # damaged, missing or foreign: try the next one
+            skipped.append(f"{checkpoint.path}: {exc}")
+    return None, skipped
 
 
 def checkpoint_due(epoch: int, every: int, done: bool) -> bool:
@@ -105,14 +133,13 @@ def train_trial(config: dict[str, Any], payloads: dict[str, dict[str, Any]]) -> 
     from trainables.loop import TrialLoop
 
     loop = TrialLoop(loop_cfg)
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as ckpt_dir:
-            loop.load_checkpoint(ckpt_dir)
+    resumed_from, skipped = resume(loop, tune.get_checkpoint(), payload.get("init_checkpoints") or [])
     gauges = TrialGauges(payload["study"], trial_id, loop_cfg)
+    gauges.update(None, loop.epochs_done, loop.config.epochs, loop.done)
     static = {"study": payload["study"], "device": loop.device_name, "node_id": ray.get_runtime_context().get_node_id(),
               "torch_version": torch.__version__, "python_version": platform.python_version(),
-              "resumed_from_epoch": loop.epochs_done if checkpoint is not None else None,
+              "resumed_from_epoch": loop.epochs_done if resumed_from is not None else None,
+              "resumed_from": resumed_from, "checkpoints_skipped": "; ".join(skipped) or None,
               "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
     every = int(payload.get("checkpoint_every", 1))
     report_prev_s = None
@@ -129,5 +156,5 @@ def train_trial(config: dict[str, Any], payloads: dict[str, dict[str, Any]]) -> 
             t1 = time.perf_counter()
             tune.report({**metrics, "ckpt_save_s": 0.0})
         report_prev_s = time.perf_counter() - t1
-        gauges.update(rec)
+        gauges.update(rec, loop.epochs_done, loop.config.epochs, loop.done)
         _maybe_fail(hooks, trial_id, rec["epoch"])

@@ -1,11 +1,18 @@
-"""Column contracts of the results store (DESIGN.md "Results store").
+"""Contracts of the results store (DESIGN.md "Results store"), in one place for every package.
 
-One place names every column the epoch loop emits and the orchestrator writes, with its
-Arrow type, so that the loop, the Parquet sink and the tests agree. Pure Python: no torch,
-no pyarrow import (the sink maps the type names to pyarrow types).
+Every column the epoch loop emits and the orchestrator writes, with its Arrow type; the layout of
+a checkpoint directory; where a store lives (`resolve_uri`); the per-trial summary and the
+one-line progress format. The loop, the Parquet sink, the analysis and the tests all read these.
+Importing this module imports neither torch nor pyarrow (pyarrow only inside the functions that
+need it).
 """
 
 from __future__ import annotations
+
+import math
+import os
+import re
+from typing import Any
 
 # Identifier columns shared by both tables, in order.
 ID_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -74,6 +81,11 @@ RUN_COLUMNS: tuple[tuple[str, str], ...] = ID_COLUMNS + (
     ("ray_version", "string"),
 )
 
+# A checkpoint directory (TrialLoop.save_checkpoint): the loop's state, and what it ends (readable
+# without torch: {"epoch": k, "status": ..., "trial": {arch, dataset, seed, method, variant}}).
+CHECKPOINT_FILE = "state.pt"
+CHECKPOINT_META_FILE = "checkpoint.json"
+
 DECISIONS: tuple[str, ...] = ("increase", "rollback", "hold")
 RUN_STATUSES: tuple[str, ...] = ("completed", "failed", "diverged")
 NULLABLE_EPOCH_COLUMNS: frozenset[str] = frozenset(
@@ -89,3 +101,73 @@ def epoch_column_names() -> list[str]:
 def run_column_names() -> list[str]:
     """Names of the runs-table columns, in order."""
     return [name for name, _ in RUN_COLUMNS]
+
+
+_ARROW_TYPES = ("string", "int64", "float64", "bool")
+
+
+def arrow_schema(columns: tuple[tuple[str, str], ...]) -> Any:
+    """The pyarrow schema of a contract (EPOCH_COLUMNS or RUN_COLUMNS)."""
+    import pyarrow as pa
+
+    types = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_()}
+    return pa.schema([(name, types[kind]) for name, kind in columns])
+
+
+# "scheme:" at the start of a value that is not a URI ("s3:/bucket", "gs:bucket"); one letter is a
+# Windows drive ("C:\\data").
+_SCHEME_LIKE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
+
+
+def resolve_uri(location: str, field: str = "results") -> tuple[Any, str]:
+    """(pyarrow filesystem, root path) of a local path or a pyarrow.fs URI (s3://, gs://, file://);
+    ValueError naming `field`. A value that starts like a URI without being one (`s3:/bucket`) is
+    refused rather than taken for a local folder named `s3:`."""
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+
+    if not isinstance(location, str) or not location.strip():
+        raise ValueError(f"{field}={location!r} is not allowed; expected a directory path or a URI "
+                         "(s3://bucket/dir)")
+    if "://" in location:
+        try:
+            return pafs.FileSystem.from_uri(location)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
+            raise ValueError(f"{field}={location!r} is not allowed; expected a path or a URI pyarrow.fs can "
+                             f"open ({exc})") from exc
+    if _SCHEME_LIKE.match(location):
+        raise ValueError(f"{field}={location!r} is not allowed; it looks like a URI but is malformed: write "
+                         "SCHEME://BUCKET/PATH (e.g. s3://my-bucket/results), or ./NAME for a local folder")
+    return pafs.LocalFileSystem(), os.path.abspath(location)
+
+
+# ----------------------------------------------------------------------------- one trial, summarised
+
+def trial_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The runs-table figures of a trial from its epoch records (in epoch order): epochs_done,
+    final_test_acc, best_test_acc, train_time_s, wall_time_s, n_increase, n_rollback,
+    final_batch_size (the batch size the last epoch trained with)."""
+    last = records[-1] if records else {}
+    accs = [r["test_acc"] for r in records if r.get("test_acc") is not None and math.isfinite(r["test_acc"])]
+    train_times = [r["epoch_time_s"] for r in records if r.get("epoch_time_s") is not None]
+    return {
+        "epochs_done": len(records), "final_test_acc": last.get("test_acc"),
+        "best_test_acc": max(accs) if accs else None, "train_time_s": sum(train_times) if records else None,
+        "wall_time_s": last.get("wall_time_s"),
+        "n_increase": sum(r.get("decision") == "increase" for r in records),
+        "n_rollback": sum(r.get("decision") == "rollback" for r in records),
+        "final_batch_size": last.get("batch_size"),
+    }
+
+
+def _num(x: Any, fmt: str) -> str:
+    return "nan" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, fmt)
+
+
+def progress_line(rec: dict[str, Any], epochs: int, prefix: str = "") -> str:
+    """The one-line progress report of an epoch record (trainables.run and run_grid print it)."""
+    return (f"{prefix}epoch {rec['epoch']:>3}/{epochs}  bs {rec['batch_size']:>4} -> {str(rec['next_batch_size']):<4} "
+            f"{str(rec.get('decision')):<8}{'(cooldown) ' if rec.get('in_cooldown') else ''} "
+            f"loss {_num(rec.get('train_loss'), '.4f')}  train acc {_num(rec.get('train_acc'), '.4f')}  "
+            f"test acc {_num(rec.get('test_acc'), '.4f')}  {_num(rec.get('epoch_time_s'), '.2f')}s  "
+            f"{_num(rec.get('samples_per_s'), '.0f')} samples/s")

@@ -14,13 +14,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from trainables.loop import CHECKPOINT_FILE, TrialLoop, validate_config
+from trainables.config import TrialConfig
+from trainables.loop import CHECKPOINT_FILE, TrialLoop
+from trainables.policies import PolicyOptions
+from trainables.records import progress_line, trial_summary
+from trainables.settings import add_arguments, fields_of, parse_text
+
+# Fields with a flag of their own below (or none): the policy's options come with --policy-opt.
+_MANUAL = {"policy"}
+B0_FIELD = next(f for f in fields_of(PolicyOptions) if f.name == "b0")  # --batch-size
 
 
 def parse_policy_opt(text: str) -> tuple[str, Any]:
@@ -36,73 +43,51 @@ def parse_policy_opt(text: str) -> tuple[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command-line interface of one trial."""
+    """The command-line interface of one trial: a flag per TrialConfig field (its help from the
+    field), plus the policy's options, the batch size, checkpoints and the JSON-lines output."""
     p = argparse.ArgumentParser(prog="python -m trainables.run", description="Train one trial without Ray.")
-    p.add_argument("--arch", required=True, help="architecture registry name (e.g. resnet18, tiny_cnn)")
-    p.add_argument("--dataset", required=True, help="cifar10, cifar100, digits or synthetic")
-    p.add_argument("--method", default="fixed", help="batch-size policy (fixed, deba, ...)")
-    p.add_argument("--variant", default="baseline")
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--no-download", action="store_true", help="never download dataset files")
-    p.add_argument("--train-limit", type=int, default=None)
-    p.add_argument("--test-limit", type=int, default=None)
-    p.add_argument("--eval-batch-size", type=int, default=1024)
-    p.add_argument("--augment", default="auto", choices=("auto", "crop_flip", "crop", "none"),
-                   help="training augmentation (auto = the dataset's default: crop for digits, else crop_flip)")
-    p.add_argument("--no-augment", action="store_true", help="same as --augment none")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--amp", default="auto", help="auto, bf16 or off")
-    p.add_argument("--compile", nargs="?", const=True, default=False, metavar="MODE",
-                   help="torch.compile the model; optional mode: reduce-overhead or max-autotune")
-    p.add_argument("--cudnn-benchmark", default="auto", choices=("auto", "on", "off"),
-                   help="torch.backends.cudnn.benchmark on CUDA (auto = off)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--policy-opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="policy option (repeatable), e.g. cooldown=5 or thresholds=universal")
-    p.add_argument("--checkpoint-dir", default=None, help="save every epoch; resume if a checkpoint is there")
-    p.add_argument("--out", default=None, help="write all records as JSON lines to this file")
+    add_arguments(p, TrialConfig, skip=_MANUAL, group="trial settings (trainables/config.py)")
+    g = p.add_argument_group("policy, outputs, compatibility")
+    g.add_argument("--policy-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="policy option (repeatable), e.g. cooldown=5 or thresholds=universal; "
+                        "`python -c \"from trainables.policies import policy_options; "
+                        "print(policy_options('deba'))\"` lists them")
+    g.add_argument("--batch-size", metavar="B", help="the policy's first batch size (policy option b0)")
+    g.add_argument("--no-augment", action="store_true", help="same as --augment none")
+    g.add_argument("--no-download", action="store_true", help="same as --download false")
+    g.add_argument("--checkpoint-dir", default=None, help="save every epoch; resume if a checkpoint is there")
+    g.add_argument("--out", default=None, help="write all records as JSON lines to this file")
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The TrialLoop config of the parsed arguments (validated; ValueError on bad values)."""
+def config_from_args(args: argparse.Namespace) -> TrialConfig:
+    """The TrialConfig of the parsed arguments (ValueError naming a bad value)."""
+    values: dict[str, Any] = {}
+    for f in fields_of(TrialConfig):
+        text = getattr(args, f.name, None)
+        if f.name not in _MANUAL and text is not None:
+            values[f.name] = parse_text(f.name, text, f.metadata)
     policy = dict(parse_policy_opt(t) for t in args.policy_opt)
-    return validate_config({
-        "arch": args.arch, "dataset": args.dataset, "method": args.method, "variant": args.variant,
-        "epochs": args.epochs, "seed": args.seed, "lr": args.lr, "momentum": args.momentum,
-        "weight_decay": args.weight_decay, "data_dir": args.data_dir, "download": not args.no_download,
-        "train_limit": args.train_limit, "test_limit": args.test_limit, "eval_batch_size": args.eval_batch_size,
-        "augment": "none" if args.no_augment else args.augment, "device": args.device, "amp": args.amp, "compile": args.compile,
-        "cudnn_benchmark": {"auto": "auto", "on": True, "off": False}[args.cudnn_benchmark],
-        "threads": args.threads, "policy": policy,
-    })
-
-
-def progress_line(rec: dict[str, Any], epochs: int) -> str:
-    """One line per epoch: batch sizes, decision, losses, accuracies, time, throughput."""
-    return (f"epoch {rec['epoch']:>3}/{epochs}  bs {rec['batch_size']:>4} -> {rec['next_batch_size']:<4} "
-            f"{rec['decision']:<8}  train loss {rec['train_loss']:.4f} acc {rec['train_acc']:.4f}  "
-            f"test acc {rec['test_acc']:.4f}  epoch {rec['epoch_time_s']:.2f}s  {rec['samples_per_s']:.0f} samples/s")
+    if args.batch_size is not None:
+        policy["b0"] = parse_text("batch_size", args.batch_size, B0_FIELD.metadata)
+    if args.no_augment:
+        values["augment"] = "none"
+    if args.no_download:
+        values["download"] = False
+    return TrialConfig.from_dict({**values, "policy": policy})
 
 
 def summary_lines(loop: TrialLoop) -> list[str]:
-    """The final summary of a trial."""
-    h = loop.history
-    if not h:
+    """The final summary of a trial (the figures of its runs-table row)."""
+    if not loop.history:
         return [f"status {loop.status}: no epoch was run"]
-    accs = [r["test_acc"] for r in h if math.isfinite(r["test_acc"])]
-    n_inc = sum(r["decision"] == "increase" for r in h)
-    n_rb = sum(r["decision"] == "rollback" for r in h)
+    s = trial_summary(loop.history)
     return [
-        f"status {loop.status} after {loop.epochs_done} epochs on {loop.device_name}",
-        f"final test acc {h[-1]['test_acc']:.4f}  best {max(accs) if accs else float('nan'):.4f}",
-        f"train time {sum(r['epoch_time_s'] for r in h):.1f}s  wall {h[-1]['wall_time_s']:.1f}s",
-        f"decisions: {n_inc} increase, {n_rb} rollback; final batch size {h[-1]['next_batch_size']}",
+        f"status {loop.status} after {s['epochs_done']} epochs on {loop.device_name}",
+        f"final test acc {s['final_test_acc']:.4f}  best {s['best_test_acc'] or float('nan'):.4f}",
+        f"train time {s['train_time_s']:.1f}s  wall {s['wall_time_s']:.1f}s",
+        f"decisions: {s['n_increase']} increase, {s['n_rollback']} rollback; final batch size "
+        f"{loop.history[-1]['next_batch_size']}",
     ]
 
 
@@ -115,29 +100,46 @@ def write_jsonl(path: str, records: Sequence[dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
+def _check_paths(args: argparse.Namespace) -> None:
+    """Refuse output paths that cannot work before anything trains (ValueError naming the flag)."""
+    if args.checkpoint_dir and os.path.exists(args.checkpoint_dir) and not os.path.isdir(args.checkpoint_dir):
+        raise ValueError(f"--checkpoint-dir {args.checkpoint_dir!r} is a file; give a directory (created when missing)")
+    if args.out:
+        if os.path.isdir(args.out):
+            raise ValueError(f"--out {args.out!r} is a directory; give a file name for the JSON lines")
+        parent = os.path.dirname(os.path.abspath(args.out))
+        if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+            raise ValueError(f"--out {args.out!r}: {parent} is not a writable directory")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (0 ok, 2 bad configuration or unsupported method)."""
     args = build_parser().parse_args(argv)
     try:
+        _check_paths(args)
         cfg = config_from_args(args)
         loop = TrialLoop(cfg)
         if args.checkpoint_dir and os.path.exists(os.path.join(args.checkpoint_dir, CHECKPOINT_FILE)):
             loop.load_checkpoint(args.checkpoint_dir)
+            if loop.epochs_done > cfg.epochs:
+                raise ValueError(f"--checkpoint-dir {args.checkpoint_dir!r} holds {loop.epochs_done} trained epochs, more "
+                                 f"than --epochs {cfg.epochs}: give --epochs {loop.epochs_done} or more to continue "
+                                 "it, or another --checkpoint-dir")
             print(f"resumed from {args.checkpoint_dir} after epoch {loop.epochs_done}", flush=True)
-    except (ValueError, FileNotFoundError) as err:  # bad config, missing dataset, foreign checkpoint
+    except (ValueError, FileNotFoundError) as err:  # bad config, missing dataset, damaged or foreign checkpoint
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"{cfg['arch']} on {cfg['dataset']} ({loop.n_train} train / {loop.n_test} test), method {cfg['method']}, "
-          f"seed {cfg['seed']}, device {loop.device_name}", flush=True)
+    print(f"{cfg.arch} on {cfg.dataset} ({loop.n_train} train / {loop.n_test} test), method {cfg.method}, "
+          f"seed {cfg.seed}, device {loop.device_name}", flush=True)
     for rec in loop.history:
-        print(progress_line(rec, cfg["epochs"]), flush=True)
+        print(progress_line(rec, cfg.epochs), flush=True)
     while not loop.done:
         try:
             rec = loop.run_epoch()
         except NotImplementedError as err:  # the method needs a measurement the loop lacks
             print(f"error: {err}", file=sys.stderr)
             return 2
-        print(progress_line(rec, cfg["epochs"]), flush=True)
+        print(progress_line(rec, cfg.epochs), flush=True)
         if args.checkpoint_dir:
             loop.save_checkpoint(args.checkpoint_dir)
         if args.out:

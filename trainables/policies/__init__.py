@@ -14,15 +14,17 @@ Pure Python: importing this package never imports torch.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from trainables.policies.adabatch import AdaBatchPolicy
-from trainables.policies.base import (LR_SCALINGS, MEASURE_PER_SAMPLE, MEASURE_TWO_BATCH, MEASUREMENT_NAMES,
-                                      BatchSizePolicy)
-from trainables.policies.deba import ARCH_THRESHOLDS, UNIVERSAL_THRESHOLDS, DebaPolicy
+from trainables.policies.base import MEASURE_PER_SAMPLE, MEASURE_TWO_BATCH, MEASUREMENT_NAMES, BatchSizePolicy
+from trainables.policies.deba import ARCH_THRESHOLDS, DebaPolicy
 from trainables.policies.divebatch import DiveBatchPolicy
 from trainables.policies.fixed import FixedPolicy
 from trainables.policies.gns import GnsPolicy
+from trainables.policies.options import LR_SCALINGS, PolicyOptions
+from trainables.settings import build, defaults, fail
 
 POLICIES: dict[str, type[BatchSizePolicy]] = {
     FixedPolicy.name: FixedPolicy,
@@ -34,20 +36,33 @@ POLICIES: dict[str, type[BatchSizePolicy]] = {
 POLICY_NAMES: tuple[str, ...] = tuple(POLICIES)
 
 
+def _policy(name: str) -> type[BatchSizePolicy]:
+    if name not in POLICIES:
+        fail("method", name, "one of " + ", ".join(map(repr, POLICIES)))
+    return POLICIES[name]
+
+
+def policy_options_object(name: str, options: Mapping[str, Any]) -> PolicyOptions:
+    """The typed options of policy `name` from a mapping; ValueError names an unknown or bad option."""
+    return build(_policy(name).Options, options, f"policy {name!r} option")
+
+
+def policy_context_check(name: str, options: PolicyOptions, arch: str | None, dataset: str | None) -> None:
+    """Refuse options that cannot work for this arch/dataset (e.g. DEBA without thresholds for the arch)."""
+    _policy(name).check_context(options, arch, dataset)
+
+
 def make_policy(name: str, arch: str | None = None, dataset: str | None = None, **options: Any) -> BatchSizePolicy:
     """Build the policy `name` for `arch` (and `dataset`, which DiveBatch's delta default reads);
     unknown names or options raise ValueError naming them."""
-    if name not in POLICIES:
-        raise ValueError(f"unknown policy {name!r}; known policies: {', '.join(POLICIES)}")
-    return POLICIES[name](arch=arch, dataset=dataset, **options)
+    return _policy(name)(arch=arch, dataset=dataset, options=policy_options_object(name, options))
 
 
 def policy_options(name: str) -> dict[str, Any]:
-    """The options `name` accepts, with their defaults."""
-    if name not in POLICIES:
-        raise ValueError(f"unknown policy {name!r}; known policies: {', '.join(POLICIES)}")
-    return dict(POLICIES[name].OPTIONS)
+    """The options `name` accepts, with their defaults (read from its options dataclass)."""
+    return defaults(_policy(name).Options)
 
 
 __all__ = ["ARCH_THRESHOLDS", "LR_SCALINGS", "MEASUREMENT_NAMES", "MEASURE_PER_SAMPLE", "MEASURE_TWO_BATCH",
-           "POLICIES", "POLICY_NAMES", "UNIVERSAL_THRESHOLDS", "BatchSizePolicy", "make_policy", "policy_options"]
+           "POLICIES", "POLICY_NAMES", "BatchSizePolicy", "PolicyOptions", "make_policy", "policy_context_check",
+           "policy_options", "policy_options_object"]

@@ -36,75 +36,46 @@ import math
 from typing import Any, ClassVar
 
 from trainables.policies.noise import NoiseEMA, adascale_gain
+from trainables.policies.options import CooldownOptions, PolicyOptions
 from trainables.policies.signals import SignalTracker
 
-SIGNAL_SOURCES: tuple[str, ...] = ("last_step", "epoch_mean")
-LR_SCALINGS: tuple[str, ...] = ("none", "linear", "sqrt", "adascale")
 MEASURE_PER_SAMPLE = "per_sample_diversity"
 MEASURE_TWO_BATCH = "two_batch"
 MEASUREMENT_NAMES: tuple[str, ...] = (MEASURE_PER_SAMPLE, MEASURE_TWO_BATCH)
 
 
-def check_choice(field: str, value: Any, allowed: tuple[Any, ...]) -> None:
-    """Raise ValueError naming `field` unless `value` is one of `allowed`."""
-    if value not in allowed:
-        raise ValueError(f"{field}={value!r} is not allowed; allowed values: {', '.join(map(repr, allowed))}")
-
-
-def check_number(field: str, value: Any, *, minimum: float | None = None, strict: bool = False,
-                 integer: bool = False) -> None:
-    """Raise ValueError naming `field` unless `value` is a finite number in range."""
-    kind = "an integer" if integer else "a number"
-    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok_type or not math.isfinite(value):
-        raise ValueError(f"{field}={value!r} must be {kind}")
-    if minimum is not None and (value <= minimum if strict else value < minimum):
-        raise ValueError(f"{field}={value!r} must be {'>' if strict else '>='} {minimum}")
-
-
 class BatchSizePolicy:
     """Base class: holds the batch size and the DEBA signal tracker every policy records.
 
-    Subclasses set `name` and `OPTIONS` (option name -> default) and implement `decide`; those that
-    need statistics override `method_measurements`. Options every policy accepts: b0, window,
-    full_history, signal_source, lr_scaling, ema_decay (of the two-batch statistics, 0.5 [choice]),
-    micro_batches (k micro-batches per step when two-batch statistics are measured, 2 [choice]).
-    `dataset` (like `arch`) is context, not an option: the loop passes the trial's dataset.
+    Subclasses set `name` and `Options` (their options dataclass, policies/options.py) and
+    implement `decide`; those that need statistics override `method_measurements`, those whose
+    options depend on the trial's arch or dataset override `check_context`. `dataset` (like `arch`)
+    is context, not an option: the loop passes the trial's dataset.
     """
 
     name: ClassVar[str] = ""
-    OPTIONS: ClassVar[dict[str, Any]] = {"b0": 64, "window": 15, "full_history": False,
-                                         "signal_source": "last_step", "lr_scaling": "none",
-                                         "ema_decay": 0.5, "micro_batches": 2}
+    Options: ClassVar[type[PolicyOptions]] = PolicyOptions
     # False for a policy whose batch size never leaves b0 (its adascale gain is always 1).
     can_change_batch: ClassVar[bool] = True
 
-    def __init__(self, arch: str | None = None, dataset: str | None = None, **options: Any) -> None:
-        unknown = sorted(set(options) - set(self.OPTIONS))
-        if unknown:
-            raise ValueError(f"unknown option(s) {', '.join(unknown)} for policy {self.name!r}; "
-                             f"allowed options: {', '.join(sorted(self.OPTIONS))}")
+    def __init__(self, arch: str | None = None, dataset: str | None = None,
+                 options: PolicyOptions | None = None) -> None:
         self.arch = arch
         self.dataset = dataset
-        self.options: dict[str, Any] = {**self.OPTIONS, **options}
-        opts = self.options
-        check_number("b0", opts["b0"], minimum=1, integer=True)
-        check_number("window", opts["window"], minimum=1, integer=True)
-        check_choice("full_history", opts["full_history"], (False, True))
-        check_choice("signal_source", opts["signal_source"], SIGNAL_SOURCES)
-        check_choice("lr_scaling", opts["lr_scaling"], LR_SCALINGS)
-        check_number("ema_decay", opts["ema_decay"], minimum=0.0)
-        if opts["ema_decay"] >= 1.0:
-            raise ValueError(f"ema_decay={opts['ema_decay']!r} must be < 1")
-        check_number("micro_batches", opts["micro_batches"], minimum=2, integer=True)
-        self.signal_source: str = opts["signal_source"]
-        self.lr_scaling: str = opts["lr_scaling"]
-        self.tracker = SignalTracker(opts["window"], opts["full_history"])
+        self.options = opts = options if options is not None else self.Options()
+        self.check_context(opts, arch, dataset)
+        self.signal_source: str = opts.signal_source
+        self.lr_scaling: str = opts.lr_scaling
+        self.tracker = SignalTracker(opts.window, opts.full_history)
         # EMAs of the two-batch statistics: fed whenever the loop measured them (gns, adascale).
-        self.noise = NoiseEMA(opts["ema_decay"])
-        self._batch_size: int = opts["b0"]
+        self.noise = NoiseEMA(opts.ema_decay)
+        self._batch_size: int = opts.b0
         self.lr_scale: float = 1.0
         self.epoch: int = 0  # last epoch stepped
+
+    @classmethod
+    def check_context(cls, options: PolicyOptions, arch: str | None, dataset: str | None) -> None:
+        """Refuse options that cannot work for this arch or dataset (ValueError); nothing by default."""
 
     @property
     def batch_size(self) -> int:
@@ -127,17 +98,17 @@ class BatchSizePolicy:
 
     def measure_settings(self) -> dict[str, int]:
         """How the loop measures: micro-batches per step for "two_batch" (subclasses may add keys)."""
-        return {"micro_batches": int(self.options["micro_batches"])}
+        return {"micro_batches": int(self.options.micro_batches)}
 
     def next_lr_scale(self, batch_size: int) -> float:
         """The lr multiplier for an epoch trained at `batch_size` (option lr_scaling)."""
-        s = batch_size / self.options["b0"]
+        s = batch_size / self.options.b0
         if self.lr_scaling == "linear":
             return s
         if self.lr_scaling == "sqrt":
             return math.sqrt(s)
         if self.lr_scaling == "adascale":
-            return adascale_gain(self.noise.trace, self.noise.sqnorm, batch_size, self.options["b0"])
+            return adascale_gain(self.noise.trace, self.noise.sqnorm, batch_size, self.options.b0)
         return 1.0
 
     def step(self, epoch: int, train_loss: float, grad_var: float, grad_norm: float,
@@ -202,22 +173,17 @@ class CooldownPolicy(BatchSizePolicy):
     start, so epochs 1..cooldown-1 hold too [choice] (SPEC §2). Subclasses call `mark_change(epoch)`.
     """
 
-    OPTIONS: ClassVar[dict[str, Any]] = {**BatchSizePolicy.OPTIONS, "b_min": 32, "b_max": 1024, "cooldown": 10}
+    Options: ClassVar[type[PolicyOptions]] = CooldownOptions
+    options: CooldownOptions
 
-    def __init__(self, arch: str | None = None, dataset: str | None = None, **options: Any) -> None:
-        super().__init__(arch, dataset, **options)
-        opts = self.options
-        check_number("b_min", opts["b_min"], minimum=1, integer=True)
-        check_number("b_max", opts["b_max"], minimum=1, integer=True)
-        check_number("cooldown", opts["cooldown"], minimum=0, integer=True)
-        if not opts["b_min"] <= opts["b0"] <= opts["b_max"]:
-            raise ValueError(f"need b_min <= b0 <= b_max, got b_min={opts['b_min']}, b0={opts['b0']}, "
-                             f"b_max={opts['b_max']}")
+    def __init__(self, arch: str | None = None, dataset: str | None = None,
+                 options: PolicyOptions | None = None) -> None:
+        super().__init__(arch, dataset, options)
         self.t_last = 0  # epoch of the last change
 
     def in_cooldown(self, epoch: int) -> bool:
         """Whether decisions at `epoch` are forced to hold."""
-        return epoch - self.t_last < self.options["cooldown"]
+        return epoch - self.t_last < self.options.cooldown
 
     def mark_change(self, epoch: int) -> None:
         """Start a cooldown: B changed after `epoch`."""

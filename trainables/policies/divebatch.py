@@ -5,15 +5,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from trainables.policies.base import (MEASURE_PER_SAMPLE, MEASURE_TWO_BATCH, BatchSizePolicy, check_choice,
-                                      check_number)
+from trainables.policies.base import MEASURE_PER_SAMPLE, MEASURE_TWO_BATCH, BatchSizePolicy
 from trainables.policies.noise import simple_noise_scale
+from trainables.policies.options import DiveBatchOptions, PolicyOptions
 
 # The paper's delta per dataset; any other dataset (digits, synthetic, unknown) uses DEFAULT_DELTA.
 DATASET_DELTA: dict[str, float] = {"cifar10": 0.1, "cifar100": 0.01}
 DEFAULT_DELTA = 0.1  # [choice] for datasets the paper did not use: 10-class data, as CIFAR-10
-ESTIMATORS: tuple[str, ...] = ("per_sample", "noise_scale")
-DIVERSITY_SUMS: tuple[str, ...] = ("training", "per_sample")
 
 
 def divebatch_update(batch: int, n_delta: float, delta: float, b_max: int) -> int:
@@ -51,42 +49,34 @@ class DiveBatchPolicy(BatchSizePolicy):
     """
 
     name = "divebatch"
-    OPTIONS = {**BatchSizePolicy.OPTIONS, "resize_every": 20, "b_max": 2048, "delta": None,
-               "estimator": "per_sample", "diversity_sum": "training", "per_sample_chunk": 32}
+    Options = DiveBatchOptions
+    options: DiveBatchOptions
 
-    def __init__(self, arch: str | None = None, dataset: str | None = None, **options: Any) -> None:
-        super().__init__(arch, dataset, **options)
+    def __init__(self, arch: str | None = None, dataset: str | None = None,
+                 options: PolicyOptions | None = None) -> None:
+        super().__init__(arch, dataset, options)
         opts = self.options
-        check_number("resize_every", opts["resize_every"], minimum=1, integer=True)
-        check_number("b_max", opts["b_max"], minimum=1, integer=True)
-        check_choice("estimator", opts["estimator"], ESTIMATORS)
-        check_choice("diversity_sum", opts["diversity_sum"], DIVERSITY_SUMS)
-        check_number("per_sample_chunk", opts["per_sample_chunk"], minimum=1, integer=True)
-        if opts["delta"] is not None:
-            check_number("delta", opts["delta"], minimum=0.0, strict=True)
-        if opts["b0"] > opts["b_max"]:
-            raise ValueError(f"need b0 <= b_max, got b0={opts['b0']}, b_max={opts['b_max']}")
-        self.delta: float = float(opts["delta"] if opts["delta"] is not None
+        self.delta: float = float(opts.delta if opts.delta is not None
                                   else DATASET_DELTA.get(dataset or "", DEFAULT_DELTA))
 
     def is_resize_epoch(self, epoch: int) -> bool:
         """Whether `epoch` measures the diversity and resizes after it (epochs T, 2T, ...)."""
-        return epoch % self.options["resize_every"] == 0
+        return epoch % self.options.resize_every == 0
 
     def method_measurements(self, epoch: int) -> frozenset[str]:
         """The estimator's statistic on resize epochs below b_max; nothing otherwise."""
-        if not self.is_resize_epoch(epoch) or self.batch_size >= self.options["b_max"]:
+        if not self.is_resize_epoch(epoch) or self.batch_size >= self.options.b_max:
             return frozenset()
-        return frozenset({MEASURE_PER_SAMPLE if self.options["estimator"] == "per_sample" else MEASURE_TWO_BATCH})
+        return frozenset({MEASURE_PER_SAMPLE if self.options.estimator == "per_sample" else MEASURE_TWO_BATCH})
 
     def measure_settings(self) -> dict[str, int]:
         """Adds the per-sample chunk size and the diversity denominator."""
-        return {**super().measure_settings(), "per_sample_chunk": int(self.options["per_sample_chunk"]),
-                "diversity_sum": self.options["diversity_sum"]}
+        return {**super().measure_settings(), "per_sample_chunk": int(self.options.per_sample_chunk),
+                "diversity_sum": self.options.diversity_sum}
 
     def _n_delta(self, epoch: int, inputs: dict[str, Any]) -> tuple[float, float, float]:
         """(Delta, n*Delta, B_simple) from the measured inputs of a resize epoch."""
-        per_sample = self.options["estimator"] == "per_sample"
+        per_sample = self.options.estimator == "per_sample"
         keys = ("grad_diversity", "n_samples") if per_sample else ("noise_trace", "noise_sqnorm", "n_samples")
         missing = [k for k in keys if inputs.get(k) is None]
         if missing:
@@ -106,6 +96,6 @@ class DiveBatchPolicy(BatchSizePolicy):
         if not self.method_measurements(epoch):
             return {"decision": "hold", "batch_size": batch}
         diversity, n_delta, b_simple = self._n_delta(epoch, inputs)
-        new_batch = divebatch_update(batch, n_delta, self.delta, self.options["b_max"])
+        new_batch = divebatch_update(batch, n_delta, self.delta, self.options.b_max)
         return {"decision": "increase" if new_batch > batch else "hold", "batch_size": new_batch,
                 "grad_diversity": diversity, "noise_scale": b_simple}

@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from trainables.policies.base import MEASURE_TWO_BATCH, CooldownPolicy
+from trainables.policies.options import GnsOptions
 
 
 def gns_target(b_simple: float, b_min: int, b_max: int) -> int | None:
@@ -31,6 +32,7 @@ class GnsPolicy(CooldownPolicy):
     """
 
     name = "gns"
+    Options = GnsOptions
     def method_measurements(self, epoch: int) -> frozenset[str]:
         """Two-batch statistics every epoch (the EMA needs every epoch, cooldown included)."""
         return frozenset({MEASURE_TWO_BATCH})
@@ -46,7 +48,7 @@ class GnsPolicy(CooldownPolicy):
         if self.in_cooldown(epoch):
             rec["in_cooldown"] = True
             return rec
-        target = gns_target(b_simple, self.options["b_min"], self.options["b_max"])
+        target = gns_target(b_simple, self.options.b_min, self.options.b_max)
         if target is not None and target != batch:
             rec.update(decision="increase" if target > batch else "rollback", batch_size=target)
             self.mark_change(epoch)

@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from analysis.schema import EPOCH_COLUMNS, RUN_COLUMNS, arrow_schema
+from trainables.records import EPOCH_COLUMNS, RUN_COLUMNS, arrow_schema
 
 EPOCH_SCHEMA = arrow_schema(EPOCH_COLUMNS)
 RUN_SCHEMA = arrow_schema(RUN_COLUMNS)

@@ -1,0 +1,114 @@
+"""Trial cost estimates and the launch order: the longest trials first.
+
+Tune starts a study's trials in the order of its grid (FIFO, whenever a GPU frees up), so a
+100-epoch ViT trial that starts last sets the makespan. Launching the longest first (LPT list
+scheduling) keeps the cluster busy: its makespan is at most 4/3 of the optimum.
+
+A trial's cost, in seconds when the store has measurements, else in FLOPs:
+- measured: the mean train + eval time per epoch of the finished trials of the same (arch,
+  dataset) in this study's store, times the trial's epochs;
+- estimated: forward FLOPs per sample x (3 x train samples + test samples) x epochs (a training
+  step costs about three forwards, evaluation one), converted to seconds with the median
+  seconds-per-FLOP of the measured groups when there are any.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    """Estimated cost per trial (trial_id -> value) in `unit` ("s" or "FLOP"), and how many came from
+    measurements."""
+
+    costs: dict[str, float]
+    unit: str
+    measured: int
+
+
+def flop_cost(config: dict[str, Any]) -> float:
+    """Training + evaluation FLOPs of a trial config (SPEC-free estimate; see the module docstring)."""
+    from trainables.data import NUM_CLASSES, split_sizes
+    from trainables.models import model_flops_per_sample
+
+    flops = model_flops_per_sample(config["arch"], NUM_CLASSES[config["dataset"]], config.get("timm_input")) or 0.0
+    n_train, n_test = split_sizes(config["dataset"], config.get("train_limit"), config.get("test_limit"))
+    return flops * (3 * n_train + n_test) * config["epochs"]
+
+
+def estimate_costs(trials: Sequence[Any], measured: dict[tuple[str, str], float]) -> CostEstimate:
+    """Costs of `trials` (TrialSpecs); `measured` maps (arch, dataset) -> seconds per epoch."""
+    flops = {t.trial_id: flop_cost(t.config) for t in trials}
+    rates = [measured[(t.arch, t.dataset)] * t.config["epochs"] / flops[t.trial_id]
+             for t in trials if (t.arch, t.dataset) in measured and flops[t.trial_id] > 0]
+    if not measured or not rates:
+        return CostEstimate(costs=flops, unit="FLOP", measured=0)
+    rate = statistics.median(rates)
+    costs = {}
+    n = 0
+    for t in trials:
+        if (t.arch, t.dataset) in measured:
+            costs[t.trial_id] = measured[(t.arch, t.dataset)] * t.config["epochs"]
+            n += 1
+        else:
+            costs[t.trial_id] = flops[t.trial_id] * rate
+    return CostEstimate(costs=costs, unit="s", measured=n)
+
+
+def longest_first(ids: Iterable[str], costs: dict[str, float]) -> list[str]:
+    """`ids` ordered by cost, longest first (ties by id, so the order is stable)."""
+    return sorted(ids, key=lambda i: (-costs.get(i, 0.0), i))
+
+
+def makespan(costs: Sequence[float], slots: int) -> float:
+    """Finish time of list scheduling: each trial, in the given order, starts on the first free slot."""
+    if slots < 1:
+        raise ValueError(f"slots={slots} is not allowed; expected an integer >= 1")
+    free = [0.0] * min(slots, max(len(costs), 1))
+    heapq.heapify(free)
+    end = 0.0
+    for c in costs:
+        start = heapq.heappop(free)
+        end = max(end, start + c)
+        heapq.heappush(free, start + c)
+    return end
+
+
+def lower_bound(costs: Sequence[float], slots: int) -> float:
+    """No schedule finishes before max(total / slots, longest trial)."""
+    return max(sum(costs) / slots, max(costs, default=0.0))
+
+
+def efficiency(costs: Sequence[float], slots: int, span: float) -> float:
+    """Busy fraction of the cluster: sum of trial times / (slots x makespan)."""
+    return sum(costs) / (slots * span) if span > 0 else math.nan
+
+
+def random_order_efficiency(costs: Sequence[float], slots: int, repeats: int = 200, seed: int = 0) -> list[float]:
+    """Efficiencies of `repeats` random launch orders (the trial-id hash order is one such order)."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(repeats):
+        order = list(costs)
+        rng.shuffle(order)
+        out.append(efficiency(order, slots, makespan(order, slots)))
+    return out
+
+
+def format_duration(value: float, unit: str) -> str:
+    """A cost for people: hours/minutes/seconds, or TFLOP/PFLOP when no time was measured."""
+    if unit == "FLOP":
+        for scale, name in ((1e18, "EFLOP"), (1e15, "PFLOP"), (1e12, "TFLOP")):
+            if value >= scale:
+                return f"{value / scale:.3g} {name}"
+        return f"{value / 1e9:.3g} GFLOP"
+    if value >= 3600:
+        return f"{value / 3600:.1f} h"
+    return f"{value / 60:.1f} min" if value >= 60 else f"{value:.0f} s"

@@ -1,0 +1,284 @@
+"""Reliability without Ray: settings applied or refused, one configuration per study, damaged files set
+aside, one driver per study, resume points across experiments, older stores in the analysis, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from analysis.load import load_store
+from benchmarks.synthetic_store import run_row as synthetic_run_row
+from benchmarks.synthetic_store import trial_rows, write_trial
+from orchestrator.checkpoints import find_checkpoints, intact, prune, resume_points
+from orchestrator.cli import build_parser, study_from_args
+from orchestrator.lock import StudyLock, StudyLocked
+from orchestrator.run_grid import format_summary
+from orchestrator.run_grid import main as grid_main
+from orchestrator.runner import make_plan
+from orchestrator.sink import error_text
+from orchestrator.store import ResultsStore, run_row
+from orchestrator.studies import expand, preset, with_overrides
+from trainables.loop import TrialLoop
+from trainables.run import main as trial_main
+
+
+def _study(argv):
+    return study_from_args(build_parser().parse_args(argv))
+
+
+def _store_trial(results, spec, epochs, status="completed", rows=None):
+    """Rows and a runs row of `spec` as the sink stores them (made-up numbers)."""
+    store = ResultsStore(results, spec.study)
+    rows = rows or [{"study": spec.study, "trial_id": spec.trial_id, "arch": spec.arch, "dataset": spec.dataset,
+                     "seed": spec.seed, "method": spec.method, "variant": spec.variant, "epoch": e,
+                     "batch_size": 64, "test_acc": 0.5, "train_loss": 1.0, "grad_var": 1.0, "grad_norm": 1.0,
+                     "epoch_time_s": 1.0, "wall_time_s": float(e), "decision": "hold", "in_cooldown": False}
+                    for e in range(1, epochs + 1)]
+    store.write_epochs(spec.trial_id, rows)
+    store.write_run(run_row(spec, rows, status=status))
+    return store
+
+
+# ------------------------------------------------------------------ item 2: settings applied or refused
+
+def test_a_study_wide_theta_overrides_the_presets_thresholds():
+    specs = expand(_study(["--seeds", "0", "--policy-opt", "theta_stab=0.5"]))
+    deba = [s.config["policy"] for s in specs if s.method == "deba"]
+    assert deba and all(p["theta_stab"] == 0.5 for p in deba)
+    assert {p["theta_conf"] for p in deba} == {1.0}  # the preset's theta_conf stays
+
+
+def test_universal_thresholds_study_wide_replace_the_presets():
+    specs = expand(_study(["--seeds", "0", "--policy-opt", "thresholds=universal"]))
+    deba = [s.config["policy"] for s in specs if s.method == "deba"]
+    assert all(p["thresholds"] == "universal" and "theta_stab" not in p for p in deba)
+
+
+def test_thresholds_file_keys_must_be_archs_of_the_study(tmp_path):
+    path = tmp_path / "thr.json"
+    path.write_text(json.dumps({"resnet-18": {"theta_stab": 0.3, "theta_conf": 0.5}}))
+    with pytest.raises(ValueError, match="thresholds key: arch=.resnet-18. is not allowed; expected .* resnet18"):
+        _study(["--thresholds", str(path)])
+    path.write_text(json.dumps({"tiny_cnn": {"theta_stab": 0.3, "theta_conf": 0.5},
+                                "resnet18": {"theta_stab": 0.3, "theta_conf": 0.5}}))
+    with pytest.raises(ValueError, match=r"resnet18, which this study does not run \(its archs: tiny_cnn, tiny_mlp\)"):
+        _study(["--thresholds", str(path)])
+    study = _study(["--thresholds", str(path), "--archs", "tiny_cnn,resnet18"])
+    assert study.thresholds["resnet18"] == {"theta_stab": 0.3, "theta_conf": 0.5}
+
+
+# ------------------------------------------------------------------ item 6: one configuration per study
+
+def test_a_changed_setting_under_an_existing_study_is_refused_naming_it(tmp_path):
+    results = str(tmp_path)
+    study = with_overrides(preset("demo"), seeds=[0], epochs=3)
+    for spec in expand(study):
+        _store_trial(results, spec, 3)
+    assert make_plan(study, results).pending == ()
+    with pytest.raises(ValueError, match=r"epochs: 3 -> 2 \(fewer\)"):
+        make_plan(with_overrides(study, epochs=2), results)
+    changed = with_overrides(study, loop={**study.loop, "lr": 0.02})
+    with pytest.raises(ValueError, match=r"lr: 0.01 -> 0.02.*--study demo-2"):
+        make_plan(changed, results)
+    with pytest.raises(ValueError, match=r"policy.cooldown: 2 -> 3"):
+        make_plan(with_overrides(study, policy={**study.policy, "cooldown": 3}), results)
+    # More epochs extend the same trials (their ids do not depend on the epochs); more seeds add trials.
+    longer = make_plan(with_overrides(study, epochs=5), results)
+    assert {t.trial_id for t in longer.pending} == {t.trial_id for t in expand(study)}
+    wider = make_plan(with_overrides(study, seeds=[0, 1]), results)
+    assert {t.seed for t in wider.pending} == {1}
+
+
+def test_run_grid_refuses_a_changed_study_with_exit_2(tmp_path, capsys):
+    results = str(tmp_path)
+    study = with_overrides(preset("demo"), seeds=[0], epochs=3)
+    for spec in expand(study):
+        _store_trial(results, spec, 3)
+    assert grid_main(["--seeds", "0", "--epochs", "2", "--results", results]) == 2
+    assert "already holds trial" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ item 4: damaged files are set aside
+
+def test_a_damaged_runs_file_is_quarantined_and_its_trial_runs_again(tmp_path, capsys):
+    results = str(tmp_path)
+    study = with_overrides(preset("demo"), seeds=[0], epochs=2, archs=["tiny_cnn"])
+    specs = expand(study)
+    for spec in specs:
+        store = _store_trial(results, spec, 2)
+    path = os.path.join(store.study_path, "runs", f"{specs[0].trial_id}.parquet")
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) // 2])
+    plan = make_plan(study, results)
+    assert [t.trial_id for t in plan.pending] == [specs[0].trial_id]
+    assert not os.path.exists(path)
+    moved = os.listdir(os.path.join(store.study_path, "_quarantine"))
+    assert len(moved) == 1 and moved[0].startswith(f"runs__{specs[0].trial_id}.parquet.")
+    assert "is damaged" in capsys.readouterr().err
+    # The analysis still reads the study: the damaged file is not in a table folder any more.
+    assert len(load_store(results, study.name).runs) == 1
+
+
+def test_a_damaged_epochs_file_means_the_trial_starts_over(tmp_path):
+    results = str(tmp_path)
+    spec = expand(with_overrides(preset("demo"), seeds=[0], epochs=4, archs=["tiny_cnn"], methods=["fixed"]))[0]
+    store = _store_trial(results, spec, 2, status="failed")
+    assert store.stored_epochs([spec.trial_id]) == {spec.trial_id: 2}
+    path = os.path.join(store.study_path, "epochs", f"{spec.trial_id}.parquet")
+    open(path, "wb").write(b"PAR1 truncated")
+    assert store.stored_epochs([spec.trial_id]) == {spec.trial_id: 0}
+    assert len(store.quarantined) == 1
+
+
+def test_the_analysis_names_a_damaged_file_and_leaves_it_out(tmp_path):
+    write_trial(str(tmp_path), "s", "a", trial_rows("s", "a", "resnet18", "digits", 1, "fixed"),
+                synthetic_run_row("s", "a", "resnet18", "digits", 1, "fixed"))
+    os.makedirs(tmp_path / "s" / "epochs", exist_ok=True)
+    (tmp_path / "s" / "epochs" / "b.parquet").write_bytes(b"PAR1 not really")
+    st = load_store(str(tmp_path))
+    assert len(st.epochs) == 3
+    assert any("b.parquet cannot be read" in n and "left out" in n for n in st.notes)
+
+
+# ------------------------------------------------------------------ item 5: one driver per study
+
+def test_a_second_driver_is_refused_and_a_dead_ones_lock_taken_over(tmp_path, capsys):
+    results = str(tmp_path)
+    first = StudyLock(results, "demo").acquire()
+    try:
+        with pytest.raises(StudyLocked, match=r"in use by driver .*:\d+ \(started"):
+            StudyLock(results, "demo").acquire()
+        assert grid_main(["--results", results, "--seeds", "0"]) == 2
+        assert "in use by driver" in capsys.readouterr().err
+        assert grid_main(["--results", results, "--seeds", "0", "--dry-run"]) == 0
+        assert "the study is being run now by driver" in capsys.readouterr().out
+    finally:
+        first.release()
+    assert not os.path.exists(first.path)
+    # A lock left by a process that no longer exists is taken over at once.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock = StudyLock(results, "demo")
+    doc = {**lock.doc, "owner": f"{lock.doc['owner'].rsplit(':', 1)[0]}:{dead.stdout.strip()}", "token": "old"}
+    os.makedirs(lock.dir, exist_ok=True)
+    open(lock.path, "w").write(json.dumps(doc))
+    lock.acquire()
+    assert lock.holder()["token"] == lock.token
+    lock.release()
+    # One whose heartbeat stopped long ago (another machine) too.
+    open(lock.path, "w").write(json.dumps({**doc, "owner": "elsewhere:1", "heartbeat": time.time() - 3600}))
+    StudyLock(results, "demo").acquire().release()
+
+
+# ------------------------------------------------------------------ item 1: resume points across experiments
+
+def _checkpoint(root, exp, tid, index, loop):
+    d = os.path.join(root, exp, f"label-{tid}", f"checkpoint_{index:06d}")
+    loop.save_checkpoint(d)
+    return d
+
+
+def test_resume_points_skip_damaged_and_uncovered_checkpoints_and_prune_old_ones(tmp_path):
+    root = str(tmp_path / "_ray")
+    loop = TrialLoop({"arch": "tiny_mlp", "dataset": "digits", "train_limit": 64, "test_limit": 32, "epochs": 4,
+                      "threads": 1})
+    paths = {}
+    for epoch in range(1, 5):
+        loop.run_epoch()
+        # epochs 1-2 in one experiment, 3-4 in the next (a killed driver, then a re-run)
+        paths[epoch] = _checkpoint(root, "exp-a" if epoch <= 2 else "exp-b", "t1", (epoch - 1) % 2, loop)
+    found = find_checkpoints(root, {"t1", "t2"})
+    assert [c.epoch for c in found["t1"]] == [4, 3, 2, 1] and found["t2"] == []
+    # The newest is truncated (a copy cut short): passed over, named, and kept for inspection.
+    state = os.path.join(paths[4], "state.pt")
+    open(state, "r+b").truncate(os.path.getsize(state) // 2)
+    assert "incomplete" in intact(found["t1"][0])
+    points = resume_points(found, {"t1": 4})
+    assert points["t1"].candidates == (paths[3], paths[2]) and points["t1"].epoch == 3
+    assert "state.pt is incomplete" in points["t1"].skipped[0]
+    # The store holds rows only up to epoch 2: a later checkpoint would skip rows, so it is no resume point.
+    assert resume_points(found, {"t1": 2})["t1"].candidates == (paths[2], paths[1])
+    assert resume_points(found, {"t1": 0})["t1"].candidates == ()
+    deleted = prune(found, points)
+    assert deleted == [paths[1]] and os.path.exists(paths[4]) and os.path.exists(paths[2])
+
+
+def test_the_trial_falls_back_when_a_candidate_does_not_load(tmp_path):
+    from trainables.ray_trainable import resume
+
+    cfg = {"arch": "tiny_mlp", "dataset": "digits", "train_limit": 64, "test_limit": 32, "epochs": 3, "threads": 1}
+    loop = TrialLoop(cfg)
+    loop.run_epoch()
+    good = str(tmp_path / "good")
+    loop.save_checkpoint(good)
+    bad = str(tmp_path / "bad")
+    os.makedirs(bad)
+    open(os.path.join(bad, "state.pt"), "wb").write(b"PK\x03\x04 truncated")
+    fresh = TrialLoop(cfg)
+    where, skipped = resume(fresh, None, [bad, good])
+    assert where == good and fresh.epochs_done == 1 and "cannot be read" in skipped[0]
+    again = TrialLoop(cfg)
+    assert resume(again, None, [bad]) == (None, [skipped[0]]) and again.epochs_done == 0
+
+
+# ------------------------------------------------------------------ item 7: older stores in the analysis
+
+def test_the_analysis_reads_a_store_without_provenance_columns(tmp_path):
+    old = ["gpus_per_trial", "cpus_per_trial", "python_version", "torch_version", "ray_version", "device", "host"]
+    for tid, method in (("f", "fixed"), ("d", "deba")):
+        write_trial(str(tmp_path), "s", tid, trial_rows("s", tid, "resnet18", "digits", 1, method), None)
+        row = synthetic_run_row("s", tid, "resnet18", "digits", 1, method)
+        os.makedirs(tmp_path / "s" / "runs", exist_ok=True)
+        pq.write_table(pa.Table.from_pylist([row]), tmp_path / "s" / "runs" / f"{tid}.parquet")
+    st = load_store(str(tmp_path))
+    assert st.runs["gpus_per_trial"].isna().all() and len(st.runs) == 2
+    note = next(n for n in st.notes if n.startswith("runs: columns missing"))
+    assert all(name in note for name in old)
+
+
+# ------------------------------------------------------------------ item 8: smaller things
+
+def test_summary_averages_only_completed_trials(tmp_path):
+    results = str(tmp_path)
+    specs = expand(with_overrides(preset("demo"), seeds=[0, 1], archs=["tiny_cnn"], methods=["fixed"]))
+
+    def rows(spec, acc, n):
+        return [{"study": spec.study, "trial_id": spec.trial_id, "arch": spec.arch, "dataset": spec.dataset,
+                 "seed": spec.seed, "method": spec.method, "variant": spec.variant, "epoch": e, "test_acc": acc,
+                 "epoch_time_s": 1.0, "batch_size": 64} for e in range(1, n + 1)]
+
+    _store_trial(results, specs[0], 12, rows=rows(specs[0], 0.9, 12))
+    _store_trial(results, specs[1], 2, status="failed", rows=rows(specs[1], 0.1, 2))
+    text = format_summary(results, "demo")
+    assert "90.0" in text and "50.0" not in text  # not (90 + 10) / 2
+
+
+def test_error_text_keeps_the_cause_first():
+    try:
+        raise FileNotFoundError("cifar10: dataset files not usable in /x")
+    except FileNotFoundError as exc:
+        text = error_text(exc)
+    first, rest = text.split("\n", 1)
+    assert first == "FileNotFoundError: cifar10: dataset files not usable in /x"
+    assert "Traceback" in rest and "test_error_text_keeps_the_cause_first" in rest
+
+
+def test_trainables_run_refuses_damaged_and_shorter_checkpoints_before_training(tmp_path, capsys):
+    base = ["--arch", "tiny_mlp", "--dataset", "digits", "--train-limit", "64", "--test-limit", "32"]
+    ck = str(tmp_path / "ck")
+    assert trial_main(base + ["--epochs", "2", "--checkpoint-dir", ck]) == 0
+    capsys.readouterr()
+    assert trial_main(base + ["--epochs", "1", "--checkpoint-dir", ck]) == 2
+    out, err = capsys.readouterr()
+    assert "holds 2 trained epochs, more than --epochs 1" in err and "epoch" not in out
+    state = os.path.join(ck, "state.pt")
+    open(state, "r+b").truncate(100)
+    assert trial_main(base + ["--epochs", "3", "--checkpoint-dir", ck]) == 2
+    out, err = capsys.readouterr()
+    assert "cannot be read" in err and "state.pt" in err and "epoch   3/" not in out

@@ -1,0 +1,180 @@
+"""One trial's configuration: `TrialConfig`, a frozen typed dataclass, checked in one place.
+
+    cfg = TrialConfig(arch="resnet18", dataset="cifar10", method="deba", policy={"cooldown": 5})
+    cfg.trial_id()                 # 12 hex digits of its identity (execution settings and epochs left out)
+    TrialConfig.from_dict(d)       # unknown or missing fields refused, naming them
+    cfg.to_dict()                  # plain JSON-able dict (what checkpoints and the runs table hold)
+
+Every field carries its help text, allowed values and role (trainables/settings.py): the
+command lines of `python -m trainables.run` and `run_grid.py` are generated from these fields,
+so a new setting is one field here. Execution settings (`execution=True`: device, threads,
+compile, ...) change how a trial runs, not what it computes: they are no part of its identity,
+so moving a study to other hardware keeps its finished trials. `epochs` is not part of it either:
+more epochs continue the same trial (its first epochs are identical).
+
+Torch is imported only to check an arch or dataset name against the registries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from trainables.settings import MISSING, build, defaults, fail, fields_of, setting, validate
+
+# Values of the `compile` field: off, torch.compile's default mode, or a torch.compile mode name.
+COMPILE_MODES: tuple[Any, ...] = (False, True, "reduce-overhead", "max-autotune")
+AUTO_ON_OFF: tuple[Any, ...] = ("auto", True, False)
+AUGMENT_CHOICES: tuple[str, ...] = ("auto", "crop_flip", "crop", "none")
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """The settings of one trial (SPEC §3 for the study's defaults)."""
+
+    arch: str = setting(MISSING, "architecture: a registry name (resnet18, resnet50, densenet121, efficientnet_b0, "
+                        "mobilenetv3, vit_b16, tiny_cnn, tiny_mlp) or timm/<name> for any timm model", kind="str")
+    dataset: str = setting(MISSING, "dataset: cifar10, cifar100, fashion_mnist, digits or synthetic", kind="str")
+    seed: int = setting(0, "seed of the weights, the data order, the augmentation and the data subset",
+                        kind="int", minimum=0)
+    method: str = setting("fixed", "batch-size policy: fixed, deba, adabatch, divebatch, gns", kind="str")
+    variant: str = setting("baseline", "name of the method's configuration (baseline or an ablation's name)",
+                           kind="str")
+    policy: dict = setting({}, "the policy's options (policy_options(method) lists them with their defaults)",
+                           kind="mapping")
+    epochs: int = setting(100, "epochs to train", kind="int", minimum=1)
+    lr: float = setting(0.01, "SGD learning rate (the paper's: fixed, no schedule)", kind="float", minimum=0.0,
+                        strict=True)
+    momentum: float = setting(0.9, "SGD momentum", kind="float", minimum=0.0, below=1.0)
+    weight_decay: float = setting(5e-4, "SGD weight decay", kind="float", minimum=0.0)
+    data_dir: str | None = setting(None, "directory with local dataset copies (default $DEBA_DATA_DIR or "
+                                   "~/.cache/deba/data)", kind="path", nullable=True, execution=True)
+    download: bool = setting(True, "download missing dataset files when online", kind="bool", execution=True)
+    train_limit: int | None = setting(None, "train on a seeded random subset of this many samples", kind="int",
+                                      minimum=1, nullable=True)
+    test_limit: int | None = setting(None, "evaluate on a seeded random subset of this many samples", kind="int",
+                                     minimum=1, nullable=True)
+    eval_batch_size: int = setting(1024, "batch size of the evaluation", kind="int", minimum=1, execution=True)
+    augment: str = setting("auto", "training augmentation: crop_flip, crop, none; auto = the dataset's default "
+                           "(crop for digits, else crop_flip)", kind="choice", choices=AUGMENT_CHOICES)
+    device: str = setting("auto", "auto = cuda when available", kind="choice", choices=("auto", "cpu", "cuda"),
+                          execution=True)
+    amp: str = setting("auto", "mixed precision: auto = bf16 on CUDA, off on CPU", kind="choice",
+                       choices=("auto", "bf16", "off"))
+    channels_last: Any = setting("auto", "channels_last memory format (auto = on; measured faster on CPU too)",
+                                 kind="choice", choices=AUTO_ON_OFF, execution=True)
+    fused_sgd: Any = setting("auto", "fused SGD kernel (auto = on CUDA)", kind="choice", choices=AUTO_ON_OFF,
+                             execution=True)
+    compile: Any = setting(False, "torch.compile the model: true (default mode) or a mode name", kind="choice",
+                           choices=COMPILE_MODES, execution=True, const="true")
+    cudnn_benchmark: Any = setting("auto", "torch.backends.cudnn.benchmark on CUDA (auto = off, unmeasured)",
+                                   kind="choice", choices=AUTO_ON_OFF, execution=True)
+    threads: int | None = setting(None, "torch CPU threads (default: torch's)", kind="int", minimum=1,
+                                  nullable=True, execution=True)
+    record_epoch_mean: bool = setting(False, "also record the epoch-mean gradient's variance and norm, whatever "
+                                      "the signal source (one parameter-sized buffer)", kind="bool")
+    timm_input: str | None = setting(None, "how a timm/ arch meets 32x32: auto, native, resize=N or "
+                                     "img_size=32[,patch_size=P][,window_size=W] (trainables/timm_archs.py); "
+                                     "auto is resolved and recorded", kind="path", nullable=True)
+
+    def __post_init__(self) -> None:
+        from trainables import timm_archs
+        from trainables.data import DATASETS, DEFAULT_AUGMENTATION, NUM_CLASSES
+        from trainables.models import check_arch
+        from trainables.policies import POLICY_NAMES, policy_context_check, policy_options_object
+
+        if isinstance(self.augment, bool):  # the meaning before per-dataset defaults: crop + flip, or nothing
+            object.__setattr__(self, "augment", "crop_flip" if self.augment else "none")
+        if self.policy is None:
+            object.__setattr__(self, "policy", {})
+        validate(self)
+        check_arch(self.arch)
+        if self.dataset not in DATASETS:
+            fail("dataset", self.dataset, "one of " + ", ".join(map(repr, DATASETS)))
+        if self.method not in POLICY_NAMES:
+            fail("method", self.method, "one of " + ", ".join(map(repr, POLICY_NAMES)))
+        if "arch" in self.policy:
+            fail("policy", self.policy, "policy options without 'arch' (the trial's arch is used)")
+        if self.augment == "auto":
+            object.__setattr__(self, "augment", DEFAULT_AUGMENTATION[self.dataset])
+        if timm_archs.is_timm(self.arch):  # the input choice is recorded, never left to "auto" at run time
+            choice = timm_archs.resolve_input(self.arch, NUM_CLASSES[self.dataset], self.timm_input or "auto")
+            object.__setattr__(self, "timm_input", choice)
+        elif self.timm_input is not None:
+            fail("timm_input", self.timm_input, f"null for the registry arch {self.arch!r} (its input adaptation is "
+                                                "fixed: trainables/models.py)")
+        options = policy_options_object(self.method, self.policy)
+        policy_context_check(self.method, options, arch=self.arch, dataset=self.dataset)
+        object.__setattr__(self, "_options", options)
+
+    # ------------------------------------------------------------------ conversions
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrialConfig:
+        """A config from a plain mapping; unknown or missing fields refused, naming them."""
+        return build(cls, data, "config field")
+
+    @classmethod
+    def coerce(cls, config: TrialConfig | Mapping[str, Any]) -> TrialConfig:
+        """`config` itself, or the config of a mapping."""
+        return config if isinstance(config, TrialConfig) else cls.from_dict(config)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field as a plain JSON-able dict."""
+        return {f.name: (dict(getattr(self, f.name)) if f.name == "policy" else getattr(self, f.name))
+                for f in fields_of(self)}
+
+    def replace(self, **changes: Any) -> TrialConfig:
+        """A copy with some fields changed (checked again)."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def options(self) -> Any:
+        """The policy's options, typed (trainables/policies/options.py)."""
+        return self._options  # type: ignore[attr-defined]
+
+    # ------------------------------------------------------------------ identity
+    def identity(self) -> dict[str, Any]:
+        """The fields that define what the trial computes (see the module docstring)."""
+        return identity_of(self.to_dict())
+
+    def trial_id(self) -> str:
+        """Stable 12-hex-digit id of the identity."""
+        return trial_id_of(self.to_dict())
+
+
+EXECUTION_FIELDS: frozenset[str] = frozenset(f.name for f in fields_of(TrialConfig) if f.metadata["execution"])
+# What a checkpoint must agree on to load into a loop (epochs may grow; execution settings may change).
+IDENTITY_FIELDS: tuple[str, ...] = tuple(f.name for f in fields_of(TrialConfig)
+                                         if not f.metadata["execution"] and f.name != "epochs")
+DEFAULT_CONFIG: dict[str, Any] = defaults(TrialConfig)
+
+
+# Fields added after trial ids existed: left out of the identity while unset, so that the trials
+# that do not use them keep their ids (timm_input is set for timm/ archs only).
+OMITTED_WHEN_UNSET: frozenset[str] = frozenset({"timm_input"})
+
+
+def identity_of(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The identity fields of a config mapping (execution settings and epochs left out)."""
+    return {k: v for k, v in config.items() if k not in EXECUTION_FIELDS and k != "epochs"
+            and not (k in OMITTED_WHEN_UNSET and v is None)}
+
+
+def canonical_json(obj: Any) -> str:
+    """JSON with sorted keys and no whitespace: equal configs give equal strings."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def trial_id_of(config: Mapping[str, Any]) -> str:
+    """Stable 12-hex-digit id of a config mapping's identity."""
+    return hashlib.sha1(canonical_json(identity_of(config)).encode()).hexdigest()[:12]
+
+
+def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The full config dict (defaults filled in, values normalised) of a mapping; ValueError names a
+    bad field and its allowed values."""
+    return TrialConfig.from_dict(config).to_dict()
