@@ -34,11 +34,7 @@ def calibrate(
     """Per arch: n_runs, n_epochs (rows used), theta_stab, theta_conf, paper values."""
     if not 0.0 <= stab_percentile <= 100.0:
         raise ValueError(f"stab_percentile must be in [0, 100], got {stab_percentile}")
-    ok = summary[
-        summary["method"].eq(fixed_method)
-        & summary["status"].eq("completed")
-        & (summary["n_epochs"] > 0)
-    ]
+    ok = summary[summary["method"].eq(fixed_method) & summary["status"].eq("completed") & (summary["n_epochs"] > 0)]
     e = epochs.merge(ok[["study", "trial_id"]], on=["study", "trial_id"], how="inner")
     e = e[e["epoch"] >= 2]
     dn = e["grad_norm_variation"].where(np.isfinite(e["grad_norm_variation"]))
@@ -70,21 +66,24 @@ def _float(x: object) -> float:
     return math.nan if x is None or pd.isna(x) else float(x)
 
 
-def replay_signals(trial: pd.DataFrame, signal_source: str = "last_step", window: int = 15,
-                   full_history: bool = False, confidence_eps: float = EPS) -> pd.DataFrame:
+def replay_signals(
+    trial: pd.DataFrame,
+    signal_source: str = "last_step",
+    window: int = 15,
+    full_history: bool = False,
+    confidence_eps: float = EPS,
+) -> pd.DataFrame:
     """dN_t, dL_t and c_t of one trial's epochs (sorted by epoch) as a policy with these signal
     options would have computed them, from the stored train_loss and gradient statistics."""
     if signal_source not in SOURCE_COLUMNS:
-        raise ValueError(f"signal_source={signal_source!r} is not allowed; allowed values: "
-                         f"{', '.join(SOURCE_COLUMNS)}")
+        raise ValueError(f"signal_source={signal_source!r} is not allowed; allowed values: {', '.join(SOURCE_COLUMNS)}")
     var_col, norm_col = SOURCE_COLUMNS[signal_source]
     tracker = SignalTracker(window, full_history, confidence_eps)
     rows = []
     for loss, var, norm in trial[["train_loss", var_col, norm_col]].itertuples(index=False):
         sig = tracker.update(_float(loss), _float(var), _float(norm))
         rows.append((sig.grad_norm_variation, sig.loss_variation, sig.confidence))
-    return pd.DataFrame(rows, columns=["grad_norm_variation", "loss_variation", "confidence"],
-                        index=trial.index)
+    return pd.DataFrame(rows, columns=["grad_norm_variation", "loss_variation", "confidence"], index=trial.index)
 
 
 def calibrate_reading(
@@ -105,8 +104,12 @@ def calibrate_reading(
     Returns {"theta_stab", "theta_conf", "n_runs", "n_epochs"}; ValueError when no completed fixed
     run of ``arch`` carries the statistics of ``signal_source``.
     """
-    ok = summary[summary["method"].eq(fixed_method) & summary["arch"].eq(arch)
-                 & summary["status"].eq("completed") & (summary["n_epochs"] > 0)]
+    ok = summary[
+        summary["method"].eq(fixed_method)
+        & summary["arch"].eq(arch)
+        & summary["status"].eq("completed")
+        & (summary["n_epochs"] > 0)
+    ]
     e = epochs.merge(ok[["study", "trial_id"]], on=["study", "trial_id"], how="inner")
     e = e.sort_values(["study", "trial_id", "epoch"], kind="stable")
     var_col = SOURCE_COLUMNS.get(signal_source, ("grad_var",))[0]
@@ -116,14 +119,20 @@ def calibrate_reading(
             replayed = replay_signals(trial, signal_source, window, full_history, confidence_eps)
             parts.append(replayed[trial["epoch"].to_numpy() >= 2])
     if not parts:
-        raise ValueError(f"calibration of arch {arch!r} for signal_source={signal_source!r}: no completed "
-                         f"{fixed_method!r} run of it records {var_col!r}")
+        raise ValueError(
+            f"calibration of arch {arch!r} for signal_source={signal_source!r}: no completed "
+            f"{fixed_method!r} run of it records {var_col!r}"
+        )
     signals = pd.concat(parts).replace([np.inf, -np.inf], np.nan)
     dn, conf = signals["grad_norm_variation"].dropna(), signals["confidence"].dropna()
     if dn.empty or conf.empty:
         raise ValueError(f"calibration of arch {arch!r}: no finite signals after epoch 1")
-    return {"theta_stab": float(np.percentile(dn, stab_percentile)), "theta_conf": float(np.median(conf)),
-            "n_runs": len(parts), "n_epochs": len(signals)}
+    return {
+        "theta_stab": float(np.percentile(dn, stab_percentile)),
+        "theta_conf": float(np.median(conf)),
+        "n_runs": len(parts),
+        "n_epochs": len(signals),
+    }
 
 
 def thresholds(cal: pd.DataFrame) -> dict[str, dict[str, float]]:

@@ -79,9 +79,7 @@ def _pair(cands: pd.DataFrame, refs: pd.DataFrame) -> tuple[pd.DataFrame, list[s
             "t_wall": "t_wall_fixed",
         }
     )
-    same = cands.merge(
-        r, left_on=["study", *PAIR_KEY], right_on=["fixed_study", *PAIR_KEY], how="left"
-    )
+    same = cands.merge(r, left_on=["study", *PAIR_KEY], right_on=["fixed_study", *PAIR_KEY], how="left")
     missing = same["fixed_trial_id"].isna()
     notes = []
     if missing.any():
@@ -141,9 +139,7 @@ def compare(
     reasons = []
     for x in no_partner.itertuples():
         key = (x.study, x.arch, x.dataset, x.seed)
-        reasons.append(
-            f"fixed run {ref_any.loc[key, 'status']}" if key in ref_any.index else "no fixed run"
-        )
+        reasons.append(f"fixed run {ref_any.loc[key, 'status']}" if key in ref_any.index else "no fixed run")
     no_partner["reason"] = reasons
     not_done = cands[~_usable(cands)].copy()
     not_done["reason"] = not_done["status"].where(not_done["status"].ne("completed"), "no epochs")
@@ -181,14 +177,18 @@ def compare(
     all_groups = pd.MultiIndex.from_frame(cands[GROUP].drop_duplicates().sort_values(GROUP))
     rows = rows.reindex(all_groups)
     rows["n_seeds"] = rows["n_seeds"].fillna(0).astype(int)
-    counts = pd.DataFrame(
-        {
-            "n_runs": 1,
-            "n_diverged": cands["status"].eq("diverged").astype(int),
-            # failed, incomplete, or "completed" without a single epoch row
-            "n_failed": (~_usable(cands) & cands["status"].ne("diverged")).astype(int),
-        }
-    ).groupby([cands[k] for k in GROUP]).sum()
+    counts = (
+        pd.DataFrame(
+            {
+                "n_runs": 1,
+                "n_diverged": cands["status"].eq("diverged").astype(int),
+                # failed, incomplete, or "completed" without a single epoch row
+                "n_failed": (~_usable(cands) & cands["status"].ne("diverged")).astype(int),
+            }
+        )
+        .groupby([cands[k] for k in GROUP])
+        .sum()
+    )
     for col in ("n_runs", "n_diverged", "n_failed"):
         rows[col] = counts[col].reindex(all_groups).fillna(0).astype(int)
     missing = no_partner.groupby(GROUP)["seed"].agg(lambda s: sorted(int(v) for v in s))

@@ -85,9 +85,7 @@ def _parquet_files(fs: pafs.FileSystem, path: str) -> list[str]:
     return sorted(
         i.path
         for i in infos
-        if i.type == pafs.FileType.File
-        and i.base_name.endswith(".parquet")
-        and not i.base_name.startswith((".", "_"))
+        if i.type == pafs.FileType.File and i.base_name.endswith(".parquet") and not i.base_name.startswith((".", "_"))
     )
 
 
@@ -108,10 +106,17 @@ def _read_table(
     ``base`` is the table directory (``<study>/epochs``); ``key=value`` folders below it are
     hive partitions and count as columns.
     """
+
     def make(paths: list[str]) -> ds.Dataset:
         # An explicit schema: discovery would merge the first file's types with the partition keys.
-        return ds.dataset(paths, filesystem=fs, format="parquet", schema=arrow_schema(columns),
-                          partitioning="hive", partition_base_dir=base)
+        return ds.dataset(
+            paths,
+            filesystem=fs,
+            format="parquet",
+            schema=arrow_schema(columns),
+            partitioning="hive",
+            partition_base_dir=base,
+        )
 
     dataset = make(files)
     problems: list[str] = []
@@ -128,9 +133,7 @@ def _read_table(
             notes.append(f"{label} file {fragment.path} cannot be read ({type(exc).__name__}: {exc}); left out")
             continue
         hive = _hive_keys(posixpath.relpath(posixpath.dirname(fragment.path), base))
-        present = pa.schema(
-            list(physical) + [pa.field(k, pa.string()) for k in hive if k not in physical.names]
-        )
+        present = pa.schema(list(physical) + [pa.field(k, pa.string()) for k in hive if k not in physical.names])
         for problem in schema_problems(present, columns, optional):
             problems.append(f"{label} file {fragment.path}: {problem}")
         for name in contract - set(present.names):
@@ -140,20 +143,18 @@ def _read_table(
                 extras.setdefault(f.name, []).append(f.type)
     if problems:
         shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
-        raise StoreError(
-            f"{label} table does not match the column contract:\n  " + "\n  ".join(shown)
-        )
+        raise StoreError(f"{label} table does not match the column contract:\n  " + "\n  ".join(shown))
     if filled:
-        notes.append(f"{label}: columns missing from some files, read as null: "
-                     + ", ".join(f"{name} ({n} file{'s' if n > 1 else ''})" for name, n in sorted(filled.items())))
+        notes.append(
+            f"{label}: columns missing from some files, read as null: "
+            + ", ".join(f"{name} ({n} file{'s' if n > 1 else ''})" for name, n in sorted(filled.items()))
+        )
     if damaged:
         dataset = make([f for f in files if f not in set(damaged)])
     schema = arrow_schema(columns)
     for name, types in sorted(extras.items()):
         try:
-            merged = pa.unify_schemas(
-                [pa.schema([(name, t)]) for t in types], promote_options="permissive"
-            )
+            merged = pa.unify_schemas([pa.schema([(name, t)]) for t in types], promote_options="permissive")
             schema = schema.append(merged.field(name))
         except (pa.ArrowInvalid, pa.ArrowTypeError):
             notes.append(f"{label}: extra column {name!r} has conflicting types across files; skipped")
@@ -208,14 +209,11 @@ def load_store(results_dir: str, study: str | None = None) -> Store:
     found = find_studies(fs, root)
     if not found:
         raise StoreError(
-            f"no study found in {results_dir!r}: expected <study>/epochs/*.parquet "
-            "and <study>/runs/*.parquet below it"
+            f"no study found in {results_dir!r}: expected <study>/epochs/*.parquet and <study>/runs/*.parquet below it"
         )
     if study is not None:
         if study not in found:
-            raise StoreError(
-                f"study {study!r} not found in {results_dir!r}; available: {sorted(found)}"
-            )
+            raise StoreError(f"study {study!r} not found in {results_dir!r}; available: {sorted(found)}")
         found = {study: found[study]}
     epoch_parts: list[tuple[str, list[str]]] = []
     run_parts: list[tuple[str, list[str]]] = []

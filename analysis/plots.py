@@ -51,8 +51,9 @@ def _label(method: str, variant: str) -> str:
     return method if variant == "baseline" else f"{method}/{variant}"
 
 
-def batch_size_trajectories(epochs: pd.DataFrame, path: str, fixed_method: str = "fixed",
-                            trajectory: pd.DataFrame | None = None):
+def batch_size_trajectories(
+    epochs: pd.DataFrame, path: str, fixed_method: str = "fixed", trajectory: pd.DataFrame | None = None
+):
     """Batch size per epoch of every adaptive run, one panel per (arch, method/variant), one line per
     seed (coloured by dataset), and the paper's path (dashed) scaled to the panel's planned epochs
     (``trajectory``'s epochs_planned, else the longest run)."""
@@ -66,15 +67,21 @@ def batch_size_trajectories(epochs: pd.DataFrame, path: str, fixed_method: str =
         sub = e[e["arch"].eq(arch) & e["method"].eq(method) & e["variant"].eq(variant)]
         seen = set()
         for (ds, _tid), run in sub.groupby(["dataset", "trial_id"], sort=True):
-            ax.step(run["epoch"], run["batch_size"], where="post", color=colors[ds], alpha=0.7, lw=1.2,
-                    label=None if ds in seen else ds)
+            ax.step(
+                run["epoch"],
+                run["batch_size"],
+                where="post",
+                color=colors[ds],
+                alpha=0.7,
+                lw=1.2,
+                label=None if ds in seen else ds,
+            )
             seen.add(ds)
         planned = None
         if trajectory is not None and len(trajectory):
             planned = trajectory.loc[trajectory["trial_id"].isin(sub["trial_id"]), "epochs_planned"].max()
         n = int(planned) if planned is not None and pd.notna(planned) else int(sub["epoch"].max())
-        ax.step(range(1, n + 1), paper_path(n), where="post", color="black", ls="--", lw=1.0,
-                label="paper's path")
+        ax.step(range(1, n + 1), paper_path(n), where="post", color="black", ls="--", lw=1.0, label="paper's path")
         ax.set_yscale("log", base=2)
         ax.set_title(f"{arch} {_label(method, variant)}", fontsize=9)
         ax.set_xlabel("epoch")

@@ -18,8 +18,16 @@ import pandas as pd
 from trainables.policies import policy_options
 
 # The reconstructed elements a reading may set, shown when they differ from the policy's default.
-READING_OPTIONS: tuple[str, ...] = ("decision_rule", "signal_source", "confidence_eps", "cooldown_on_noop",
-                                    "window", "full_history", "cooldown", "thresholds")
+READING_OPTIONS: tuple[str, ...] = (
+    "decision_rule",
+    "signal_source",
+    "confidence_eps",
+    "cooldown_on_noop",
+    "window",
+    "full_history",
+    "cooldown",
+    "thresholds",
+)
 KEYS = ["study", "arch", "dataset", "variant"]
 
 
@@ -36,8 +44,9 @@ def describe_reading(config_json: str | None, method: str = "deba") -> str:
     return ", ".join(parts) or "defaults"
 
 
-def reading_table(trajectory: pd.DataFrame, pairs: pd.DataFrame, runs: pd.DataFrame,
-                  method: str = "deba") -> pd.DataFrame:
+def reading_table(
+    trajectory: pd.DataFrame, pairs: pd.DataFrame, runs: pd.DataFrame, method: str = "deba"
+) -> pd.DataFrame:
     """Readings ranked by mean trajectory distance (per study, arch, dataset); see the module docstring.
 
     Only studies whose ``method`` runs come in two or more variants are readings studies; the
@@ -46,9 +55,23 @@ def reading_table(trajectory: pd.DataFrame, pairs: pd.DataFrame, runs: pd.DataFr
     t = trajectory[trajectory["method"].eq(method) & trajectory["n_epochs"].gt(0)]
     multi = t.groupby(["study", "arch", "dataset"])["variant"].transform("nunique") > 1
     t = t[multi]
-    columns = KEYS + ["rank", "reading", "n_seeds", "distance_mean", "distance_std", "grew", "shrank",
-                      "reached_729", "final_bs", "n_increase", "n_rollback", "dacc_mean", "dacc_std",
-                      "speedup_pct", "speedup_std"]
+    columns = KEYS + [
+        "rank",
+        "reading",
+        "n_seeds",
+        "distance_mean",
+        "distance_std",
+        "grew",
+        "shrank",
+        "reached_729",
+        "final_bs",
+        "n_increase",
+        "n_rollback",
+        "dacc_mean",
+        "dacc_std",
+        "speedup_pct",
+        "speedup_std",
+    ]
     if t.empty:
         return pd.DataFrame(columns=columns)
     config = runs.set_index(["study", "trial_id"])["config_json"] if "config_json" in runs else pd.Series(dtype=object)
@@ -62,19 +85,25 @@ def reading_table(trajectory: pd.DataFrame, pairs: pd.DataFrame, runs: pd.DataFr
         start = _b0(config.get(first), b0)
         pp = p[(p[KEYS] == pd.Series(dict(zip(KEYS, key)))).all(axis=1)]
         n = len(g)
-        rows.append(dict(zip(KEYS, key)) | {
-            "reading": reading, "n_seeds": n,
-            "distance_mean": g["distance_oct"].mean(), "distance_std": g["distance_oct"].std(ddof=1),
-            "grew": f"{int((g['final_bs'] > start).sum())}/{n}",
-            "shrank": f"{int((g['final_bs'] < start).sum())}/{n}",
-            "reached_729": f"{int(g['epoch_reach_729'].notna().sum())}/{n}",
-            "final_bs": "/".join(str(int(b)) for b in g["final_bs"]),
-            "n_increase": g["n_increase"].mean(), "n_rollback": g["n_rollback"].mean(),
-            "dacc_mean": pp["dacc"].mean() if len(pp) else float("nan"),
-            "dacc_std": pp["dacc"].std(ddof=1) if len(pp) > 1 else float("nan"),
-            "speedup_pct": pp["speedup_pct"].mean() if len(pp) else float("nan"),
-            "speedup_std": pp["speedup_pct"].std(ddof=1) if len(pp) > 1 else float("nan"),
-        })
+        rows.append(
+            dict(zip(KEYS, key))
+            | {
+                "reading": reading,
+                "n_seeds": n,
+                "distance_mean": g["distance_oct"].mean(),
+                "distance_std": g["distance_oct"].std(ddof=1),
+                "grew": f"{int((g['final_bs'] > start).sum())}/{n}",
+                "shrank": f"{int((g['final_bs'] < start).sum())}/{n}",
+                "reached_729": f"{int(g['epoch_reach_729'].notna().sum())}/{n}",
+                "final_bs": "/".join(str(int(b)) for b in g["final_bs"]),
+                "n_increase": g["n_increase"].mean(),
+                "n_rollback": g["n_rollback"].mean(),
+                "dacc_mean": pp["dacc"].mean() if len(pp) else float("nan"),
+                "dacc_std": pp["dacc"].std(ddof=1) if len(pp) > 1 else float("nan"),
+                "speedup_pct": pp["speedup_pct"].mean() if len(pp) else float("nan"),
+                "speedup_std": pp["speedup_pct"].std(ddof=1) if len(pp) > 1 else float("nan"),
+            }
+        )
     out = pd.DataFrame(rows)
     out = out.sort_values(["study", "arch", "dataset", "distance_mean", "variant"], kind="stable")
     out["rank"] = out.groupby(["study", "arch", "dataset"]).cumcount() + 1

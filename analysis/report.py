@@ -78,13 +78,12 @@ def analyse(
     tax = taxonomy(summary, comp.pairs, opts)
     cal = calibrate(epochs, summary, fixed_method=opts.fixed_method)
     fixed_bad = summary[
-        summary["method"].eq(opts.fixed_method)
-        & ~(summary["status"].eq("completed") & (summary["n_epochs"] > 0))
+        summary["method"].eq(opts.fixed_method) & ~(summary["status"].eq("completed") & (summary["n_epochs"] > 0))
     ].copy()
     fixed_bad["reason"] = fixed_bad["status"].where(fixed_bad["status"].ne("completed"), "no epochs")
-    left_out = pd.concat(
-        [comp.unpaired, fixed_bad[list(comp.unpaired.columns)]], ignore_index=True
-    ).sort_values(["study", "arch", "dataset", "method", "variant", "seed"], ignore_index=True)
+    left_out = pd.concat([comp.unpaired, fixed_bad[list(comp.unpaired.columns)]], ignore_index=True).sort_values(
+        ["study", "arch", "dataset", "method", "variant", "seed"], ignore_index=True
+    )
     for arch in cal.loc[cal["theta_stab"].isna() | cal["theta_conf"].isna(), "arch"]:
         notes.append(f"calibration: no finite signals for arch {arch!r}; left out of calibration.json")
     traj = trajectory_table(epochs, summary, runs, method=opts.adaptive_method)
@@ -157,14 +156,23 @@ def comparison_markdown(a: Analysis) -> str:
         rows.append(
             ([r.study] if multi else [])
             + [
-                r.arch, r.dataset, r.method, r.variant, str(r.n_seeds), md.num(r.acc_fixed),
-                md.num(r.acc_method), md.pm(r.dacc_mean, r.dacc_std, signed=True),
-                md.num(r.t_train, 1), md.pm(r.speedup_pct, r.speedup_std, 1),
+                r.arch,
+                r.dataset,
+                r.method,
+                r.variant,
+                str(r.n_seeds),
+                md.num(r.acc_fixed),
+                md.num(r.acc_method),
+                md.pm(r.dacc_mean, r.dacc_std, signed=True),
+                md.num(r.t_train, 1),
+                md.pm(r.speedup_pct, r.speedup_std, 1),
                 md.pm(r.throughput_x, r.throughput_std, 2, suffix="×"),
                 md.pm(r.speedup_wall_pct, r.speedup_wall_std, 1),
                 md.pm(r.throughput_wall_x, r.throughput_wall_std, 2, suffix="×"),
-                f"{md.num(r.n_increase, 1)}/{md.num(r.n_rollback, 1)}", md.num(r.final_bs, 0),
-                md.num(r.mean_bs, 1), "; ".join(left) or "",
+                f"{md.num(r.n_increase, 1)}/{md.num(r.n_rollback, 1)}",
+                md.num(r.final_bs, 0),
+                md.num(r.mean_bs, 1),
+                "; ".join(left) or "",
             ]  # fmt: skip
         )
     align = ("l" if multi else "") + "llll" + "r" * 12 + "l"
@@ -188,26 +196,21 @@ def ablations_markdown(a: Analysis) -> str:
                 cells.append(
                     md.DASH
                     if r.empty
-                    else f"{md.num(r['dacc_mean'].iloc[0], signed=True)} / "
-                    f"{md.num(r['speedup_pct'].iloc[0], 1)}"
+                    else f"{md.num(r['dacc_mean'].iloc[0], signed=True)} / {md.num(r['speedup_pct'].iloc[0], 1)}"
                 )
             body.append([arch] + cells)
         summ = a.ablations[
-            a.ablations["study"].eq(study)
-            & a.ablations["dataset"].eq(dataset)
-            & a.ablations["method"].eq(method)
+            a.ablations["study"].eq(study) & a.ablations["dataset"].eq(dataset) & a.ablations["method"].eq(method)
         ].set_index("variant")
         body.append(
             ["Degraded (≥1pt)"]
             + [
-                f"{int(summ.loc[v, 'n_degraded'])}/{int(summ.loc[v, 'n_archs'])}"
-                if v in summ.index else md.DASH
+                f"{int(summ.loc[v, 'n_degraded'])}/{int(summ.loc[v, 'n_archs'])}" if v in summ.index else md.DASH
                 for v in variants
             ]  # fmt: skip
         )
         body.append(
-            ["Mean |ΔAcc|"]
-            + [md.num(summ.loc[v, "mean_abs_dacc"]) if v in summ.index else md.DASH for v in variants]
+            ["Mean |ΔAcc|"] + [md.num(summ.loc[v, "mean_abs_dacc"]) if v in summ.index else md.DASH for v in variants]
         )
         out.append(f"**{method} on {dataset} (study {study})**\n\n" + md.table(head, body))
     return "\n\n".join(out)
@@ -228,11 +231,20 @@ def taxonomy_markdown(a: Analysis) -> str:
         rows.append(
             ([r["study"]] if multi else [])
             + [
-                r["arch"], r["dataset"], str(r["n_seeds"]), md.num(r["S_mean"], 3),
-                md.num(r["S_std"], 3), r["class"], md.num(r["fixed_convergence"], 3),
-                md.num(r["aggressiveness"], 2, signed=True), md.num(r["convergence_stability"], 3),
-                md.num(r["S_adaptive"], 3), md.num(r["dacc_mean"], 2, signed=True),
-                md.text(r["observed"]), md.text(r["predicted"]), holds,
+                r["arch"],
+                r["dataset"],
+                str(r["n_seeds"]),
+                md.num(r["S_mean"], 3),
+                md.num(r["S_std"], 3),
+                r["class"],
+                md.num(r["fixed_convergence"], 3),
+                md.num(r["aggressiveness"], 2, signed=True),
+                md.num(r["convergence_stability"], 3),
+                md.num(r["S_adaptive"], 3),
+                md.num(r["dacc_mean"], 2, signed=True),
+                md.text(r["observed"]),
+                md.text(r["predicted"]),
+                holds,
             ]  # fmt: skip
         )
     align = ("l" if multi else "") + "llrrrlrrrrrlll"
@@ -244,9 +256,21 @@ def dynamics_markdown(a: Analysis) -> str:
     head = ["Study", "Arch", "Dataset", "Variant", "Seed", "Status", "Incr", "Rollb",
             "Decisions", "Aggressiveness", "Conv. stability", "S", "Final BS"]  # fmt: skip
     rows = [
-        [r.study, r.arch, r.dataset, r.variant, str(r.seed), r.status, md.num(r.n_increase, 0),
-         md.num(r.n_rollback, 0), md.num(r.n_decisions, 0), md.num(r.aggressiveness, 3, signed=True),
-         md.num(r.convergence_stability, 4), md.num(r.S, 3), md.num(r.final_bs, 0)]  # fmt: skip
+        [
+            r.study,
+            r.arch,
+            r.dataset,
+            r.variant,
+            str(r.seed),
+            r.status,
+            md.num(r.n_increase, 0),
+            md.num(r.n_rollback, 0),
+            md.num(r.n_decisions, 0),
+            md.num(r.aggressiveness, 3, signed=True),
+            md.num(r.convergence_stability, 4),
+            md.num(r.S, 3),
+            md.num(r.final_bs, 0),
+        ]  # fmt: skip
         for r in a.dynamics.itertuples()
     ]
     return md.table(head, rows, "llllrl" + "r" * 7)
@@ -256,8 +280,15 @@ def calibration_markdown(a: Analysis) -> str:
     """Table 1: calibrated thresholds per arch next to the paper's values."""
     head = ["Arch", "Fixed runs", "Epochs used", "θ_stab", "θ_conf", "paper θ_stab", "paper θ_conf"]
     rows = [
-        [r.arch, str(r.n_runs), str(r.n_epochs), md.sig(r.theta_stab), md.sig(r.theta_conf),
-         md.sig(r.paper_theta_stab), md.sig(r.paper_theta_conf)]  # fmt: skip
+        [
+            r.arch,
+            str(r.n_runs),
+            str(r.n_epochs),
+            md.sig(r.theta_stab),
+            md.sig(r.theta_conf),
+            md.sig(r.paper_theta_stab),
+            md.sig(r.paper_theta_conf),
+        ]  # fmt: skip
         for r in a.calibration.itertuples()
     ]
     return md.table(head, rows, "lrrrrrr")
@@ -268,8 +299,19 @@ def trajectory_markdown(a: Analysis) -> str:
     head = ["Study", "Arch", "Dataset", "Variant", "Seed", "Status", "Distance (oct)",
             f"Epoch B≥{LARGE_BATCH}", "Final BS", "Incr", "Rollb"]  # fmt: skip
     rows = [
-        [r.study, r.arch, r.dataset, r.variant, str(r.seed), r.status, md.num(r.distance_oct, 3),
-         md.num(r.epoch_reach_729, 0), str(r.final_bs), str(r.n_increase), str(r.n_rollback)]  # fmt: skip
+        [
+            r.study,
+            r.arch,
+            r.dataset,
+            r.variant,
+            str(r.seed),
+            r.status,
+            md.num(r.distance_oct, 3),
+            md.num(r.epoch_reach_729, 0),
+            str(r.final_bs),
+            str(r.n_increase),
+            str(r.n_rollback),
+        ]  # fmt: skip
         for r in a.trajectory.itertuples()
     ]
     return md.table(head, rows, "llllrl" + "r" * 5)
@@ -281,10 +323,23 @@ def reconstruction_markdown(a: Analysis) -> str:
             "Grew", "Shrank", f"Reached {LARGE_BATCH}", "Final BS per seed", "Incr/Rollb", "ΔAcc (pp)",
             "Speedup (%)"]  # fmt: skip
     rows = [
-        [r.study, r.arch, r.dataset, str(r.rank), r.variant, r.reading, str(r.n_seeds),
-         md.pm(r.distance_mean, r.distance_std, 3), r.grew, r.shrank, r.reached_729, r.final_bs,
-         f"{md.num(r.n_increase, 1)}/{md.num(r.n_rollback, 1)}", md.pm(r.dacc_mean, r.dacc_std, signed=True),
-         md.pm(r.speedup_pct, r.speedup_std, 1)]  # fmt: skip
+        [
+            r.study,
+            r.arch,
+            r.dataset,
+            str(r.rank),
+            r.variant,
+            r.reading,
+            str(r.n_seeds),
+            md.pm(r.distance_mean, r.distance_std, 3),
+            r.grew,
+            r.shrank,
+            r.reached_729,
+            r.final_bs,
+            f"{md.num(r.n_increase, 1)}/{md.num(r.n_rollback, 1)}",
+            md.pm(r.dacc_mean, r.dacc_std, signed=True),
+            md.pm(r.speedup_pct, r.speedup_std, 1),
+        ]  # fmt: skip
         for r in a.reconstruction.itertuples()
     ]
     return md.table(head, rows, "lllrll" + "r" * 9)
@@ -425,7 +480,7 @@ def to_json(a: Analysis) -> dict:
 
 PLOT_CAPTIONS = {
     "batch_size_trajectories": "Batch-size trajectories of the adaptive runs, per arch (all seeds), with the "
-                               "paper's path (dashed).",
+    "paper's path (dashed).",
     "time_vs_batch": "Training time per epoch against the batch size used.",
     "gradvar_vs_batch": "Gradient variance against the batch size used.",
     "accuracy_curves": "Test accuracy per epoch, fixed vs adaptive (mean over seeds, min–max band).",

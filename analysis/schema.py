@@ -23,12 +23,33 @@ _CONTRACT_TYPES = ("string", "int64", "float64", "bool")
 
 # The columns the analysis uses; any other contract column may be missing from a file (a store
 # written before the column existed) and is read as null, with a note naming it.
-REQUIRED_EPOCH_COLUMNS: frozenset[str] = frozenset({
-    "study", "trial_id", "arch", "dataset", "seed", "method", "variant", "epoch", "batch_size", "train_loss",
-    "test_acc", "epoch_time_s", "wall_time_s", "grad_var", "grad_norm_variation", "loss_variation", "confidence",
-    "decision", "in_cooldown"})
-REQUIRED_RUN_COLUMNS: frozenset[str] = frozenset({"study", "trial_id", "arch", "dataset", "seed", "method",
-                                                  "variant", "status"})
+REQUIRED_EPOCH_COLUMNS: frozenset[str] = frozenset(
+    {
+        "study",
+        "trial_id",
+        "arch",
+        "dataset",
+        "seed",
+        "method",
+        "variant",
+        "epoch",
+        "batch_size",
+        "train_loss",
+        "test_acc",
+        "epoch_time_s",
+        "wall_time_s",
+        "grad_var",
+        "grad_norm_variation",
+        "loss_variation",
+        "confidence",
+        "decision",
+        "in_cooldown",
+    }
+)
+REQUIRED_RUN_COLUMNS: frozenset[str] = frozenset(
+    {"study", "trial_id", "arch", "dataset", "seed", "method", "variant", "status"}
+)
+
 
 def _is_string(t: pa.DataType) -> bool:
     if pa.types.is_dictionary(t):

@@ -86,9 +86,7 @@ def observed_outcome(daccs: list[float], opts: TaxonomyOptions = TaxonomyOptions
     return BENEFIT if sum(vals) / len(vals) > opts.benefit_min_pt else NO_BENEFIT
 
 
-def predicted_outcome(
-    cls: str, fixed_convergence: float, opts: TaxonomyOptions = TaxonomyOptions()
-) -> str | None:
+def predicted_outcome(cls: str, fixed_convergence: float, opts: TaxonomyOptions = TaxonomyOptions()) -> str | None:
     """What the class predicts (see :class:`TaxonomyOptions`); None for an unknown class."""
     if cls in (MODERATELY_STABLE, DYNAMICALLY_STABLE):
         return BENEFIT
@@ -120,9 +118,7 @@ def deba_dynamics(summary: pd.DataFrame, opts: TaxonomyOptions = TaxonomyOptions
     return d[cols].sort_values(["study", "arch", "dataset", "variant", "seed"]).reset_index(drop=True)
 
 
-def taxonomy(
-    summary: pd.DataFrame, pairs: pd.DataFrame, opts: TaxonomyOptions = TaxonomyOptions()
-) -> pd.DataFrame:
+def taxonomy(summary: pd.DataFrame, pairs: pd.DataFrame, opts: TaxonomyOptions = TaxonomyOptions()) -> pd.DataFrame:
     """Table 2: per (study, arch, dataset) of the completed fixed runs.
 
     Columns: n_seeds, S_mean, S_std, class, fixed_convergence (mean over the fixed runs),
@@ -132,9 +128,7 @@ def taxonomy(
     """
     keys = ["study", "arch", "dataset"]
     fixed = summary[
-        summary["method"].eq(opts.fixed_method)
-        & summary["status"].eq("completed")
-        & (summary["n_epochs"] > 0)
+        summary["method"].eq(opts.fixed_method) & summary["status"].eq("completed") & (summary["n_epochs"] > 0)
     ]
     t = fixed.groupby(keys, sort=True).agg(
         n_seeds=("seed", "nunique"),

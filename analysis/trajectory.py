@@ -35,8 +35,9 @@ def paper_path(epochs: int = paper.EPOCHS) -> list[int]:
     return [paper_batch_size(t, epochs) for t in range(1, epochs + 1)]
 
 
-def trajectory_distance(batch_sizes: list[int] | np.ndarray, epochs: int | None = None,
-                        epoch_numbers: list[int] | np.ndarray | None = None) -> float:
+def trajectory_distance(
+    batch_sizes: list[int] | np.ndarray, epochs: int | None = None, epoch_numbers: list[int] | np.ndarray | None = None
+) -> float:
     """Mean |log2 B_t - log2 B_paper(t)| in octaves over the given batch sizes of epochs 1, 2, ...
     (or ``epoch_numbers``), with the paper's path scaled to ``epochs`` (default: the last epoch)."""
     b = np.asarray(batch_sizes, dtype=float)
@@ -61,12 +62,28 @@ def _configured_epochs(runs: pd.DataFrame) -> dict[tuple[str, str], int]:
     return out
 
 
-TRAJECTORY_COLUMNS = ["study", "trial_id", "arch", "dataset", "seed", "method", "variant", "status", "n_epochs",
-                      "epochs_planned", "distance_oct", "epoch_reach_729", "final_bs", "n_increase", "n_rollback"]
+TRAJECTORY_COLUMNS = [
+    "study",
+    "trial_id",
+    "arch",
+    "dataset",
+    "seed",
+    "method",
+    "variant",
+    "status",
+    "n_epochs",
+    "epochs_planned",
+    "distance_oct",
+    "epoch_reach_729",
+    "final_bs",
+    "n_increase",
+    "n_rollback",
+]
 
 
-def trajectory_table(epochs: pd.DataFrame, summary: pd.DataFrame, runs: pd.DataFrame | None = None,
-                     method: str = "deba") -> pd.DataFrame:
+def trajectory_table(
+    epochs: pd.DataFrame, summary: pd.DataFrame, runs: pd.DataFrame | None = None, method: str = "deba"
+) -> pd.DataFrame:
     """One row per ``method`` run: distance to the paper's path and the path's landmarks.
 
     ``distance_oct``: mean octave distance over the epochs the run trained, each compared with the
@@ -84,15 +101,24 @@ def trajectory_table(epochs: pd.DataFrame, summary: pd.DataFrame, runs: pd.DataF
         batch = g["batch_size"].to_numpy(dtype=float)
         reached = g["epoch"].to_numpy()[batch >= LARGE_BATCH]
         first = g.iloc[0]
-        rows.append({
-            "study": study, "trial_id": trial_id, "arch": first["arch"], "dataset": first["dataset"],
-            "seed": int(first["seed"]), "method": method, "variant": first["variant"],
-            "status": status.get((study, trial_id), "incomplete"), "n_epochs": len(g), "epochs_planned": total,
-            "distance_oct": trajectory_distance(batch, total, g["epoch"].to_numpy()),
-            "epoch_reach_729": float(reached[0]) if len(reached) else math.nan,
-            "final_bs": int(g["batch_size"].iloc[-1]),
-            "n_increase": int(g["decision"].eq("increase").sum()),
-            "n_rollback": int(g["decision"].eq("rollback").sum()),
-        })
+        rows.append(
+            {
+                "study": study,
+                "trial_id": trial_id,
+                "arch": first["arch"],
+                "dataset": first["dataset"],
+                "seed": int(first["seed"]),
+                "method": method,
+                "variant": first["variant"],
+                "status": status.get((study, trial_id), "incomplete"),
+                "n_epochs": len(g),
+                "epochs_planned": total,
+                "distance_oct": trajectory_distance(batch, total, g["epoch"].to_numpy()),
+                "epoch_reach_729": float(reached[0]) if len(reached) else math.nan,
+                "final_bs": int(g["batch_size"].iloc[-1]),
+                "n_increase": int(g["decision"].eq("increase").sum()),
+                "n_rollback": int(g["decision"].eq("rollback").sum()),
+            }
+        )
     out = pd.DataFrame(rows, columns=TRAJECTORY_COLUMNS)
     return out.sort_values(["study", "arch", "dataset", "variant", "seed"], kind="stable", ignore_index=True)

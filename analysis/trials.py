@@ -71,16 +71,12 @@ def run_metrics(epochs: pd.DataFrame, last_fraction: float = 0.25) -> pd.DataFra
     out["n_increase"] = e["decision"].eq("increase").groupby([e["study"], e["trial_id"]]).sum()
     out["n_rollback"] = e["decision"].eq("rollback").groupby([e["study"], e["trial_id"]]).sum()
     out["n_decisions"] = sums["outside"].astype(int)
-    out["aggressiveness"] = ((sums["inc"] - sums["rb"]) / sums["outside"]).where(
-        sums["outside"] > 0
-    )
+    out["aggressiveness"] = ((sums["inc"] - sums["rb"]) / sums["outside"]).where(sums["outside"] > 0)
 
     # Convergence stability: the last 25% of the run's epochs, i.e. epoch > 0.75 * last epoch.
     last_epoch = e.groupby(TRIAL, sort=True)["epoch"].transform("max")
     tail = e[e["epoch"] > (1.0 - last_fraction) * last_epoch]
-    out["convergence_stability"] = (
-        _finite(tail["train_loss"]).groupby([tail["study"], tail["trial_id"]]).std(ddof=1)
-    )
+    out["convergence_stability"] = _finite(tail["train_loss"]).groupby([tail["study"], tail["trial_id"]]).std(ddof=1)
 
     later = e[e["epoch"] >= 2]
     keys = [later["study"], later["trial_id"]]
@@ -92,9 +88,7 @@ def run_metrics(epochs: pd.DataFrame, last_fraction: float = 0.25) -> pd.DataFra
     return out
 
 
-def trial_summary(
-    epochs: pd.DataFrame, runs: pd.DataFrame, last_fraction: float = 0.25
-) -> pd.DataFrame:
+def trial_summary(epochs: pd.DataFrame, runs: pd.DataFrame, last_fraction: float = 0.25) -> pd.DataFrame:
     """One row per trial (from either table) with its status and :func:`run_metrics`.
 
     ``status`` is the runs-table status, or ``incomplete`` for a trial with epochs but no runs

@@ -84,9 +84,7 @@ def main() -> None:
 
         cmd = [sys.executable, "-m", "analysis", root, "--out", os.path.join(tmp, "cli"), "--no-plots"]
         env = dict(os.environ, PYTHONPATH=ROOT)
-        t_cli, _ = _timed(
-            lambda: subprocess.run(cmd, check=True, capture_output=True, env=env, cwd=ROOT), 1
-        )
+        t_cli, _ = _timed(lambda: subprocess.run(cmd, check=True, capture_output=True, env=env, cwd=ROOT), 1)
         rows.append(("CLI subprocess --no-plots (python start + imports)", t_cli))
 
         width = max(len(name) for name, _ in rows)

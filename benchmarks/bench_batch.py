@@ -47,8 +47,17 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
-def curve(arch: str, device: str, threads: int | None, samples: int, batches: list[int], rounds: int,
-          peak: float | None, deadline: float, res: dict[str, Any]) -> None:
+def curve(
+    arch: str,
+    device: str,
+    threads: int | None,
+    samples: int,
+    batches: list[int],
+    rounds: int,
+    peak: float | None,
+    deadline: float,
+    res: dict[str, Any],
+) -> None:
     """Measure one architecture over the batch sizes into `res`; no new round starts past `deadline`
     (monotonic s). Raw epoch times land in res["times"] as they are measured."""
     import torch
@@ -62,8 +71,17 @@ def curve(arch: str, device: str, threads: int | None, samples: int, batches: li
     times: dict[int, list[float]] = {b: [] for b in sizes}
     mem: dict[int, float] = {}
     oom: list[int] = []
-    res.update(arch=arch, fwd_flops_per_sample=flops, params=loop._numel, train_samples=loop.n_train,
-               amp=str(loop.amp_dtype), channels_last=loop.channels_last, times=times, oom_batch_sizes=oom, rows=[])
+    res.update(
+        arch=arch,
+        fwd_flops_per_sample=flops,
+        params=loop._numel,
+        train_samples=loop.n_train,
+        amp=str(loop.amp_dtype),
+        channels_last=loop.channels_last,
+        times=times,
+        oom_batch_sizes=oom,
+        rows=[],
+    )
 
     def epoch(b: int) -> float | None:
         set_batch_size(loop, b)
@@ -85,7 +103,7 @@ def curve(arch: str, device: str, threads: int | None, samples: int, batches: li
     for r in range(rounds):
         if r > 0 and time.monotonic() > deadline:
             break
-        for b in (sizes if r % 2 == 0 else list(reversed(sizes))):
+        for b in sizes if r % 2 == 0 else list(reversed(sizes)):
             t = epoch(b)
             if t is not None:
                 times[b].append(t)
@@ -97,18 +115,35 @@ def curve(arch: str, device: str, threads: int | None, samples: int, batches: li
         steps = loop.train_loader.num_batches(b)
         t = summary(times[b])["median"]
         sps = steps * b / t
-        rows.append({"batch_size": b, "steps": steps, "train_s": summary(times[b]), "samples_per_s": sps,
-                     "step_ms": 1e3 * t / steps,
-                     "full_epoch_s": (CIFAR_TRAIN_SAMPLES // b) * t / steps,
-                     "mfu": mfu(flops, sps, peak), "peak_mem_mb": mem.get(b)})
+        rows.append(
+            {
+                "batch_size": b,
+                "steps": steps,
+                "train_s": summary(times[b]),
+                "samples_per_s": sps,
+                "step_ms": 1e3 * t / steps,
+                "full_epoch_s": (CIFAR_TRAIN_SAMPLES // b) * t / steps,
+                "mfu": mfu(flops, sps, peak),
+                "peak_mem_mb": mem.get(b),
+            }
+        )
     base = rows[0]["samples_per_s"] if rows and rows[0]["batch_size"] == batches[0] else None
     for row in rows:
         row["speedup_vs_first"] = row["samples_per_s"] / base if base else None
     res.update(rounds=done_rounds, rows=rows)
 
 
-def _measure(archs: list[str], samples: int | None, batches: list[int], rounds: int, budget: float, device: str,
-             threads: int | None, peak: float | None, out: list[dict[str, Any]]) -> None:
+def _measure(
+    archs: list[str],
+    samples: int | None,
+    batches: list[int],
+    rounds: int,
+    budget: float,
+    device: str,
+    threads: int | None,
+    peak: float | None,
+    out: list[dict[str, Any]],
+) -> None:
     """Measure each architecture's curve into `out` (printed as it goes)."""
     for arch in archs:
         arch_samples, arch_batches = samples, batches
@@ -121,25 +156,38 @@ def _measure(archs: list[str], samples: int | None, batches: list[int], rounds: 
         out.append(res)
         curve(arch, device, threads, arch_samples, arch_batches, rounds, peak, t0 + budget, res)
         res["seconds"] = time.monotonic() - t0
-        print(f"{arch}: {res['fwd_flops_per_sample'] / 1e9 if res['fwd_flops_per_sample'] else float('nan'):.3f} "
-              f"GFLOP/sample fwd, {res['params'] / 1e6:.1f}M params, amp {res['amp']}, {res['rounds']} round(s), "
-              f"{res['seconds']:.0f} s" + (f", OOM at {res['oom_batch_sizes']}" if res["oom_batch_sizes"] else ""))
+        print(
+            f"{arch}: {res['fwd_flops_per_sample'] / 1e9 if res['fwd_flops_per_sample'] else float('nan'):.3f} "
+            f"GFLOP/sample fwd, {res['params'] / 1e6:.1f}M params, amp {res['amp']}, {res['rounds']} round(s), "
+            f"{res['seconds']:.0f} s" + (f", OOM at {res['oom_batch_sizes']}" if res["oom_batch_sizes"] else "")
+        )
         for row in res["rows"]:
             m = f"{100 * row['mfu']:.1f}%" if row["mfu"] is not None else "n/a"
-            print(f"  B={row['batch_size']:<5} {row['samples_per_s']:>9.0f} samples/s  step {row['step_ms']:8.2f} ms  "
-                  f"full epoch {row['full_epoch_s']:8.2f} s  MFU {m:>6}  x{row['speedup_vs_first'] or float('nan'):.2f}"
-                  f"  mem {row['peak_mem_mb'] or 0:.0f} MB", flush=True)
+            print(
+                f"  B={row['batch_size']:<5} {row['samples_per_s']:>9.0f} samples/s  step {row['step_ms']:8.2f} ms  "
+                f"full epoch {row['full_epoch_s']:8.2f} s  MFU {m:>6}  x{row['speedup_vs_first'] or float('nan'):.2f}"
+                f"  mem {row['peak_mem_mb'] or 0:.0f} MB",
+                flush=True,
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; print a table; write the JSON result."""
     p = base_parser(__doc__)
-    p.add_argument("--archs", type=str_list, default=None, help="architectures (default: the six study archs on "
-                                                                "CUDA; tiny_cnn, mobilenetv3 on CPU)")
+    p.add_argument(
+        "--archs",
+        type=str_list,
+        default=None,
+        help="architectures (default: the six study archs on CUDA; tiny_cnn, mobilenetv3 on CPU)",
+    )
     p.add_argument("--batch-sizes", type=int_list, default=None, help="batch sizes (default: the DEBA ladder)")
     p.add_argument("--samples", type=int, default=None, help="training samples per benchmark epoch")
-    p.add_argument("--budget-s", type=float, default=None,
-                   help="soft time budget per architecture: no new round starts after it (>= 1 round always)")
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="soft time budget per architecture: no new round starts after it (>= 1 round always)",
+    )
     args = p.parse_args(argv)
     device = resolve_device(args.device)
     threads = resolve_threads(args.threads, device)
@@ -162,9 +210,21 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         peak = default_peak_tflops(torch.cuda.get_device_name(0))
-    result = Result("batch_curve", device, {"archs": archs, "batch_sizes": batches, "samples": args.samples or samples,
-                                            "rounds": rounds, "budget_s_per_arch": budget, "peak_tflops": peak,
-                                            "threads": threads, "dataset": "synthetic", "quick": args.quick})
+    result = Result(
+        "batch_curve",
+        device,
+        {
+            "archs": archs,
+            "batch_sizes": batches,
+            "samples": args.samples or samples,
+            "rounds": rounds,
+            "budget_s_per_arch": budget,
+            "peak_tflops": peak,
+            "threads": threads,
+            "dataset": "synthetic",
+            "quick": args.quick,
+        },
+    )
     print(header(result) + f", peak {peak} TFLOP/s", flush=True)
     out: list[dict[str, Any]] = []
     result.numbers["archs"] = out
@@ -173,10 +233,13 @@ def main(argv: list[str] | None = None) -> int:
     for res in out:
         rows = res.get("rows") or []
         if len(rows) >= 2 and rows[0]["batch_size"] == batches[0]:
-            result.ratio(f"speedup_{res['arch']}_B{rows[-1]['batch_size']}_over_B{rows[0]['batch_size']}",
-                         rows[-1]["samples_per_s"] / rows[0]["samples_per_s"],
-                         "samples/s at the largest measured batch size over samples/s at the smallest",
-                         target="> 1 (the paper's mechanism)", met=rows[-1]["samples_per_s"] > rows[0]["samples_per_s"])
+            result.ratio(
+                f"speedup_{res['arch']}_B{rows[-1]['batch_size']}_over_B{rows[0]['batch_size']}",
+                rows[-1]["samples_per_s"] / rows[0]["samples_per_s"],
+                "samples/s at the largest measured batch size over samples/s at the smallest",
+                target="> 1 (the paper's mechanism)",
+                met=rows[-1]["samples_per_s"] > rows[0]["samples_per_s"],
+            )
     if not gpu:
         result.note("CPU run: MFU needs --peak-tflops; study archs measured only at the bottom of the ladder")
     path = result.write(args.out)

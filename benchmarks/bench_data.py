@@ -53,8 +53,9 @@ class PremadeLoader:
         """Full batches per epoch, as GpuLoader counts them."""
         return self.num_samples // batch_size
 
-    def epoch(self, batch_size: int, generator: Any = None, shuffle: bool = True,
-              drop_last: bool = True) -> Iterator[tuple[Any, Any]]:
+    def epoch(
+        self, batch_size: int, generator: Any = None, shuffle: bool = True, drop_last: bool = True
+    ) -> Iterator[tuple[Any, Any]]:
         """The same (x, y) batch, num_batches times."""
         if batch_size > len(self.x):
             raise ValueError(f"batch_size {batch_size} exceeds the {len(self.x)} pre-made samples")
@@ -82,12 +83,14 @@ class _PilDataset:
 class TorchvisionLoader:
     """The standard torchvision pipeline behind GpuLoader's interface (one DataLoader per batch size)."""
 
-    def __init__(self, x_uint8: Any, y: Any, mean: Any, std: Any, device: Any, workers: int,
-                 channels_last: bool) -> None:
+    def __init__(
+        self, x_uint8: Any, y: Any, mean: Any, std: Any, device: Any, workers: int, channels_last: bool
+    ) -> None:
         import torchvision.transforms as T
 
-        transform = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
-                               T.Normalize(mean, std)])
+        transform = T.Compose(
+            [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)]
+        )
         self.dataset = _PilDataset(x_uint8, y, transform)
         self.num_samples = len(self.dataset)
         self.device, self.workers, self.channels_last = device, workers, channels_last
@@ -107,12 +110,19 @@ class TorchvisionLoader:
         if batch_size not in self._loaders:
             cuda = str(self.device).startswith("cuda")
             self._loaders[batch_size] = DataLoader(
-                self.dataset, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=self.workers,
-                pin_memory=cuda, persistent_workers=self.workers > 0)
+                self.dataset,
+                batch_size=batch_size,
+                shuffle=True,
+                drop_last=True,
+                num_workers=self.workers,
+                pin_memory=cuda,
+                persistent_workers=self.workers > 0,
+            )
         return self._loaders[batch_size]
 
-    def epoch(self, batch_size: int, generator: Any = None, shuffle: bool = True,
-              drop_last: bool = True) -> Iterator[tuple[Any, Any]]:
+    def epoch(
+        self, batch_size: int, generator: Any = None, shuffle: bool = True, drop_last: bool = True
+    ) -> Iterator[tuple[Any, Any]]:
         """Device batches from the DataLoader (its own RNG; `generator` is not used)."""
         import torch
 
@@ -131,8 +141,15 @@ def _drain(loader: Any, batch_size: int, generator: Any) -> int:
     return n
 
 
-def loader_only(data: Any, device: str, batches: list[int], rounds: int, workers: int,
-                channels_last: bool, rows: list[dict[str, Any]]) -> None:
+def loader_only(
+    data: Any,
+    device: str,
+    batches: list[int],
+    rounds: int,
+    workers: int,
+    channels_last: bool,
+    rows: list[dict[str, Any]],
+) -> None:
     """Seconds per epoch of device batches, GpuLoader vs torchvision, at each batch size (appended to rows)."""
     import torch
 
@@ -149,18 +166,37 @@ def loader_only(data: Any, device: str, batches: list[int], rounds: int, workers
         for name in alternating(list(arms), rounds):
             seconds, n = timed(functools.partial(_drain, arms[name], b, gen), device)
             t[name].append(seconds)
-        rows.append({"batch_size": b, "samples": n, "gpu_s": summary(t["gpu"]), "torchvision_s": summary(t["torchvision"]),
-                     "gpu_samples_per_s": n / summary(t["gpu"])["median"],
-                     "torchvision_samples_per_s": n / summary(t["torchvision"])["median"],
-                     "ratio_torchvision_over_gpu": paired_ratio(t["torchvision"], t["gpu"])})
-        print(f"  loader only B={b:<5} GpuLoader {rows[-1]['gpu_samples_per_s']:>10.0f} samples/s   torchvision "
-              f"{rows[-1]['torchvision_samples_per_s']:>8.0f} samples/s   ratio "
-              f"{rows[-1]['ratio_torchvision_over_gpu']['value']:.1f}x", flush=True)
+        rows.append(
+            {
+                "batch_size": b,
+                "samples": n,
+                "gpu_s": summary(t["gpu"]),
+                "torchvision_s": summary(t["torchvision"]),
+                "gpu_samples_per_s": n / summary(t["gpu"])["median"],
+                "torchvision_samples_per_s": n / summary(t["torchvision"])["median"],
+                "ratio_torchvision_over_gpu": paired_ratio(t["torchvision"], t["gpu"]),
+            }
+        )
+        print(
+            f"  loader only B={b:<5} GpuLoader {rows[-1]['gpu_samples_per_s']:>10.0f} samples/s   torchvision "
+            f"{rows[-1]['torchvision_samples_per_s']:>8.0f} samples/s   ratio "
+            f"{rows[-1]['ratio_torchvision_over_gpu']['value']:.1f}x",
+            flush=True,
+        )
         tv.close()
 
 
-def training(arch: str, dataset: str, device: str, threads: int | None, train_limit: int, batches: list[int],
-             rounds: int, workers: int, rows: list[dict[str, Any]]) -> None:
+def training(
+    arch: str,
+    dataset: str,
+    device: str,
+    threads: int | None,
+    train_limit: int,
+    batches: list[int],
+    rounds: int,
+    workers: int,
+    rows: list[dict[str, Any]],
+) -> None:
     """Training-epoch seconds through TrialLoop.run_epoch with each data path, at each batch size (into rows)."""
     import torch
 
@@ -171,9 +207,11 @@ def training(arch: str, dataset: str, device: str, threads: int | None, train_li
     d = loop.data
     gen = torch.Generator(device=loop.device).manual_seed(1)
     x, y = next(real.epoch(min(max(batches), loop.n_train), gen))
-    arms = {"gpu": real, "premade": PremadeLoader(x.clone(), y.clone(), loop.n_train),
-            "torchvision": TorchvisionLoader(d.train_x, d.train_y, d.mean, d.std, loop.device, workers,
-                                             loop.channels_last)}
+    arms = {
+        "gpu": real,
+        "premade": PremadeLoader(x.clone(), y.clone(), loop.n_train),
+        "torchvision": TorchvisionLoader(d.train_x, d.train_y, d.mean, d.std, loop.device, workers, loop.channels_last),
+    }
     for b in batches:
         set_batch_size(loop, b)
         for arm in arms.values():
@@ -186,13 +224,20 @@ def training(arch: str, dataset: str, device: str, threads: int | None, train_li
         loop.train_loader = real
         arms["torchvision"].close()
         steps = real.num_batches(b)
-        row = {"batch_size": b, "steps": steps, **{f"{k}_train_s": summary(v) for k, v in t.items()},
-               "loader_overhead": paired_ratio(t["gpu"], t["premade"]),
-               "torchvision_over_gpu": paired_ratio(t["torchvision"], t["gpu"])}
+        row = {
+            "batch_size": b,
+            "steps": steps,
+            **{f"{k}_train_s": summary(v) for k, v in t.items()},
+            "loader_overhead": paired_ratio(t["gpu"], t["premade"]),
+            "torchvision_over_gpu": paired_ratio(t["torchvision"], t["gpu"]),
+        }
         rows.append(row)
-        print(f"  training {arch} B={b:<5} GpuLoader/premade {row['loader_overhead']['value']:.3f}   "
-              f"torchvision/GpuLoader {row['torchvision_over_gpu']['value']:.2f}   (premade step "
-              f"{1e3 * row['premade_train_s']['median'] / steps:.2f} ms)", flush=True)
+        print(
+            f"  training {arch} B={b:<5} GpuLoader/premade {row['loader_overhead']['value']:.3f}   "
+            f"torchvision/GpuLoader {row['torchvision_over_gpu']['value']:.2f}   (premade step "
+            f"{1e3 * row['premade_train_s']['median'] / steps:.2f} ms)",
+            flush=True,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -219,9 +264,21 @@ def main(argv: list[str] | None = None) -> int:
     samples = args.samples or samples
     rounds = args.repeats or rounds
     workers = workers if args.workers is None else args.workers
-    result = Result("data", device, {"arch": arch, "batch_sizes": batches, "train_batch_sizes": train_batches,
-                                     "samples": samples, "rounds": rounds, "workers": workers, "threads": threads,
-                                     "dataset": "synthetic", "quick": args.quick})
+    result = Result(
+        "data",
+        device,
+        {
+            "arch": arch,
+            "batch_sizes": batches,
+            "train_batch_sizes": train_batches,
+            "samples": samples,
+            "rounds": rounds,
+            "workers": workers,
+            "threads": threads,
+            "dataset": "synthetic",
+            "quick": args.quick,
+        },
+    )
     print(header(result), flush=True)
     from trainables.data import load_dataset
 
@@ -232,27 +289,42 @@ def main(argv: list[str] | None = None) -> int:
     result.numbers.update(loader_only=lo, training=tr)
     with result.written_on_interrupt(args.out):
         loader_only(data, device, [b for b in batches if b <= samples], rounds, workers, channels_last, lo)
-        training(arch, "synthetic", device, threads, samples, [b for b in train_batches if b <= samples], rounds,
-                 workers, tr)
+        training(
+            arch, "synthetic", device, threads, samples, [b for b in train_batches if b <= samples], rounds, workers, tr
+        )
     lo_ratios = [r["ratio_torchvision_over_gpu"]["value"] for r in lo]
-    result.ratio("loader_only_torchvision_over_gpu_min", min(lo_ratios),
-                 "smallest over batch sizes of (torchvision epoch time)/(GpuLoader epoch time), loader only",
-                 target="> 1 (ours faster)", met=min(lo_ratios) > 1,
-                 by_batch={r["batch_size"]: round(r["ratio_torchvision_over_gpu"]["value"], 2) for r in lo})
+    result.ratio(
+        "loader_only_torchvision_over_gpu_min",
+        min(lo_ratios),
+        "smallest over batch sizes of (torchvision epoch time)/(GpuLoader epoch time), loader only",
+        target="> 1 (ours faster)",
+        met=min(lo_ratios) > 1,
+        by_batch={r["batch_size"]: round(r["ratio_torchvision_over_gpu"]["value"], 2) for r in lo},
+    )
     worst = max(tr, key=lambda r: r["loader_overhead"]["value"])
     met = worst["loader_overhead"]["value"] <= TARGET_LOADER_OVERHEAD if gpu else None
-    result.ratio("training_gpuloader_over_premade_max", worst["loader_overhead"]["value"],
-                 f"largest over batch sizes of (train epoch with GpuLoader)/(same epoch on pre-made tensors) "
-                 f"({arch}, B={worst['batch_size']})", target=f"<= {TARGET_LOADER_OVERHEAD} on GPU", met=met,
-                 by_batch={r["batch_size"]: round(r["loader_overhead"]["value"], 4) for r in tr})
+    result.ratio(
+        "training_gpuloader_over_premade_max",
+        worst["loader_overhead"]["value"],
+        f"largest over batch sizes of (train epoch with GpuLoader)/(same epoch on pre-made tensors) "
+        f"({arch}, B={worst['batch_size']})",
+        target=f"<= {TARGET_LOADER_OVERHEAD} on GPU",
+        met=met,
+        by_batch={r["batch_size"]: round(r["loader_overhead"]["value"], 4) for r in tr},
+    )
     tv = [r["torchvision_over_gpu"]["value"] for r in tr]
-    result.ratio("training_torchvision_over_gpuloader_min", min(tv),
-                 f"smallest over batch sizes of (train epoch with torchvision pipeline)/(with GpuLoader) ({arch})",
-                 target=">= 1 (ours no slower)", met=min(tv) >= 1,
-                 by_batch={r["batch_size"]: round(r["torchvision_over_gpu"]["value"], 3) for r in tr})
+    result.ratio(
+        "training_torchvision_over_gpuloader_min",
+        min(tv),
+        f"smallest over batch sizes of (train epoch with torchvision pipeline)/(with GpuLoader) ({arch})",
+        target=">= 1 (ours no slower)",
+        met=min(tv) >= 1,
+        by_batch={r["batch_size"]: round(r["torchvision_over_gpu"]["value"], 3) for r in tr},
+    )
     if not gpu:
-        result.note("CPU run: loader and model share the same cores, so the 5% loader target (a GPU target) "
-                    "is not judged here")
+        result.note(
+            "CPU run: loader and model share the same cores, so the 5% loader target (a GPU target) is not judged here"
+        )
     path = result.write(args.out)
     result.print_ratios(path)
     return 0

@@ -45,8 +45,14 @@ from benchmarks.common import (
 CKPT_TARGET = 0.01  # report + checkpoint under 1% of an epoch
 
 
-def checkpoint_cost(archs: list[str], device: str, threads: int | None, repeats: int,
-                    curve: dict[str, Any] | None, rows: list[dict[str, Any]]) -> None:
+def checkpoint_cost(
+    archs: list[str],
+    device: str,
+    threads: int | None,
+    repeats: int,
+    curve: dict[str, Any] | None,
+    rows: list[dict[str, Any]],
+) -> None:
     """Checkpoint bytes and save seconds for each architecture (appended to rows)."""
     import torch
 
@@ -64,10 +70,12 @@ def checkpoint_cost(archs: list[str], device: str, threads: int | None, repeats:
             for b, epoch_s in curve[arch].items():
                 row[f"fraction_of_full_epoch_B{b}"] = seconds / epoch_s
         rows.append(row)
-        extra = "  ".join(f"{k.rsplit('_', 1)[1]}: {100 * v:.2f}% of a full epoch" for k, v in row.items()
-                          if k.startswith("fraction"))
-        print(f"  checkpoint {arch:<16} {row['checkpoint_mb']:8.1f} MB  save {1e3 * seconds:8.1f} ms  {extra}",
-              flush=True)
+        extra = "  ".join(
+            f"{k.rsplit('_', 1)[1]}: {100 * v:.2f}% of a full epoch" for k, v in row.items() if k.startswith("fraction")
+        )
+        print(
+            f"  checkpoint {arch:<16} {row['checkpoint_mb']:8.1f} MB  save {1e3 * seconds:8.1f} ms  {extra}", flush=True
+        )
         del loop
 
 
@@ -81,20 +89,39 @@ def _full_epoch_times(path: str | None) -> dict[str, dict[int, float]] | None:
     for res in doc["numbers"]["archs"]:
         rows = res["rows"]
         if rows:
-            out[res["arch"]] = {rows[0]["batch_size"]: rows[0]["full_epoch_s"],
-                                rows[-1]["batch_size"]: rows[-1]["full_epoch_s"]}
+            out[res["arch"]] = {
+                rows[0]["batch_size"]: rows[0]["full_epoch_s"],
+                rows[-1]["batch_size"]: rows[-1]["full_epoch_s"],
+            }
     return out
 
 
-def _study(name: str, arch: str, dataset: str, trials: int, epochs: int, batch: int, train_limit: int,
-           test_limit: int, resources: dict[str, float]) -> Any:
+def _study(
+    name: str,
+    arch: str,
+    dataset: str,
+    trials: int,
+    epochs: int,
+    batch: int,
+    train_limit: int,
+    test_limit: int,
+    resources: dict[str, float],
+) -> Any:
     from orchestrator.studies import StudySpec
 
-    return StudySpec(name=name, archs=(arch,), datasets=(dataset,), seeds=tuple(range(trials)), methods=("fixed",),
-                     epochs=epochs, loop={"train_limit": train_limit, "test_limit": test_limit, "threads": 1,
-                                          "eval_batch_size": 1024},
-                     policy={"b0": batch}, gpus_per_trial=resources["gpu"], cpus_per_trial=resources["cpu"],
-                     max_failures=0)
+    return StudySpec(
+        name=name,
+        archs=(arch,),
+        datasets=(dataset,),
+        seeds=tuple(range(trials)),
+        methods=("fixed",),
+        epochs=epochs,
+        loop={"train_limit": train_limit, "test_limit": test_limit, "threads": 1, "eval_batch_size": 1024},
+        policy={"b0": batch},
+        gpus_per_trial=resources["gpu"],
+        cpus_per_trial=resources["cpu"],
+        max_failures=0,
+    )
 
 
 def run_study(study: Any, results: str, resources: dict[str, float]) -> dict[str, Any]:
@@ -112,11 +139,16 @@ def run_study(study: Any, results: str, resources: dict[str, float]) -> dict[str
     samples = sum(r["samples_per_s"] * r["epoch_time_s"] for r in rows)
     recorded = sorted({(r.get("gpus_per_trial"), r.get("cpus_per_trial")) for r in runs.values()}, key=str)
     return {
-        "trials": len(plan.trials), "completed": sum(r["status"] == "completed" for r in runs.values()),
-        "epochs": len(rows), "wall_s": wall, "samples": samples, "samples_per_wall_s": samples / wall,
+        "trials": len(plan.trials),
+        "completed": sum(r["status"] == "completed" for r in runs.values()),
+        "epochs": len(rows),
+        "wall_s": wall,
+        "samples": samples,
+        "samples_per_wall_s": samples / wall,
         "mean_epoch_s": statistics.mean(r["epoch_time_s"] for r in rows),
         "mean_eval_s": statistics.mean(r["eval_time_s"] for r in rows),
-        "ray_overhead": ray_overhead(report.grids), "runs_table_packing": recorded,
+        "ray_overhead": ray_overhead(report.grids),
+        "runs_table_packing": recorded,
         "packing_recorded": recorded == [(resources["gpu"], resources["cpu"])] and len(runs) == len(plan.trials),
         "devices": sorted({str(r.get("device")) for r in runs.values()}),
     }
@@ -138,28 +170,53 @@ def ray_part(result: Result, gpu: bool, quick: bool, rounds: int) -> None:
         trials, cpus, gpus = 2, 2, 0
     if quick:
         limit, test_limit, epochs, batch = 128, 64, 2, 32
-    result.doc["params"].update(ray={"arch": arch, "dataset": dataset, "batch_size": batch, "train_limit": limit,
-                                     "test_limit": test_limit, "epochs": epochs, "trials": trials, "arms": arms,
-                                     "ray_cpus": cpus, "ray_gpus": gpus, "rounds": rounds})
+    result.doc["params"].update(
+        ray={
+            "arch": arch,
+            "dataset": dataset,
+            "batch_size": batch,
+            "train_limit": limit,
+            "test_limit": test_limit,
+            "epochs": epochs,
+            "trials": trials,
+            "arms": arms,
+            "ray_cpus": cpus,
+            "ray_gpus": gpus,
+            "rounds": rounds,
+        }
+    )
     path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
     # address="local": always a fresh Ray of our own size, never a cluster someone else started here.
-    ray.init(address="local", num_cpus=cpus, num_gpus=gpus, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": path}})
+    ray.init(
+        address="local",
+        num_cpus=cpus,
+        num_gpus=gpus,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": path}},
+    )
     try:
         with tempfile.TemporaryDirectory(prefix="bench-orch-") as results:
             # Ray overhead per epoch: one trial alone on the device.
-            one = run_study(_study("overhead", arch, dataset, 1, epochs + 1, batch, limit, test_limit, arms[0]),
-                            results, arms[0])
+            one = run_study(
+                _study("overhead", arch, dataset, 1, epochs + 1, batch, limit, test_limit, arms[0]), results, arms[0]
+            )
             result.numbers["ray_overhead_study"] = one
             ov = one["ray_overhead"] or {}
             if ov:
-                print(f"  Ray overhead per epoch: checkpoint {1e3 * ov['ckpt_save_s']:.1f} ms + report "
-                      f"{1e3 * ov['report_s']:.1f} ms = {100 * ov['fraction']:.2f}% of a {ov['epoch_s']:.2f} s epoch",
-                      flush=True)
-            result.ratio("ray_report_checkpoint_fraction", 1 + ov["fraction"] if ov else None,
-                         f"1 + (checkpoint save + tune.report)/(train + eval) per epoch, {arch} on {dataset} "
-                         f"(epoch {ov.get('epoch_s', float('nan')):.2f} s)", target=f"<= {1 + CKPT_TARGET}",
-                         met=(ov["fraction"] <= CKPT_TARGET) if ov else None)
+                print(
+                    f"  Ray overhead per epoch: checkpoint {1e3 * ov['ckpt_save_s']:.1f} ms + report "
+                    f"{1e3 * ov['report_s']:.1f} ms = {100 * ov['fraction']:.2f}% of a {ov['epoch_s']:.2f} s epoch",
+                    flush=True,
+                )
+            result.ratio(
+                "ray_report_checkpoint_fraction",
+                1 + ov["fraction"] if ov else None,
+                f"1 + (checkpoint save + tune.report)/(train + eval) per epoch, {arch} on {dataset} "
+                f"(epoch {ov.get('epoch_s', float('nan')):.2f} s)",
+                target=f"<= {1 + CKPT_TARGET}",
+                met=(ov["fraction"] <= CKPT_TARGET) if ov else None,
+            )
             # Packing: the same trials per arm, arms alternating over rounds.
             per_arm: dict[str, list[dict[str, Any]]] = {}
             for r in range(rounds):
@@ -169,10 +226,12 @@ def ray_part(result: Result, gpu: bool, quick: bool, rounds: int) -> None:
                     out = run_study(study, results, res)
                     out["resources"] = res
                     per_arm.setdefault(key, []).append(out)
-                    print(f"  packing {key}: {out['completed']}/{out['trials']} trials in {out['wall_s']:.1f} s, "
-                          f"{out['samples_per_wall_s']:.0f} samples/s overall, mean epoch {out['mean_epoch_s']:.3f} s, "
-                          f"runs table packing {out['runs_table_packing']} (recorded: {out['packing_recorded']})",
-                          flush=True)
+                    print(
+                        f"  packing {key}: {out['completed']}/{out['trials']} trials in {out['wall_s']:.1f} s, "
+                        f"{out['samples_per_wall_s']:.0f} samples/s overall, mean epoch {out['mean_epoch_s']:.3f} s, "
+                        f"runs table packing {out['runs_table_packing']} (recorded: {out['packing_recorded']})",
+                        flush=True,
+                    )
             result.numbers["packing"] = per_arm
             keys = list(per_arm)
             alone = keys[0]
@@ -181,18 +240,28 @@ def ray_part(result: Result, gpu: bool, quick: bool, rounds: int) -> None:
                 return statistics.median(o[field] for o in per_arm[key])
 
             for key in keys[1:]:
-                result.ratio(f"packing_throughput_{key}_over_{alone}",
-                             med(key, "samples_per_wall_s") / med(alone, "samples_per_wall_s"),
-                             "samples trained per wall second (whole study, Ray start-up of trials included), "
-                             "packed over one at a time", target="> 1 to pack")
-                result.ratio(f"packing_epoch_time_{key}_over_{alone}", med(key, "mean_epoch_s") / med(alone, "mean_epoch_s"),
-                             "mean epoch_time_s under packing over alone (why packed timings are not comparable)",
-                             target="informational")
+                result.ratio(
+                    f"packing_throughput_{key}_over_{alone}",
+                    med(key, "samples_per_wall_s") / med(alone, "samples_per_wall_s"),
+                    "samples trained per wall second (whole study, Ray start-up of trials included), "
+                    "packed over one at a time",
+                    target="> 1 to pack",
+                )
+                result.ratio(
+                    f"packing_epoch_time_{key}_over_{alone}",
+                    med(key, "mean_epoch_s") / med(alone, "mean_epoch_s"),
+                    "mean epoch_time_s under packing over alone (why packed timings are not comparable)",
+                    target="informational",
+                )
             recorded = all(o["packing_recorded"] for outs in per_arm.values() for o in outs)
             result.numbers["runs_table_records_packing"] = recorded
-            result.ratio("runs_table_records_packing", 1.0 if recorded else 0.0,
-                         "1 when every runs row holds its arm's gpus_per_trial and cpus_per_trial", target="1",
-                         met=recorded)
+            result.ratio(
+                "runs_table_records_packing",
+                1.0 if recorded else 0.0,
+                "1 when every runs row holds its arm's gpus_per_trial and cpus_per_trial",
+                target="1",
+                met=recorded,
+            )
     finally:
         ray.shutdown()
 
@@ -203,9 +272,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--archs", type=str_list, default=None, help="architectures of the checkpoint measurement")
     p.add_argument("--no-ray", action="store_true", help="only the checkpoint measurement (no Ray)")
     p.add_argument("--rounds", type=int, default=1, help="packing rounds (arm order reversed every other round)")
-    p.add_argument("--batch-curve-json", default=None,
-                   help="a bench_batch result (same machine) to relate checkpoint time to full-epoch time; "
-                        "'latest': the newest batch_curve_<device>_*.json in --out, else under benchmarks/out/")
+    p.add_argument(
+        "--batch-curve-json",
+        default=None,
+        help="a bench_batch result (same machine) to relate checkpoint time to full-epoch time; "
+        "'latest': the newest batch_curve_<device>_*.json in --out, else under benchmarks/out/",
+    )
     args = p.parse_args(argv)
     device = resolve_device(args.device)
     threads = resolve_threads(args.threads, device)
@@ -217,12 +289,21 @@ def main(argv: list[str] | None = None) -> int:
     if curve_path == "latest":
         # --out first, then anything under benchmarks/out/ (e.g. a carried earlier GPU call's results)
         pattern = f"batch_curve_{device}_*.json"
-        found = sorted(glob.glob(os.path.join(args.out, pattern)),
-                       key=os.path.basename) or sorted(glob.glob(os.path.join(DEFAULT_OUT, "**", pattern),
-                                                                 recursive=True), key=os.path.basename)
+        found = sorted(glob.glob(os.path.join(args.out, pattern)), key=os.path.basename) or sorted(
+            glob.glob(os.path.join(DEFAULT_OUT, "**", pattern), recursive=True), key=os.path.basename
+        )
         curve_path = found[-1] if found else None
-    result = Result("orchestration", device, {"checkpoint_archs": archs, "repeats": repeats, "threads": threads,
-                                              "batch_curve_json": curve_path, "quick": args.quick})
+    result = Result(
+        "orchestration",
+        device,
+        {
+            "checkpoint_archs": archs,
+            "repeats": repeats,
+            "threads": threads,
+            "batch_curve_json": curve_path,
+            "quick": args.quick,
+        },
+    )
     print(header(result), flush=True)
     ckpt: list[dict[str, Any]] = []
     result.numbers["checkpoints"] = ckpt
@@ -231,9 +312,14 @@ def main(argv: list[str] | None = None) -> int:
         fractions = [v for r in ckpt for k, v in r.items() if k.startswith("fraction")]
         if fractions:
             worst = max(ckpt, key=lambda r: max((v for k, v in r.items() if k.startswith("fraction")), default=0))
-            result.ratio("checkpoint_save_fraction_of_full_epoch_max", 1 + max(fractions),
-                         f"1 + (save_checkpoint seconds)/(projected full-epoch train seconds), worst arch and batch "
-                         f"size ({worst['arch']})", target=f"<= {1 + CKPT_TARGET}", met=max(fractions) <= CKPT_TARGET)
+            result.ratio(
+                "checkpoint_save_fraction_of_full_epoch_max",
+                1 + max(fractions),
+                f"1 + (save_checkpoint seconds)/(projected full-epoch train seconds), worst arch and batch "
+                f"size ({worst['arch']})",
+                target=f"<= {1 + CKPT_TARGET}",
+                met=max(fractions) <= CKPT_TARGET,
+            )
         if not args.no_ray:
             ray_part(result, gpu, args.quick, rounds=args.rounds)
     path = result.write(args.out)

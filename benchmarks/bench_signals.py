@@ -66,8 +66,14 @@ def signals_off(loop: Any) -> Iterator[None]:
     def no_step(epoch: int, **_: Any) -> dict[str, Any]:
         policy.epoch = epoch  # keep the policy's epoch count in line with the loop's
         nan = float("nan")
-        return {"decision": "hold", "batch_size": batch, "confidence": nan, "grad_norm_variation": nan,
-                "loss_variation": nan, "in_cooldown": False}
+        return {
+            "decision": "hold",
+            "batch_size": batch,
+            "confidence": nan,
+            "grad_norm_variation": nan,
+            "loss_variation": nan,
+            "in_cooldown": False,
+        }
 
     loop_module.grad_moments = no_moments
     loop.accumulator = None
@@ -100,13 +106,30 @@ def direct_costs(loop: Any, calls: int) -> dict[str, float]:
     return {"grad_moments_s": moments_s, "policy_step_s": step_s, "accumulator_add_s": add_s}
 
 
-def measure(arch: str, dataset: str, batch_size: int, source: str, train_limit: int | None, device: str,
-            threads: int | None, pairs: int, calls: int) -> dict[str, Any]:
+def measure(
+    arch: str,
+    dataset: str,
+    batch_size: int,
+    source: str,
+    train_limit: int | None,
+    device: str,
+    threads: int | None,
+    pairs: int,
+    calls: int,
+) -> dict[str, Any]:
     """Alternate on/off epochs on one loop; return both arms' times, the ratios and the direct costs."""
     from trainables.loop import TrialLoop
 
-    cfg = loop_config(arch, dataset, device, threads, batch_size, train_limit, test_limit=128,
-                      policy={"b0": batch_size, "signal_source": source})
+    cfg = loop_config(
+        arch,
+        dataset,
+        device,
+        threads,
+        batch_size,
+        train_limit,
+        test_limit=128,
+        policy={"b0": batch_size, "signal_source": source},
+    )
     loop = TrialLoop(cfg)
     run_epoch_timed(loop)  # warm-up (allocator, kernels, first-touch of the data)
     times: dict[str, list[float]] = {"on": [], "off": []}
@@ -132,11 +155,21 @@ def measure(arch: str, dataset: str, batch_size: int, source: str, train_limit: 
     if source == "epoch_mean":
         full_cost += full_steps * costs["accumulator_add_s"]
     return {
-        "arch": arch, "dataset": dataset, "batch_size": batch_size, "signal_source": source,
-        "train_samples": loop.n_train, "steps_per_epoch": steps, "params": loop._numel,
-        "epoch_s_on": summary(times["on"]), "epoch_s_off": summary(times["off"]),
-        "train_s_on": summary(train["on"]), "train_s_off": summary(train["off"]), "step_s": step_s,
-        "ratio_end_to_end": ratio, **costs, "signal_s_per_epoch": per_epoch,
+        "arch": arch,
+        "dataset": dataset,
+        "batch_size": batch_size,
+        "signal_source": source,
+        "train_samples": loop.n_train,
+        "steps_per_epoch": steps,
+        "params": loop._numel,
+        "epoch_s_on": summary(times["on"]),
+        "epoch_s_off": summary(times["off"]),
+        "train_s_on": summary(train["on"]),
+        "train_s_off": summary(train["off"]),
+        "step_s": step_s,
+        "ratio_end_to_end": ratio,
+        **costs,
+        "signal_s_per_epoch": per_epoch,
         "fraction_direct": per_epoch / off,
         "fraction_full_epoch": full_cost / (full_steps * step_s),
     }
@@ -147,8 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     p = base_parser(__doc__)
     p.add_argument("--archs", type=str_list, default=None, help="architectures (default per device)")
     p.add_argument("--batch-sizes", type=int_list, default=None, help="batch sizes (default per device)")
-    p.add_argument("--sources", type=str_list, default=["last_step", "epoch_mean"],
-                   help="signal sources: last_step, epoch_mean")
+    p.add_argument(
+        "--sources", type=str_list, default=["last_step", "epoch_mean"], help="signal sources: last_step, epoch_mean"
+    )
     p.add_argument("--train-limit", type=int, default=None, help="training samples per epoch (default per device)")
     args = p.parse_args(argv)
     device = resolve_device(args.device)
@@ -169,9 +203,21 @@ def main(argv: list[str] | None = None) -> int:
     for s in sources:
         if s not in ("last_step", "epoch_mean"):
             raise ValueError(f"sources: {s!r} is not one of last_step, epoch_mean")
-    result = Result("signals", device, {"archs": archs, "batch_sizes": batches, "sources": sources,
-                                        "train_limit": args.train_limit or limit, "pairs": pairs, "calls": calls,
-                                        "threads": threads, "dataset": dataset, "quick": args.quick})
+    result = Result(
+        "signals",
+        device,
+        {
+            "archs": archs,
+            "batch_sizes": batches,
+            "sources": sources,
+            "train_limit": args.train_limit or limit,
+            "pairs": pairs,
+            "calls": calls,
+            "threads": threads,
+            "dataset": dataset,
+            "quick": args.quick,
+        },
+    )
     print(header(result), flush=True)
     rows: list[dict[str, Any]] = []
     result.numbers["rows"] = rows
@@ -186,9 +232,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _measure_arch(arch: str, args: Any, dataset: str, batches: list[int], limit: int | None, sources: list[str],
-                  device: str, threads: int | None, pairs: int, calls: int, gpu: bool,
-                  rows: list[dict[str, Any]]) -> None:
+def _measure_arch(
+    arch: str,
+    args: Any,
+    dataset: str,
+    batches: list[int],
+    limit: int | None,
+    sources: list[str],
+    device: str,
+    threads: int | None,
+    pairs: int,
+    calls: int,
+    gpu: bool,
+    rows: list[dict[str, Any]],
+) -> None:
     arch_limit = args.train_limit or limit
     arch_batches = batches
     if not gpu and not args.quick and arch not in ("tiny_cnn", "tiny_mlp"):
@@ -199,11 +256,14 @@ def _measure_arch(arch: str, args: Any, dataset: str, batches: list[int], limit:
             row = measure(arch, dataset, b, source, arch_limit, device, threads, pairs, calls)
             rows.append(row)
             r = row["ratio_end_to_end"]
-            print(f"{arch:>12} B={b:<5} {source:<10} epoch on/off {r['value']:.4f} "
-                  f"[{r['q1']:.4f}, {r['q3']:.4f}] n={r['n']}  direct {100 * row['fraction_direct']:.3f}% "
-                  f"of this epoch, {100 * row['fraction_full_epoch']:.3f}% of a full 50k epoch "
-                  f"(grad_moments {1e3 * row['grad_moments_s']:.2f} ms, add {1e3 * row['accumulator_add_s']:.2f} "
-                  f"ms/step, step {1e3 * row['step_s']:.1f} ms)", flush=True)
+            print(
+                f"{arch:>12} B={b:<5} {source:<10} epoch on/off {r['value']:.4f} "
+                f"[{r['q1']:.4f}, {r['q3']:.4f}] n={r['n']}  direct {100 * row['fraction_direct']:.3f}% "
+                f"of this epoch, {100 * row['fraction_full_epoch']:.3f}% of a full 50k epoch "
+                f"(grad_moments {1e3 * row['grad_moments_s']:.2f} ms, add {1e3 * row['accumulator_add_s']:.2f} "
+                f"ms/step, step {1e3 * row['step_s']:.1f} ms)",
+                flush=True,
+            )
 
 
 def _ratios(result: Result, rows: list[dict[str, Any]], sources: list[str]) -> None:
@@ -214,15 +274,24 @@ def _ratios(result: Result, rows: list[dict[str, Any]], sources: list[str]) -> N
             continue
         worst = max(src_rows, key=lambda r: r["fraction_full_epoch"])
         value = 1.0 + worst["fraction_full_epoch"]
-        result.ratio(f"signal_overhead_full_epoch_{source}", value,
-                     f"1 + (signal cost per epoch)/(train time of a 50k-sample epoch), worst over archs and batch "
-                     f"sizes ({worst['arch']}, B={worst['batch_size']}); direct timing", target=f"<= {TARGET}",
-                     met=value <= TARGET)
+        result.ratio(
+            f"signal_overhead_full_epoch_{source}",
+            value,
+            f"1 + (signal cost per epoch)/(train time of a 50k-sample epoch), worst over archs and batch "
+            f"sizes ({worst['arch']}, B={worst['batch_size']}); direct timing",
+            target=f"<= {TARGET}",
+            met=value <= TARGET,
+        )
         e2e = [r["ratio_end_to_end"]["value"] for r in src_rows]
-        result.ratio(f"signal_overhead_end_to_end_{source}", summary(e2e)["median"],
-                     f"median over rows of the paired epoch-time ratio on/off ({len(src_rows)} rows; the epochs "
-                     f"here are short, so this over-weights the per-epoch cost)", target=f"<= {TARGET}",
-                     met=summary(e2e)["median"] <= TARGET, rows=[round(x, 4) for x in e2e])
+        result.ratio(
+            f"signal_overhead_end_to_end_{source}",
+            summary(e2e)["median"],
+            f"median over rows of the paired epoch-time ratio on/off ({len(src_rows)} rows; the epochs "
+            f"here are short, so this over-weights the per-epoch cost)",
+            target=f"<= {TARGET}",
+            met=summary(e2e)["median"] <= TARGET,
+            rows=[round(x, 4) for x in e2e],
+        )
 
 
 if __name__ == "__main__":

@@ -83,12 +83,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arch", default=None, help="architecture (default resnet18 on CUDA, tiny_cnn on CPU)")
     p.add_argument("--variants", type=str_list, default=None, help=f"subset of {', '.join(VARIANTS)}")
     p.add_argument("--batch-sizes", type=int_list, default=None, help="steady-state batch sizes")
-    p.add_argument("--first-batch-sizes", type=int_list, default=None,
-                   help="batch sizes of phase 1 (first-epoch cost); default: DEBA ladder on CUDA")
+    p.add_argument(
+        "--first-batch-sizes",
+        type=int_list,
+        default=None,
+        help="batch sizes of phase 1 (first-epoch cost); default: DEBA ladder on CUDA",
+    )
     p.add_argument("--samples", type=int, default=None, help="training samples per epoch")
-    p.add_argument("--compile-cache", choices=("cold", "warm"), default="cold",
-                   help="cold (default): fresh, empty Inductor/Triton cache directories, as for the first trial of "
-                        "an arch on a node; warm: the machine's caches, as for later trials there")
+    p.add_argument(
+        "--compile-cache",
+        choices=("cold", "warm"),
+        default="cold",
+        help="cold (default): fresh, empty Inductor/Triton cache directories, as for the first trial of "
+        "an arch on a node; warm: the machine's caches, as for later trials there",
+    )
     args = p.parse_args(argv)
     cache_dir = None
     saved_env = {k: os.environ.get(k) for k in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
@@ -105,8 +113,14 @@ def main(argv: list[str] | None = None) -> int:
     elif gpu:
         arch, names, batches, firsts, samples, rounds = "resnet18", list(VARIANTS), [128, 512], deba_ladder(), 4096, 3
     else:
-        arch, names, batches, firsts, samples, rounds = ("tiny_cnn", ["plain", "bf16", "channels_last", "fused_sgd",
-                                                                      "compile"], [128], [64, 96], 2048, 3)
+        arch, names, batches, firsts, samples, rounds = (
+            "tiny_cnn",
+            ["plain", "bf16", "channels_last", "fused_sgd", "compile"],
+            [128],
+            [64, 96],
+            2048,
+            3,
+        )
     arch = args.arch or arch
     names = args.variants or names
     for n in names:
@@ -120,10 +134,22 @@ def main(argv: list[str] | None = None) -> int:
     firsts = args.first_batch_sizes or firsts
     samples = args.samples or samples
     rounds = args.repeats or rounds
-    result = Result("speedups", device, {"arch": arch, "variants": names, "batch_sizes": batches,
-                                         "first_batch_sizes": firsts, "samples": samples, "rounds": rounds,
-                                         "compile_cache": args.compile_cache,
-                                         "threads": threads, "dataset": "synthetic", "quick": args.quick})
+    result = Result(
+        "speedups",
+        device,
+        {
+            "arch": arch,
+            "variants": names,
+            "batch_sizes": batches,
+            "first_batch_sizes": firsts,
+            "samples": samples,
+            "rounds": rounds,
+            "compile_cache": args.compile_cache,
+            "threads": threads,
+            "dataset": "synthetic",
+            "quick": args.quick,
+        },
+    )
     print(header(result), flush=True)
     first: dict[str, list[dict[str, float]]] = {}
     errors: dict[str, str] = {}
@@ -137,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                 v = Variant(n, arch, device, threads, samples, batches[0])
                 rows1 = []
                 # The eager knobs pay nothing per new size beyond what "default" pays: one size is enough.
-                for b in (firsts if n in LADDER_VARIANTS else firsts[:1]):
+                for b in firsts if n in LADDER_VARIANTS else firsts[:1]:
                     t1, t2 = v.epoch(b), v.epoch(b)
                     rows1.append({"batch_size": b, "first_s": t1, "second_s": t2, "extra_s": t1 - t2})
             except Exception as exc:  # a knob that fails here (e.g. no compiler for torch.compile) is reported
@@ -148,8 +174,11 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             variants[n], first[n] = v, rows1
             total = sum(r["extra_s"] for r in rows1)
-            print(f"  {n:<16} one-off cost over batch sizes {[r['batch_size'] for r in rows1]}: {total:7.2f} s "
-                  f"(first epoch {rows1[0]['first_s']:.2f} s vs {rows1[0]['second_s']:.2f} s)", flush=True)
+            print(
+                f"  {n:<16} one-off cost over batch sizes {[r['batch_size'] for r in rows1]}: {total:7.2f} s "
+                f"(first epoch {rows1[0]['first_s']:.2f} s vs {rows1[0]['second_s']:.2f} s)",
+                flush=True,
+            )
         names = list(variants)
         steps = {b: variants["plain"].loop.train_loader.num_batches(b) for b in set(batches) | set(firsts)}
         # Phase 2: steady state, all variants per round.
@@ -163,22 +192,37 @@ def main(argv: list[str] | None = None) -> int:
             t = summary(times[b][n])
             vs_plain = paired_ratio(times[b]["plain"], times[b][n])
             vs_default = paired_ratio(times[b]["default"], times[b][n]) if "default" in names else None
-            rows.append({"variant": n, "batch_size": b, "train_s": t, "step_ms": 1e3 * t["median"] / steps[b],
-                         "samples_per_s": steps[b] * b / t["median"], "speedup_vs_plain": vs_plain,
-                         "speedup_vs_default": vs_default})
-            print(f"  B={b:<5} {n:<16} step {rows[-1]['step_ms']:8.2f} ms  {rows[-1]['samples_per_s']:>9.0f} samples/s"
-                  f"  x{vs_plain['value']:.3f} vs plain" + (f"  x{vs_default['value']:.3f} vs default"
-                                                            if vs_default else ""), flush=True)
+            rows.append(
+                {
+                    "variant": n,
+                    "batch_size": b,
+                    "train_s": t,
+                    "step_ms": 1e3 * t["median"] / steps[b],
+                    "samples_per_s": steps[b] * b / t["median"],
+                    "speedup_vs_plain": vs_plain,
+                    "speedup_vs_default": vs_default,
+                }
+            )
+            print(
+                f"  B={b:<5} {n:<16} step {rows[-1]['step_ms']:8.2f} ms  {rows[-1]['samples_per_s']:>9.0f} samples/s"
+                f"  x{vs_plain['value']:.3f} vs plain"
+                + (f"  x{vs_default['value']:.3f} vs default" if vs_default else ""),
+                flush=True,
+            )
     result.numbers["steady"] = rows
     base = "default" if "default" in names else "plain"
     for n in names:
         if n in ("plain", base):
             continue
         vals = [r[f"speedup_vs_{base}"]["value"] for r in rows if r["variant"] == n]
-        result.ratio(f"speedup_{n}_vs_{base}", summary(vals)["median"],
-                     f"({base} epoch time)/({n} epoch time), median over batch sizes {batches}",
-                     target="> 1 to keep it on", met=summary(vals)["median"] > 1.0,
-                     by_batch={b: round(v, 4) for b, v in zip(batches, vals)})
+        result.ratio(
+            f"speedup_{n}_vs_{base}",
+            summary(vals)["median"],
+            f"({base} epoch time)/({n} epoch time), median over batch sizes {batches}",
+            target="> 1 to keep it on",
+            met=summary(vals)["median"] > 1.0,
+            by_batch={b: round(v, 4) for b, v in zip(batches, vals)},
+        )
     for n in ("compile", "cudagraphs"):
         if n not in names:
             continue
@@ -189,15 +233,24 @@ def main(argv: list[str] | None = None) -> int:
         mine = summary(times[b][n])["median"] / steps[b]
         saved = (ref - mine) * (CIFAR_TRAIN_SAMPLES // b)
         result.numbers[f"{n}_break_even"] = {
-            "one_off_s": one_off, "batch_size": b, "saved_per_full_epoch_s": saved,
-            "break_even_epochs": one_off / saved if saved > 0 else None}
-        result.ratio(f"{n}_break_even_epochs", one_off / saved if saved > 0 else None,
-                     f"(compile + recompile cost over {len(firsts)} batch sizes, beyond {base}'s first-epoch cost)/"
-                     f"(time saved per 50k-sample epoch at B={b})", target="< 100 (a study run's epochs)",
-                     met=(saved > 0 and one_off / saved < 100))
+            "one_off_s": one_off,
+            "batch_size": b,
+            "saved_per_full_epoch_s": saved,
+            "break_even_epochs": one_off / saved if saved > 0 else None,
+        }
+        result.ratio(
+            f"{n}_break_even_epochs",
+            one_off / saved if saved > 0 else None,
+            f"(compile + recompile cost over {len(firsts)} batch sizes, beyond {base}'s first-epoch cost)/"
+            f"(time saved per 50k-sample epoch at B={b})",
+            target="< 100 (a study run's epochs)",
+            met=(saved > 0 and one_off / saved < 100),
+        )
     if not gpu:
-        result.note("CPU run: bf16/channels_last/fused SGD matter on GPUs; the CPU numbers only show that the "
-                    "knobs run and what they cost on this CPU")
+        result.note(
+            "CPU run: bf16/channels_last/fused SGD matter on GPUs; the CPU numbers only show that the "
+            "knobs run and what they cost on this CPU"
+        )
     path = result.write(args.out)
     if cache_dir:
         shutil.rmtree(cache_dir, ignore_errors=True)

@@ -40,7 +40,7 @@ TRAIN_FLOPS_FACTOR = 3.0
 PEAK_BF16_TFLOPS: tuple[tuple[tuple[str, ...], float], ...] = (
     (("h100", "pcie"), 756.0),
     (("h100", "nvl"), 835.0),
-    (("h100",), 989.4),     # H100 SXM5 ("NVIDIA H100 80GB HBM3")
+    (("h100",), 989.4),  # H100 SXM5 ("NVIDIA H100 80GB HBM3")
     (("h200",), 989.4),
     (("gh200",), 989.4),
     (("b200",), 2250.0),
@@ -49,25 +49,34 @@ PEAK_BF16_TFLOPS: tuple[tuple[tuple[str, ...], float], ...] = (
     (("l40s",), 362.0),
     (("l4",), 121.0),
     (("4090",), 165.2),
-    (("v100",), 125.0),     # fp16 (V100 has no bf16)
+    (("v100",), 125.0),  # fp16 (V100 has no bf16)
 )
 
 
 # ------------------------------------------------------------------------------------------ arguments
 
+
 def base_parser(description: str) -> argparse.ArgumentParser:
     """An argument parser with the options every benchmark takes."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                   help="auto = cuda when available (default)")
+    p.add_argument(
+        "--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto = cuda when available (default)"
+    )
     p.add_argument("--quick", action="store_true", help="tiny sizes (seconds): the tests' smoke run")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"directory for the JSON result (default {DEFAULT_OUT})")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads (default 1 on CPU, for comparable numbers on a shared machine; "
-                        "torch's default on CUDA)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default 1 on CPU, for comparable numbers on a shared machine; torch's default on CUDA)",
+    )
     p.add_argument("--repeats", type=int, default=None, help="timed repetitions per arm (default per benchmark)")
-    p.add_argument("--peak-tflops", type=float, default=None,
-                   help="peak TFLOP/s for MFU (default: the device's dense bf16 peak from a table; none on CPU)")
+    p.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="peak TFLOP/s for MFU (default: the device's dense bf16 peak from a table; none on CPU)",
+    )
     return p
 
 
@@ -151,13 +160,19 @@ def str_list(text: str) -> list[str]:
 
 # --------------------------------------------------------------------------------------------- machine
 
+
 def git_commit() -> str | None:
     """HEAD of the checkout, with '+dirty' when benchmarks/ or trainables/ or orchestrator/ differ from it."""
     try:
-        head = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--", "trainables", "orchestrator",
-                                "benchmarks"], capture_output=True, text=True, timeout=10).stdout.strip()
+        head = subprocess.run(
+            ["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", ROOT, "status", "--porcelain", "--", "trainables", "orchestrator", "benchmarks"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return os.environ.get("DEBA_COMMIT")  # a copied tree without .git (the GPU machine) may pass it in
     return head + ("+dirty" if dirty else "")
@@ -188,21 +203,32 @@ def machine_info(device: str) -> dict[str, Any]:
     import torch
 
     info: dict[str, Any] = {
-        "host": socket.gethostname(), "platform": platform.platform(), "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(), "device_type": device, "commit": git_commit(),
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "device_type": device,
+        "commit": git_commit(),
     }
     if device == "cuda":
         props = torch.cuda.get_device_properties(0)
-        info.update(device=torch.cuda.get_device_name(0), cuda=torch.version.cuda,
-                    cudnn=torch.backends.cudnn.version(), gpu_memory_gib=round(props.total_memory / 2**30, 1),
-                    gpu_count=torch.cuda.device_count())
+        info.update(
+            device=torch.cuda.get_device_name(0),
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+            gpu_memory_gib=round(props.total_memory / 2**30, 1),
+            gpu_count=torch.cuda.device_count(),
+        )
     else:
         info["device"] = "cpu"
     return info
 
 
 # ---------------------------------------------------------------------------------------------- timing
+
 
 def sync(device: Any) -> None:
     """Wait for the device's queued work (no-op on CPU)."""
@@ -239,6 +265,7 @@ def alternating(arms: Sequence[str], rounds: int) -> list[str]:
 
 # ------------------------------------------------------------------------------------------ statistics
 
+
 def summary(values: Iterable[float]) -> dict[str, float | int]:
     """n, median, min, max and the quartiles of `values` (non-empty)."""
     xs = sorted(float(v) for v in values)
@@ -266,6 +293,7 @@ def paired_ratio(a: Sequence[float], b: Sequence[float]) -> dict[str, float | in
 
 # --------------------------------------------------------------------------------------------- results
 
+
 class Result:
     """One benchmark's JSON document; `ratio()` records a ratio with its target."""
 
@@ -274,8 +302,12 @@ class Result:
         self.doc: dict[str, Any] = {
             "benchmark": benchmark,
             "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "machine": machine_info(device), "load_avg": {"start": load_avg()},
-            "params": params, "numbers": {}, "ratios": {}, "notes": [],
+            "machine": machine_info(device),
+            "load_avg": {"start": load_avg()},
+            "params": params,
+            "numbers": {},
+            "ratios": {},
+            "notes": [],
         }
 
     @property
@@ -287,11 +319,17 @@ class Result:
         """Add a sentence for the reader (what was skipped, what a number means)."""
         self.doc["notes"].append(text)
 
-    def ratio(self, name: str, value: float | None, definition: str, target: str | None = None,
-              met: bool | None = None, **extra: Any) -> None:
+    def ratio(
+        self,
+        name: str,
+        value: float | None,
+        definition: str,
+        target: str | None = None,
+        met: bool | None = None,
+        **extra: Any,
+    ) -> None:
         """Record ratio `name` (value None: not measured) with its definition and target."""
-        self.doc["ratios"][name] = {"value": value, "definition": definition, "target": target, "met": met,
-                                    **extra}
+        self.doc["ratios"][name] = {"value": value, "definition": definition, "target": target, "met": met, **extra}
 
     @contextlib.contextmanager
     def written_on_interrupt(self, out_dir: str) -> Iterator[None]:
@@ -342,12 +380,30 @@ def fmt_ratio(r: dict[str, Any]) -> str:
 
 # ------------------------------------------------------------------------------------- loop helpers
 
-def loop_config(arch: str, dataset: str, device: str, threads: int | None, batch_size: int,
-                train_limit: int | None, test_limit: int | None = 256, **extra: Any) -> dict[str, Any]:
+
+def loop_config(
+    arch: str,
+    dataset: str,
+    device: str,
+    threads: int | None,
+    batch_size: int,
+    train_limit: int | None,
+    test_limit: int | None = 256,
+    **extra: Any,
+) -> dict[str, Any]:
     """A TrialLoop config for benchmarking: a fixed batch size, many epochs (the benchmark decides)."""
-    cfg = {"arch": arch, "dataset": dataset, "method": "fixed", "policy": {"b0": batch_size}, "epochs": 100_000,
-           "device": device, "threads": threads, "train_limit": train_limit, "test_limit": test_limit,
-           "download": False}
+    cfg = {
+        "arch": arch,
+        "dataset": dataset,
+        "method": "fixed",
+        "policy": {"b0": batch_size},
+        "epochs": 100_000,
+        "device": device,
+        "threads": threads,
+        "train_limit": train_limit,
+        "test_limit": test_limit,
+        "download": False,
+    }
     cfg.update(extra)
     return cfg
 
@@ -368,5 +424,7 @@ def run_epoch_timed(loop: Any) -> dict[str, Any]:
 def header(result: Result) -> str:
     """One line naming the machine and load, printed before a benchmark's table."""
     m = result.doc["machine"]
-    return (f"# {result.doc['benchmark']} on {m['device']} ({m['cpu']}, torch {m['torch']}, "
-            f"{m['torch_threads']} threads), commit {m['commit']}, load avg {result.doc['load_avg']['start']}")
+    return (
+        f"# {result.doc['benchmark']} on {m['device']} ({m['cpu']}, torch {m['torch']}, "
+        f"{m['torch_threads']} threads), commit {m['commit']}, load avg {result.doc['load_avg']['start']}"
+    )

@@ -208,7 +208,10 @@ def synthetic_store(
     datasets: Iterable[str] = ("cifar10", "cifar100"),
     seeds: Iterable[int] = (2, 7, 42, 123, 199),
     methods: Iterable[tuple[str, str]] = (
-        ("fixed", "baseline"), ("deba", "baseline"), ("deba", "cooldown5"), ("deba", "full_history"),
+        ("fixed", "baseline"),
+        ("deba", "baseline"),
+        ("deba", "cooldown5"),
+        ("deba", "full_history"),
     ),  # fmt: skip
     n_epochs: int = 100,
     rng_seed: int = 0,
@@ -220,9 +223,7 @@ def synthetic_store(
         for dataset in datasets:
             for seed in seeds:
                 for method, variant in methods:
-                    tid, e, run = synthetic_trial(
-                        rng, study, arch, dataset, seed, method, variant, n_epochs
-                    )
+                    tid, e, run = synthetic_trial(rng, study, arch, dataset, seed, method, variant, n_epochs)
                     write_trial(root, study, tid, e, run)
                     n += 1
     return n

@@ -49,35 +49,87 @@ def latest(paths: list[str]) -> dict[tuple[str, str], dict[str, Any]]:
 def _machine(doc: dict[str, Any]) -> str:
     m = doc["machine"]
     la = doc["load_avg"]
-    dev = m["device"] + (f" (CUDA {m.get('cuda')}, {m.get('gpu_memory_gib')} GiB)" if m["device_type"] == "cuda" else "")
-    return (f"Machine: {dev}; CPU {m['cpu']} x{m['cpu_count']}; torch {m['torch']}, {m['torch_threads']} thread(s); "
-            f"commit `{m['commit']}`; started {doc['started']}; load avg (1/5/15 min) {la.get('start')} -> "
-            f"{la.get('end')}; wall {doc.get('wall_s')} s.")
+    dev = m["device"] + (
+        f" (CUDA {m.get('cuda')}, {m.get('gpu_memory_gib')} GiB)" if m["device_type"] == "cuda" else ""
+    )
+    return (
+        f"Machine: {dev}; CPU {m['cpu']} x{m['cpu_count']}; torch {m['torch']}, {m['torch_threads']} thread(s); "
+        f"commit `{m['commit']}`; started {doc['started']}; load avg (1/5/15 min) {la.get('start')} -> "
+        f"{la.get('end')}; wall {doc.get('wall_s')} s."
+    )
 
 
 def _signals(doc: dict[str, Any]) -> list[str]:
-    rows = [[r["arch"], r["batch_size"], r["signal_source"], f"{r['params'] / 1e6:.2f}M", r["steps_per_epoch"],
-             _f(r["epoch_s_on"]["median"]), _f(r["epoch_s_off"]["median"]), fmt_ratio(r["ratio_end_to_end"]),
-             _f(1e3 * r["grad_moments_s"], ".2f"), _f(1e3 * r["accumulator_add_s"], ".3f"),
-             _f(1e3 * r["step_s"], ".1f"), _f(100 * r["fraction_direct"], ".3f"),
-             _f(100 * r["fraction_full_epoch"], ".4f")] for r in doc["numbers"]["rows"]]
-    return _table(["arch", "B", "source", "params", "steps", "epoch on s", "epoch off s", "on/off [q1, q3]",
-                   "grad_moments ms", "acc. add ms/step", "step ms", "signals % this epoch",
-                   "signals % full 50k epoch"], rows)
+    rows = [
+        [
+            r["arch"],
+            r["batch_size"],
+            r["signal_source"],
+            f"{r['params'] / 1e6:.2f}M",
+            r["steps_per_epoch"],
+            _f(r["epoch_s_on"]["median"]),
+            _f(r["epoch_s_off"]["median"]),
+            fmt_ratio(r["ratio_end_to_end"]),
+            _f(1e3 * r["grad_moments_s"], ".2f"),
+            _f(1e3 * r["accumulator_add_s"], ".3f"),
+            _f(1e3 * r["step_s"], ".1f"),
+            _f(100 * r["fraction_direct"], ".3f"),
+            _f(100 * r["fraction_full_epoch"], ".4f"),
+        ]
+        for r in doc["numbers"]["rows"]
+    ]
+    return _table(
+        [
+            "arch",
+            "B",
+            "source",
+            "params",
+            "steps",
+            "epoch on s",
+            "epoch off s",
+            "on/off [q1, q3]",
+            "grad_moments ms",
+            "acc. add ms/step",
+            "step ms",
+            "signals % this epoch",
+            "signals % full 50k epoch",
+        ],
+        rows,
+    )
 
 
 def _data(doc: dict[str, Any]) -> list[str]:
-    lo = [[r["batch_size"], _f(r["gpu_samples_per_s"], ".0f"), _f(r["torchvision_samples_per_s"], ".0f"),
-           fmt_ratio(r["ratio_torchvision_over_gpu"])] for r in doc["numbers"]["loader_only"]]
-    tr = [[r["batch_size"], r["steps"], _f(r["gpu_train_s"]["median"]), _f(r["premade_train_s"]["median"]),
-           _f(r["torchvision_train_s"]["median"]), fmt_ratio(r["loader_overhead"]),
-           fmt_ratio(r["torchvision_over_gpu"])] for r in doc["numbers"]["training"]]
+    lo = [
+        [
+            r["batch_size"],
+            _f(r["gpu_samples_per_s"], ".0f"),
+            _f(r["torchvision_samples_per_s"], ".0f"),
+            fmt_ratio(r["ratio_torchvision_over_gpu"]),
+        ]
+        for r in doc["numbers"]["loader_only"]
+    ]
+    tr = [
+        [
+            r["batch_size"],
+            r["steps"],
+            _f(r["gpu_train_s"]["median"]),
+            _f(r["premade_train_s"]["median"]),
+            _f(r["torchvision_train_s"]["median"]),
+            fmt_ratio(r["loader_overhead"]),
+            fmt_ratio(r["torchvision_over_gpu"]),
+        ]
+        for r in doc["numbers"]["training"]
+    ]
     p = doc["params"]
-    return ([f"Loader only ({p['samples']} samples, {p['workers']} DataLoader workers):", ""]
-            + _table(["B", "GpuLoader samples/s", "torchvision samples/s", "torchvision/GpuLoader time"], lo)
-            + ["", f"Training epochs of {p['arch']} through TrialLoop.run_epoch (train seconds, median):", ""]
-            + _table(["B", "steps", "GpuLoader s", "pre-made s", "torchvision s", "GpuLoader/pre-made",
-                      "torchvision/GpuLoader"], tr))
+    return (
+        [f"Loader only ({p['samples']} samples, {p['workers']} DataLoader workers):", ""]
+        + _table(["B", "GpuLoader samples/s", "torchvision samples/s", "torchvision/GpuLoader time"], lo)
+        + ["", f"Training epochs of {p['arch']} through TrialLoop.run_epoch (train seconds, median):", ""]
+        + _table(
+            ["B", "steps", "GpuLoader s", "pre-made s", "torchvision s", "GpuLoader/pre-made", "torchvision/GpuLoader"],
+            tr,
+        )
+    )
 
 
 def _batch(doc: dict[str, Any]) -> list[str]:
@@ -85,34 +137,77 @@ def _batch(doc: dict[str, Any]) -> list[str]:
     for res in doc["numbers"]["archs"]:
         flops = res.get("fwd_flops_per_sample")
         for r in res.get("rows") or []:
-            rows.append([res["arch"], _f(flops / 1e9 if flops else None, ".3f"), r["batch_size"],
-                         _f(r["samples_per_s"], ".0f"), _f(r["step_ms"], ".2f"), _f(r["full_epoch_s"], ".2f"),
-                         _f(100 * r["mfu"], ".1f") if r.get("mfu") is not None else "n/a",
-                         _f(r.get("speedup_vs_first"), ".2f"), _f(r.get("peak_mem_mb"), ".0f")])
+            rows.append(
+                [
+                    res["arch"],
+                    _f(flops / 1e9 if flops else None, ".3f"),
+                    r["batch_size"],
+                    _f(r["samples_per_s"], ".0f"),
+                    _f(r["step_ms"], ".2f"),
+                    _f(r["full_epoch_s"], ".2f"),
+                    _f(100 * r["mfu"], ".1f") if r.get("mfu") is not None else "n/a",
+                    _f(r.get("speedup_vs_first"), ".2f"),
+                    _f(r.get("peak_mem_mb"), ".0f"),
+                ]
+            )
     p = doc["params"]
-    return ([f"Peak for MFU: {p['peak_tflops']} TFLOP/s (dense bf16); MFU = 3 x fwd FLOPs x samples/s / peak.", ""]
-            + _table(["arch", "fwd GFLOP/sample", "B", "samples/s", "step ms", "full 50k epoch s", "MFU %",
-                      "speedup vs B=64", "peak mem MB"], rows))
+    return [
+        f"Peak for MFU: {p['peak_tflops']} TFLOP/s (dense bf16); MFU = 3 x fwd FLOPs x samples/s / peak.",
+        "",
+    ] + _table(
+        [
+            "arch",
+            "fwd GFLOP/sample",
+            "B",
+            "samples/s",
+            "step ms",
+            "full 50k epoch s",
+            "MFU %",
+            "speedup vs B=64",
+            "peak mem MB",
+        ],
+        rows,
+    )
 
 
 def _speedups(doc: dict[str, Any]) -> list[str]:
     n = doc["numbers"]
-    first = [[v, ", ".join(f"{r['batch_size']}: {r['first_s']:.2f}/{r['second_s']:.2f}" for r in rows),
-              _f(sum(r["extra_s"] for r in rows), ".2f")] for v, rows in n["first_epochs"].items()]
-    steady = [[r["batch_size"], r["variant"], _f(r["step_ms"], ".2f"), _f(r["samples_per_s"], ".0f"),
-               fmt_ratio(r["speedup_vs_plain"]),
-               fmt_ratio(r["speedup_vs_default"]) if r.get("speedup_vs_default") else "n/a"]
-              for r in n.get("steady", [])]
-    out = [f"Arch {doc['params']['arch']}, {doc['params']['samples']} samples per epoch.", "",
-           "Phase 1, first/second epoch seconds at each new batch size:", ""]
+    first = [
+        [
+            v,
+            ", ".join(f"{r['batch_size']}: {r['first_s']:.2f}/{r['second_s']:.2f}" for r in rows),
+            _f(sum(r["extra_s"] for r in rows), ".2f"),
+        ]
+        for v, rows in n["first_epochs"].items()
+    ]
+    steady = [
+        [
+            r["batch_size"],
+            r["variant"],
+            _f(r["step_ms"], ".2f"),
+            _f(r["samples_per_s"], ".0f"),
+            fmt_ratio(r["speedup_vs_plain"]),
+            fmt_ratio(r["speedup_vs_default"]) if r.get("speedup_vs_default") else "n/a",
+        ]
+        for r in n.get("steady", [])
+    ]
+    out = [
+        f"Arch {doc['params']['arch']}, {doc['params']['samples']} samples per epoch.",
+        "",
+        "Phase 1, first/second epoch seconds at each new batch size:",
+        "",
+    ]
     out += _table(["variant", "B: first/second s", "one-off total s"], first)
     out += ["", "Phase 2, steady state (speedup = reference epoch time / variant epoch time):", ""]
     out += _table(["B", "variant", "step ms", "samples/s", "speedup vs plain", "speedup vs default"], steady)
     for k in ("compile_break_even", "cudagraphs_break_even"):
         if k in n:
             be = n[k]
-            out += ["", f"{k}: one-off {be['one_off_s']:.1f} s, saves {be['saved_per_full_epoch_s']:.2f} s per full "
-                        f"epoch at B={be['batch_size']} -> break-even after {_f(be['break_even_epochs'], '.1f')} epochs"]
+            out += [
+                "",
+                f"{k}: one-off {be['one_off_s']:.1f} s, saves {be['saved_per_full_epoch_s']:.2f} s per full "
+                f"epoch at B={be['batch_size']} -> break-even after {_f(be['break_even_epochs'], '.1f')} epochs",
+            ]
     for v, err in (n.get("errors") or {}).items():
         out += ["", f"{v} failed: `{err.splitlines()[0][:200]}`"]
     return out
@@ -123,30 +218,64 @@ def _orchestration(doc: dict[str, Any]) -> list[str]:
     ck = []
     for r in n["checkpoints"]:
         fr = ", ".join(f"B={k.rsplit('B', 1)[1]}: {100 * v:.2f}%" for k, v in r.items() if k.startswith("fraction"))
-        ck.append([r["arch"], f"{r['params'] / 1e6:.2f}M", _f(r["checkpoint_mb"], ".1f"), _f(1e3 * r["save_s"], ".1f"),
-                   fr or "n/a"])
+        ck.append(
+            [
+                r["arch"],
+                f"{r['params'] / 1e6:.2f}M",
+                _f(r["checkpoint_mb"], ".1f"),
+                _f(1e3 * r["save_s"], ".1f"),
+                fr or "n/a",
+            ]
+        )
     out = _table(["arch", "params", "checkpoint MB", "save ms", "save / full-epoch train time"], ck)
     one = n.get("ray_overhead_study")
     if one and one.get("ray_overhead"):
         ov = one["ray_overhead"]
-        out += ["", f"Ray study ({doc['params']['ray']['arch']} on {doc['params']['ray']['dataset']}, "
-                    f"{ov['epochs']:.0f} epochs): checkpoint save {1e3 * ov['ckpt_save_s']:.1f} ms + tune.report "
-                    f"{1e3 * ov['report_s']:.1f} ms per epoch = {100 * ov['fraction']:.2f}% of the mean "
-                    f"{ov['epoch_s']:.3f} s epoch (train + eval)."]
+        out += [
+            "",
+            f"Ray study ({doc['params']['ray']['arch']} on {doc['params']['ray']['dataset']}, "
+            f"{ov['epochs']:.0f} epochs): checkpoint save {1e3 * ov['ckpt_save_s']:.1f} ms + tune.report "
+            f"{1e3 * ov['report_s']:.1f} ms per epoch = {100 * ov['fraction']:.2f}% of the mean "
+            f"{ov['epoch_s']:.3f} s epoch (train + eval).",
+        ]
     pk = []
     for key, outs in (n.get("packing") or {}).items():
         for o in outs:
-            pk.append([key, f"{o['completed']}/{o['trials']}", _f(o["wall_s"], ".1f"), _f(o["samples_per_wall_s"], ".0f"),
-                       _f(o["mean_epoch_s"], ".3f"), str(o["runs_table_packing"]), o["packing_recorded"]])
+            pk.append(
+                [
+                    key,
+                    f"{o['completed']}/{o['trials']}",
+                    _f(o["wall_s"], ".1f"),
+                    _f(o["samples_per_wall_s"], ".0f"),
+                    _f(o["mean_epoch_s"], ".3f"),
+                    str(o["runs_table_packing"]),
+                    o["packing_recorded"],
+                ]
+            )
     if pk:
         out += ["", "Packing (same trials per arm):", ""]
-        out += _table(["arm", "trials done", "study wall s", "samples/s overall", "mean epoch s",
-                       "runs table (gpus, cpus)", "recorded"], pk)
+        out += _table(
+            [
+                "arm",
+                "trials done",
+                "study wall s",
+                "samples/s overall",
+                "mean epoch s",
+                "runs table (gpus, cpus)",
+                "recorded",
+            ],
+            pk,
+        )
     return out
 
 
-RENDER = {"signals": _signals, "data": _data, "batch_curve": _batch, "speedups": _speedups,
-          "orchestration": _orchestration}
+RENDER = {
+    "signals": _signals,
+    "data": _data,
+    "batch_curve": _batch,
+    "speedups": _speedups,
+    "orchestration": _orchestration,
+}
 
 
 def _ratios(doc: dict[str, Any]) -> list[str]:
@@ -161,8 +290,9 @@ def _ratios(doc: dict[str, Any]) -> list[str]:
 def render(docs: dict[tuple[str, str], dict[str, Any]]) -> str:
     """Markdown for every result in `docs`, benchmarks in their usual order."""
     out: list[str] = []
-    for (bench, dev), doc in sorted(docs.items(), key=lambda kv: (ORDER.index(kv[0][0]) if kv[0][0] in ORDER
-                                                                   else 99, kv[0][1])):
+    for (bench, dev), doc in sorted(
+        docs.items(), key=lambda kv: (ORDER.index(kv[0][0]) if kv[0][0] in ORDER else 99, kv[0][1])
+    ):
         out += [f"### {bench} ({dev})", "", _machine(doc), ""]
         out += RENDER.get(bench, lambda d: [])(doc)
         out += ["", "Ratios:", ""] + _ratios(doc)

@@ -91,8 +91,10 @@ class StudyCalibration:
                     doc = json.loads(f.read().decode())
                     self.entries = {_key(e["arch"], {k: e[k] for k in SIGNAL_OPTIONS}): e for e in doc["entries"]}
                 except (ValueError, KeyError, TypeError) as exc:
-                    raise ValueError(f"calibration file {self.path} cannot be read ({exc}); move it aside to "
-                                     "recalibrate from the fixed runs") from exc
+                    raise ValueError(
+                        f"calibration file {self.path} cannot be read ({exc}); move it aside to "
+                        "recalibrate from the fixed runs"
+                    ) from exc
 
     def thresholds(self, arch: str, reading: dict[str, Any]) -> dict[str, float] | None:
         """{"theta_stab", "theta_conf"} pinned for (arch, reading), or None when not calibrated yet."""
@@ -117,16 +119,23 @@ class StudyCalibration:
         for reading in missing:
             found = calibrate_reading(epochs, summary, arch, **reading)
             self.entries[_key(arch, reading)] = {
-                "arch": arch, **reading, "theta_stab": _significant(found["theta_stab"]),
-                "theta_conf": _significant(found["theta_conf"]), "n_runs": found["n_runs"],
-                "n_epochs": found["n_epochs"], "fixed_trials": sorted(fixed_trials)}
+                "arch": arch,
+                **reading,
+                "theta_stab": _significant(found["theta_stab"]),
+                "theta_conf": _significant(found["theta_conf"]),
+                "n_runs": found["n_runs"],
+                "n_epochs": found["n_epochs"],
+                "fixed_trials": sorted(fixed_trials),
+            }
         if self.write:
             self._write()
 
     def _write(self) -> None:
-        doc = {"about": "DEBA thresholds calibrated from this study's fixed runs (the rule of SPEC section 2) per arch and "
-                        "signal reading; pinned: delete this file to recalibrate",
-               "entries": [self.entries[k] for k in sorted(self.entries)]}
+        doc = {
+            "about": "DEBA thresholds calibrated from this study's fixed runs (the rule of SPEC section 2) per "
+            "arch and signal reading; pinned: delete this file to recalibrate",
+            "entries": [self.entries[k] for k in sorted(self.entries)],
+        }
         self.store.fs.create_dir(self.store.study_path, recursive=True)
         tmp = self.path + ".tmp"
         with self.store.fs.open_output_stream(tmp) as out:

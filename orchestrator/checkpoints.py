@@ -69,9 +69,15 @@ def find_checkpoints(root: str, trial_ids: set[str]) -> dict[str, list[StoredChe
             for ckpt in fs.get_file_info(pafs.FileSelector(trial_dir.path, allow_not_found=True)):
                 m = _CHECKPOINT_DIR.match(ckpt.base_name)
                 if ckpt.type == pafs.FileType.Directory and m:
-                    out[tid].append(StoredCheckpoint(
-                        uri=_uri(root, ckpt.path), experiment=exp.base_name, index=int(m.group(1)),
-                        epoch=_epoch(fs, ckpt.path), mtime=ckpt.mtime.timestamp() if ckpt.mtime else 0.0))
+                    out[tid].append(
+                        StoredCheckpoint(
+                            uri=_uri(root, ckpt.path),
+                            experiment=exp.base_name,
+                            index=int(m.group(1)),
+                            epoch=_epoch(fs, ckpt.path),
+                            mtime=ckpt.mtime.timestamp() if ckpt.mtime else 0.0,
+                        )
+                    )
     for tid in out:
         out[tid].sort(key=lambda c: (c.epoch if c.epoch is not None else -1, c.mtime, c.index), reverse=True)
     return out
@@ -110,8 +116,9 @@ class ResumePoint:
     skipped: tuple[str, ...]  # "uri: reason" of checkpoints passed over
 
 
-def resume_points(found: dict[str, list[StoredCheckpoint]], stored_epochs: dict[str, int],
-                  keep: int = KEEP) -> dict[str, ResumePoint]:
+def resume_points(
+    found: dict[str, list[StoredCheckpoint]], stored_epochs: dict[str, int], keep: int = KEEP
+) -> dict[str, ResumePoint]:
     """Per trial: its intact checkpoints whose epoch the store covers (`stored_epochs[tid]` = the last
     epoch k such that rows 1..k are stored), newest first, at most `keep` of them."""
     out = {}

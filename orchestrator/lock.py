@@ -52,8 +52,13 @@ class StudyLock:
         self.path = posixpath.join(self.dir, LOCK_FILE)
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
         self.token = uuid.uuid4().hex
-        self.doc = {"owner": f"{socket.gethostname()}:{os.getpid()}", "token": self.token,
-                    "started": time.time(), "heartbeat": time.time(), "command": " ".join(sys.argv)}
+        self.doc = {
+            "owner": f"{socket.gethostname()}:{os.getpid()}",
+            "token": self.token,
+            "started": time.time(),
+            "heartbeat": time.time(),
+            "command": " ".join(sys.argv),
+        }
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -78,8 +83,10 @@ class StudyLock:
         """One line naming the lock's owner."""
         age = time.time() - float(doc.get("heartbeat", 0))
         started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(doc.get("started", 0))))
-        return (f"driver {doc.get('owner')} (started {started}, last heartbeat {age:.0f} s ago, "
-                f"command: {doc.get('command', '?')})")
+        return (
+            f"driver {doc.get('owner')} (started {started}, last heartbeat {age:.0f} s ago, "
+            f"command: {doc.get('command', '?')})"
+        )
 
     # ------------------------------------------------------------------ taking it
     def acquire(self) -> StudyLock:
@@ -93,9 +100,11 @@ class StudyLock:
             if doc is None or self.stale(doc):
                 self._remove()
                 continue
-            raise StudyLocked(f"study folder {self.dir} is in use by {self.describe(doc)}. Two drivers on one "
-                              "study would run every trial twice: wait for it to finish or stop it (a lock "
-                              f"without a heartbeat for {STALE_AFTER_S:.0f} s is taken over).")
+            raise StudyLocked(
+                f"study folder {self.dir} is in use by {self.describe(doc)}. Two drivers on one "
+                "study would run every trial twice: wait for it to finish or stop it (a lock "
+                f"without a heartbeat for {STALE_AFTER_S:.0f} s is taken over)."
+            )
         raise StudyLocked(f"could not take the lock {self.path}: another driver keeps taking it")
 
     def _create(self) -> bool:

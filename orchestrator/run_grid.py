@@ -42,39 +42,48 @@ from orchestrator.store import ResultsStore, check_location  # noqa: E402
 from orchestrator.studies import StudySpec  # noqa: E402
 
 
-def format_plan(plan: Plan, results: str, resources: str, storage: str | None = None,
-                slots: int | None = None) -> str:
+def format_plan(plan: Plan, results: str, resources: str, storage: str | None = None, slots: int | None = None) -> str:
     """The plan as text: study, trials in launch order with their cost estimates and state, the
     predicted makespan on `slots` parallel trials (and on 8/16/64 GPUs), where results go."""
     study = plan.study
     runs = ResultsStore(results, study.name).ledger()
     est = plan.estimate
-    lines = [f"study {study.name!r}: {study.description}".rstrip(": "),
-             f"  grid: archs={','.join(study.archs)} datasets={','.join(study.datasets)} "
-             f"seeds={','.join(map(str, study.seeds))} methods={','.join(study.methods)} "
-             f"variants={','.join(study.variants)} epochs={study.epochs}",
-             f"  trials: {len(plan.trials)} total, {len(plan.finished)} finished (skipped), "
-             f"{len(plan.pending)} to run",
-             f"  resources per trial: {resources}; max_failures={study.max_failures}; "
-             f"checkpoint every {study.checkpoint_every} epoch(s)",
-             f"  results: {ResultsStore(results, study.name).study_path}  experiments: "
-             f"{storage_root(results, study.name, storage)}"]
+    lines = [
+        f"study {study.name!r}: {study.description}".rstrip(": "),
+        f"  grid: archs={','.join(study.archs)} datasets={','.join(study.datasets)} "
+        f"seeds={','.join(map(str, study.seeds))} methods={','.join(study.methods)} "
+        f"variants={','.join(study.variants)} epochs={study.epochs}",
+        f"  trials: {len(plan.trials)} total, {len(plan.finished)} finished (skipped), {len(plan.pending)} to run",
+        f"  resources per trial: {resources}; max_failures={study.max_failures}; "
+        f"checkpoint every {study.checkpoint_every} epoch(s)",
+        f"  results: {ResultsStore(results, study.name).study_path}  experiments: "
+        f"{storage_root(results, study.name, storage)}",
+    ]
     inputs = {t.arch: t.config.get("timm_input") for t in plan.trials if t.config.get("timm_input")}
     if inputs:
         from trainables.timm_archs import describe
 
-        lines += [f"  {arch} at 32x32 (timm_input={choice}): {describe(arch, choice)}"
-                  for arch, choice in sorted(inputs.items())]
+        lines += [
+            f"  {arch} at 32x32 (timm_input={choice}): {describe(arch, choice)}"
+            for arch, choice in sorted(inputs.items())
+        ]
     pending = plan.launch_order()
     if est is not None and pending:
         costs = [est.costs[t.trial_id] for t in pending]
-        source = (f"measured epoch times of {est.measured} trial(s)' arch/dataset, FLOPs for the rest"
-                  if est.unit == "s" else "FLOPs x samples x epochs (no trial measured yet)")
+        source = (
+            f"measured epoch times of {est.measured} trial(s)' arch/dataset, FLOPs for the rest"
+            if est.unit == "s"
+            else "FLOPs x samples x epochs (no trial measured yet)"
+        )
         spans = [(n, makespan(costs, n)) for n in sorted({*(slots and [slots] or []), 8, 16, 64})]
-        lines.append(f"  cost of the {len(pending)} trial(s) to run: {format_duration(sum(costs), est.unit)} in all "
-                     f"({source}); launched longest first; predicted makespan: "
-                     + ", ".join(f"{format_duration(span, est.unit)} on {n} {'slots here' if n == slots else 'GPUs'}"
-                                 for n, span in spans))
+        lines.append(
+            f"  cost of the {len(pending)} trial(s) to run: {format_duration(sum(costs), est.unit)} in all "
+            f"({source}); launched longest first; predicted makespan: "
+            + ", ".join(
+                f"{format_duration(span, est.unit)} on {n} {'slots here' if n == slots else 'GPUs'}"
+                for n, span in spans
+            )
+        )
     finished = [t for t in plan.trials if t.trial_id in plan.finished]
     for t in pending + finished:
         state = runs.get(t.trial_id, "pending")
@@ -82,8 +91,10 @@ def format_plan(plan: Plan, results: str, resources: str, storage: str | None = 
         cost = format_duration(est.costs[t.trial_id], est.unit) if est and action == "run" else ""
         lines.append(f"    {t.trial_id}  {t.label:<52} {action:<4} ({state}) {cost}".rstrip())
     if plan.waiting:
-        lines.append(f"  phase 2: {len(plan.waiting)} trial(s) wait for thresholds calibrated from the study's own "
-                     "fixed runs (they run once every fixed run of their arch has finished):")
+        lines.append(
+            f"  phase 2: {len(plan.waiting)} trial(s) wait for thresholds calibrated from the study's own "
+            "fixed runs (they run once every fixed run of their arch has finished):"
+        )
         lines += [f"    {'-' * 12}  {label:<52} wait" for label in plan.waiting]
     return "\n".join(lines)
 
@@ -102,22 +113,26 @@ def format_summary(results: str, study: str) -> str:
     df["final_acc_%"] = (100 * df["final_test_acc"].astype(float)).where(completed)
     df["train_s"] = df["train_time_s"].astype(float).where(completed)
     g = df.groupby(["arch", "dataset", "method", "variant"], sort=True)
-    table = pd.DataFrame({
-        "trials": g.size(),
-        "completed": g["status"].apply(lambda s: int((s == "completed").sum())),
-        "diverged": g["status"].apply(lambda s: int((s == "diverged").sum())),
-        "failed": g["status"].apply(lambda s: int((s == "failed").sum())),
-        "final_acc_%": g["final_acc_%"].mean().round(2),
-        "acc_std": g["final_acc_%"].std().round(2),
-        "train_s": g["train_s"].mean().round(1),
-        "final_bs": g["final_batch_size"].mean().round(0),
-    })
+    table = pd.DataFrame(
+        {
+            "trials": g.size(),
+            "completed": g["status"].apply(lambda s: int((s == "completed").sum())),
+            "diverged": g["status"].apply(lambda s: int((s == "diverged").sum())),
+            "failed": g["status"].apply(lambda s: int((s == "failed").sum())),
+            "final_acc_%": g["final_acc_%"].mean().round(2),
+            "acc_std": g["final_acc_%"].std().round(2),
+            "train_s": g["train_s"].mean().round(1),
+            "final_bs": g["final_batch_size"].mean().round(0),
+        }
+    )
     text = [f"study {study!r}: {len(df)} trial(s)", table.to_string()]
     failed = df[df["status"] == "failed"]
     for _, row in failed.iterrows():
         lines = (row["error"] or "").strip().splitlines()
-        text.append(f"  failed {row['trial_id']} {row['arch']}/{row['method']}/s{row['seed']}: "
-                    f"{lines[0] if lines else 'no error text'}")
+        text.append(
+            f"  failed {row['trial_id']} {row['arch']}/{row['method']}/s{row['seed']}: "
+            f"{lines[0] if lines else 'no error text'}"
+        )
     return "\n".join(text)
 
 
@@ -138,8 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         g = study.gpus_per_trial
         gpu = f"{g:g} GPU" if g is not None else "1 GPU if the cluster has GPUs, else CPU-only"
-        print(format_plan(plan, args.results, f"{study.cpus_per_trial:g} CPU, {gpu}", args.storage,
-                          slots=local_slots(study)))
+        print(
+            format_plan(
+                plan, args.results, f"{study.cpus_per_trial:g} CPU, {gpu}", args.storage, slots=local_slots(study)
+            )
+        )
         holder = lock.holder()
         if holder is not None and not lock.stale(holder):
             print(f"note: the study is being run now by {lock.describe(holder)}")
@@ -147,8 +165,11 @@ def main(argv: list[str] | None = None) -> int:
     if not plan.pending:
         print(format_plan(plan, args.results, "n/a (nothing to run)", args.storage))
         if plan.waiting:
-            print(f"{len(plan.waiting)} trial(s) wait for a calibration that the study's fixed runs cannot give "
-                  "(some failed); see the runs above", file=sys.stderr)
+            print(
+                f"{len(plan.waiting)} trial(s) wait for a calibration that the study's fixed runs cannot give "
+                "(some failed); see the runs above",
+                file=sys.stderr,
+            )
             return 1
         print(f"all {len(plan.trials)} trial(s) of study {study.name!r} are finished; nothing to run")
         print(format_summary(args.results, study.name))
@@ -179,35 +200,64 @@ def _run(args: argparse.Namespace, study: StudySpec, plan: Plan, t0: float) -> i
         print(f"run_grid: invalid study: {exc}", file=sys.stderr)
         return 2
     if attached and study.gpus_per_trial is None and gpus == 0:
-        print("note: the cluster has no GPU up now, so trials run CPU-only; on an autoscaling cluster whose "
-              "GPU workers are not started yet, pass --gpus-per-trial 1", flush=True)
-    print(format_plan(plan, args.results, f"{resources['cpu']:g} CPU, {resources['gpu']:g} GPU", args.storage,
-                      slots=cluster_slots(resources)), flush=True)
-    run = functools.partial(run_plan, results=args.results, resources=resources, storage=args.storage,
-                            echo=not args.quiet, verbose=args.verbose, stop=stop)
+        print(
+            "note: the cluster has no GPU up now, so trials run CPU-only; on an autoscaling cluster whose "
+            "GPU workers are not started yet, pass --gpus-per-trial 1",
+            flush=True,
+        )
+    print(
+        format_plan(
+            plan,
+            args.results,
+            f"{resources['cpu']:g} CPU, {resources['gpu']:g} GPU",
+            args.storage,
+            slots=cluster_slots(resources),
+        ),
+        flush=True,
+    )
+    run = functools.partial(
+        run_plan,
+        results=args.results,
+        resources=resources,
+        storage=args.storage,
+        echo=not args.quiet,
+        verbose=args.verbose,
+        stop=stop,
+    )
     report = run(plan)
     if plan.waiting and not report.interrupted:  # a calibrating study: phase 2 with the thresholds phase 1 gave
         plan = make_plan(study, args.results, storage=args.storage)
-        print(f"[{study.name}] phase 2: {len(plan.pending)} trial(s) with thresholds calibrated from the fixed "
-              f"runs ({ResultsStore(args.results, study.name).study_path}/calibration.json)", flush=True)
+        print(
+            f"[{study.name}] phase 2: {len(plan.pending)} trial(s) with thresholds calibrated from the fixed "
+            f"runs ({ResultsStore(args.results, study.name).study_path}/calibration.json)",
+            flush=True,
+        )
         more = run(plan)
         report.experiments.update(more.experiments)
         report.grids.extend(more.grids)
         report.interrupted = more.interrupted
     if report.interrupted:
-        print(f"run_grid: stopped by signal {stop.signal}; the trials' checkpoints and rows are stored. Re-run the "
-              "same command to resume.", file=sys.stderr, flush=True)
+        print(
+            f"run_grid: stopped by signal {stop.signal}; the trials' checkpoints and rows are stored. Re-run the "
+            "same command to resume.",
+            file=sys.stderr,
+            flush=True,
+        )
         return 128 + (stop.signal or signal.SIGINT)
 
     print()
     print(format_summary(args.results, study.name))
     overhead = ray_overhead(report.grids)
     if overhead:
-        print(f"Ray overhead per epoch (this run, {overhead['epochs']:.0f} epochs): checkpoint save "
-              f"{overhead['ckpt_save_s'] * 1e3:.1f} ms + tune.report {overhead['report_s'] * 1e3:.1f} ms = "
-              f"{100 * overhead['fraction']:.2f}% of the mean epoch ({overhead['epoch_s']:.2f} s train+eval)")
-    print(f"wall time: {time.perf_counter() - t0:.1f} s; experiments: "
-          + ", ".join(f"{k} ({v})" for k, v in report.experiments.items()))
+        print(
+            f"Ray overhead per epoch (this run, {overhead['epochs']:.0f} epochs): checkpoint save "
+            f"{overhead['ckpt_save_s'] * 1e3:.1f} ms + tune.report {overhead['report_s'] * 1e3:.1f} ms = "
+            f"{100 * overhead['fraction']:.2f}% of the mean epoch ({overhead['epoch_s']:.2f} s train+eval)"
+        )
+    print(
+        f"wall time: {time.perf_counter() - t0:.1f} s; experiments: "
+        + ", ".join(f"{k} ({v})" for k, v in report.experiments.items())
+    )
     if not args.no_analysis:
         print(summarize(args.results, study.name))
     final = make_plan(study, args.results, storage=args.storage)

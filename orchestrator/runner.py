@@ -77,17 +77,29 @@ def make_plan(study: StudySpec, results: str, write: bool = True, storage: str |
     ids = [t.trial_id for t in trials]
     if len(set(ids)) != len(ids):
         raise ValueError("two trials of the study have the same configuration (duplicate trial_id)")
-    plans = {name: doc for name, doc in read_plans(storage_root(results, study.name, storage)).items()
-             if doc.get("study") == study.name}
+    plans = {
+        name: doc
+        for name, doc in read_plans(storage_root(results, study.name, storage)).items()
+        if doc.get("study") == study.name
+    }
     check_one_configuration(study, trials, runs, plans, store.trials_with_epochs())
     finished = store.finished(study.epochs) & set(ids)
-    return Plan(study=study, trials=trials, finished=frozenset(finished),
-                waiting=tuple(waiting_for_calibration(study, calibration)),
-                estimate=estimate_costs(trials, store.epoch_seconds(finished)))
+    return Plan(
+        study=study,
+        trials=trials,
+        finished=frozenset(finished),
+        waiting=tuple(waiting_for_calibration(study, calibration)),
+        estimate=estimate_costs(trials, store.epoch_seconds(finished)),
+    )
 
 
-def check_one_configuration(study: StudySpec, trials: tuple[TrialSpec, ...], runs: dict[str, dict[str, Any]],
-                            plans: dict[str, dict[str, Any]], with_rows: set[str]) -> None:
+def check_one_configuration(
+    study: StudySpec,
+    trials: tuple[TrialSpec, ...],
+    runs: dict[str, dict[str, Any]],
+    plans: dict[str, dict[str, Any]],
+    with_rows: set[str],
+) -> None:
     """Refuse a study whose trials differ from the ones its store already holds for the same cell
     (arch, dataset, seed, method, variant), naming the settings; more epochs only extend a trial.
 
@@ -118,10 +130,12 @@ def check_one_configuration(study: StudySpec, trials: tuple[TrialSpec, ...], run
                 f"study {study.name!r} already holds trial {t.label} with other settings ({what}). A study keeps "
                 f"one configuration per trial so that its tables compare like with like: run these settings as "
                 f"a new study (--study {study.name}-2), or move {study.name!r} out of the results folder. "
-                "(More epochs, seeds, archs, datasets, methods or variants extend a study.)")
+                "(More epochs, seeds, archs, datasets, methods or variants extend a study.)"
+            )
 
 
 # ------------------------------------------------------------------------------------------------ Ray
+
 
 def connect(address: str | None = None, dashboard: bool = False) -> str:
     """Attach to the cluster at `address` (or $RAY_ADDRESS), else start a local Ray; returns which."""
@@ -149,8 +163,10 @@ def resolve_resources(study: StudySpec, cluster_gpus: float, autoscaling: bool =
     if gpus is None:
         gpus = 1.0 if cluster_gpus >= 1 else 0.0
     if gpus > cluster_gpus and not autoscaling:
-        raise ValueError(f"gpus_per_trial={gpus:g} is not allowed: this Ray has {cluster_gpus:g} GPU(s); "
-                         "give --gpus-per-trial 0 for CPU-only trials")
+        raise ValueError(
+            f"gpus_per_trial={gpus:g} is not allowed: this Ray has {cluster_gpus:g} GPU(s); "
+            "give --gpus-per-trial 0 for CPU-only trials"
+        )
     return {"cpu": float(study.cpus_per_trial), "gpu": float(gpus)}
 
 
@@ -183,6 +199,7 @@ def cluster_gpus() -> float:
 
 
 # ----------------------------------------------------------------------------------------- experiments
+
 
 def storage_root(results: str, study: str, storage: str | None = None) -> str:
     """Where the study's Tune experiments live (absolute path or URI)."""
@@ -220,11 +237,18 @@ def read_plans(root: str) -> dict[str, dict[str, Any]]:
     return plans
 
 
-def payload(spec: TrialSpec, hooks: dict[str, Any], checkpoint_every: int = 1,
-            init_checkpoints: list[str] | None = None) -> dict[str, Any]:
+def payload(
+    spec: TrialSpec, hooks: dict[str, Any], checkpoint_every: int = 1, init_checkpoints: list[str] | None = None
+) -> dict[str, Any]:
     """What a trial process needs (see trainables.ray_trainable)."""
-    return {"study": spec.study, "config": spec.config, "hooks": dict(hooks), "label": spec.label,
-            "checkpoint_every": checkpoint_every, "init_checkpoints": list(init_checkpoints or [])}
+    return {
+        "study": spec.study,
+        "config": spec.config,
+        "hooks": dict(hooks),
+        "label": spec.label,
+        "checkpoint_every": checkpoint_every,
+        "init_checkpoints": list(init_checkpoints or []),
+    }
 
 
 IDENTIFIERS: tuple[str, ...] = ("arch", "dataset", "seed", "method", "variant")
@@ -273,8 +297,17 @@ def _trainable(payloads: dict[str, dict[str, Any]], resources: dict[str, float])
     return tune.with_resources(tune.with_parameters(train_trial, payloads=payloads), resources)
 
 
-def _tuner(plan_doc: dict[str, Any], specs: dict[str, TrialSpec], results: str, root: str, name: str,
-           max_failures: int, echo: bool, verbose: int, extra_callbacks: list[Any]) -> Any:
+def _tuner(
+    plan_doc: dict[str, Any],
+    specs: dict[str, TrialSpec],
+    results: str,
+    root: str,
+    name: str,
+    max_failures: int,
+    echo: bool,
+    verbose: int,
+    extra_callbacks: list[Any],
+) -> Any:
     from ray import tune
 
     from orchestrator.sink import ParquetSink
@@ -286,19 +319,27 @@ def _tuner(plan_doc: dict[str, Any], specs: dict[str, TrialSpec], results: str, 
         # The param_space stays small (it is copied into every result): the trial id and the five
         # identifiers, so that Tune's own views (ResultGrid, TensorBoard HParams) say which trial is
         # which. Payloads travel via with_parameters.
-        param_space={"trial_id": tune.grid_search(ids),
-                     **{key: tune.sample_from(TrialField(key, {t: getattr(specs[t], key) for t in ids}))
-                        for key in IDENTIFIERS}},
+        param_space={
+            "trial_id": tune.grid_search(ids),
+            **{key: tune.sample_from(TrialField(key, {t: getattr(specs[t], key) for t in ids})) for key in IDENTIFIERS},
+        },
         # reuse_actors: a finished trial's process runs the next one, saving the worker start and
         # the torch import (tens of seconds on a small CPU machine); a dead process is replaced.
-        tune_config=tune.TuneConfig(num_samples=1, reuse_actors=True, trial_name_creator=TrialNamer(labels),
-                                    trial_dirname_creator=TrialNamer(labels)),
+        tune_config=tune.TuneConfig(
+            num_samples=1,
+            reuse_actors=True,
+            trial_name_creator=TrialNamer(labels),
+            trial_dirname_creator=TrialNamer(labels),
+        ),
         run_config=tune.RunConfig(
-            name=name, storage_path=root,
+            name=name,
+            storage_path=root,
             failure_config=tune.FailureConfig(max_failures=max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            callbacks=[ParquetSink(results, plan_doc["study"], {t: specs[t] for t in ids}, plan_doc["resources"],
-                                   echo=echo), *extra_callbacks],
+            callbacks=[
+                ParquetSink(results, plan_doc["study"], {t: specs[t] for t in ids}, plan_doc["resources"], echo=echo),
+                *extra_callbacks,
+            ],
             verbose=verbose,
         ),
     )
@@ -316,8 +357,15 @@ class RunReport:
     interrupted: bool = False
 
 
-def run_plan(plan: Plan, results: str, resources: dict[str, float], storage: str | None = None,
-             echo: bool = True, verbose: int = 1, stop: Any = None) -> RunReport:
+def run_plan(
+    plan: Plan,
+    results: str,
+    resources: dict[str, float],
+    storage: str | None = None,
+    echo: bool = True,
+    verbose: int = 1,
+    stop: Any = None,
+) -> RunReport:
     """Run the pending trials of `plan` in one new experiment, each from its newest usable checkpoint.
 
     Never `Tuner.restore` (orchestrator/checkpoints.py says why): unfinished trials of earlier
@@ -340,15 +388,22 @@ def run_plan(plan: Plan, results: str, resources: dict[str, float], storage: str
         for why in point.skipped:
             print(f"[{study.name}] {specs[tid].label}: checkpoint passed over: {why}", flush=True)
         if point.candidates:
-            print(f"[{study.name}] {specs[tid].label}: resumes after epoch {point.epoch} "
-                  f"({point.candidates[0]})", flush=True)
+            print(
+                f"[{study.name}] {specs[tid].label}: resumes after epoch {point.epoch} ({point.candidates[0]})",
+                flush=True,
+            )
     plans = read_plans(root)
     name = experiment_name(ids)
     while name in plans:
         name = experiment_name(ids + [name])  # same trials as an earlier experiment: a fresh directory
-    doc = {"study": study.name, "resources": resources, "order": ids,
-           "trials": {tid: payload(specs[tid], study.hooks, study.checkpoint_every, list(starts[tid].candidates))
-                      for tid in ids}}
+    doc = {
+        "study": study.name,
+        "resources": resources,
+        "order": ids,
+        "trials": {
+            tid: payload(specs[tid], study.hooks, study.checkpoint_every, list(starts[tid].candidates)) for tid in ids
+        },
+    }
     write_plan(root, name, doc)
     extra = [stop] if stop is not None else []
     if study.hooks.get("driver_pause_after_save_s"):
@@ -384,6 +439,10 @@ def ray_overhead(grids: list[Any]) -> dict[str, float] | None:
     save = df["ckpt_save_s"].astype(float).mean()
     report = df["report_prev_s"].dropna().astype(float).mean() if "report_prev_s" in df else float("nan")
     epoch = (df["epoch_time_s"].astype(float) + df["eval_time_s"].astype(float)).mean()
-    return {"ckpt_save_s": save, "report_s": report, "epoch_s": epoch, "fraction": (save + report) / epoch,
-            "epochs": float(len(df))}
-
+    return {
+        "ckpt_save_s": save,
+        "report_s": report,
+        "epoch_s": epoch,
+        "fraction": (save + report) / epoch,
+        "epochs": float(len(df)),
+    }

@@ -46,8 +46,11 @@ def flop_cost(config: dict[str, Any]) -> float:
 def estimate_costs(trials: Sequence[Any], measured: dict[tuple[str, str], float]) -> CostEstimate:
     """Costs of `trials` (TrialSpecs); `measured` maps (arch, dataset) -> seconds per epoch."""
     flops = {t.trial_id: flop_cost(t.config) for t in trials}
-    rates = [measured[(t.arch, t.dataset)] * t.config["epochs"] / flops[t.trial_id]
-             for t in trials if (t.arch, t.dataset) in measured and flops[t.trial_id] > 0]
+    rates = [
+        measured[(t.arch, t.dataset)] * t.config["epochs"] / flops[t.trial_id]
+        for t in trials
+        if (t.arch, t.dataset) in measured and flops[t.trial_id] > 0
+    ]
     if not measured or not rates:
         return CostEstimate(costs=flops, unit="FLOP", measured=0)
     rate = statistics.median(rates)

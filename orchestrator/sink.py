@@ -76,8 +76,9 @@ class ParquetSink(tune.Callback):
     the Tuner's state; only its settings travel, its buffers start empty and reload from the store.
     """
 
-    def __init__(self, results: str, study: str, specs: dict[str, Any], resources: dict[str, float],
-                 echo: bool = True) -> None:
+    def __init__(
+        self, results: str, study: str, specs: dict[str, Any], resources: dict[str, float], echo: bool = True
+    ) -> None:
         self.results = results
         self.study = study
         self.specs = specs
@@ -112,9 +113,11 @@ class ParquetSink(tune.Callback):
             self._rows[trial_id] = {int(r["epoch"]): r for r in self.store.read_epochs(trial_id)}
             if len(self.store.quarantined) > before:
                 path, dest, _ = self.store.quarantined[-1]
-                self._damaged[trial_id] = (f"its epochs file {path} was damaged and was moved to {dest}; the rows "
-                                           "of the epochs before this run are lost, so the trial runs again from "
-                                           "its first epoch next time")
+                self._damaged[trial_id] = (
+                    f"its epochs file {path} was damaged and was moved to {dest}; the rows "
+                    "of the epochs before this run are lost, so the trial runs again from "
+                    "its first epoch next time"
+                )
         return self._rows[trial_id]
 
     def _guard(self, what: str, trial: Any, fn: Any, *args: Any) -> None:
@@ -124,10 +127,15 @@ class ParquetSink(tune.Callback):
             fn(*args)
         except Exception as exc:
             trial_id = _trial_key(trial)
-            self._damaged.setdefault(trial_id, f"the driver could not store its {what} ({type(exc).__name__}: "
-                                               f"{exc}); the trial runs again next time")
-            print(f"[{self.study}] error storing the {what} of trial {trial_id}: {type(exc).__name__}: {exc}",
-                  file=sys.stderr, flush=True)
+            self._damaged.setdefault(
+                trial_id,
+                f"the driver could not store its {what} ({type(exc).__name__}: {exc}); the trial runs again next time",
+            )
+            print(
+                f"[{self.study}] error storing the {what} of trial {trial_id}: {type(exc).__name__}: {exc}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         """Store one epoch row and rewrite the trial's epochs file."""
@@ -137,21 +145,34 @@ class ParquetSink(tune.Callback):
         trial_id = _trial_key(trial)
         spec = self.specs[trial_id]
         row = {name: result.get(name) for name in epoch_column_names()}
-        row.update(study=self.study, trial_id=trial_id, arch=spec.arch, dataset=spec.dataset, seed=spec.seed,
-                   method=spec.method, variant=spec.variant)
+        row.update(
+            study=self.study,
+            trial_id=trial_id,
+            arch=spec.arch,
+            dataset=spec.dataset,
+            seed=spec.seed,
+            method=spec.method,
+            variant=spec.variant,
+        )
         epoch = int(row["epoch"])
         buf = self._buffer(trial_id)
         for stale in [e for e in buf if e > epoch]:
             del buf[stale]  # left by an attempt that died after a later checkpoint was lost
         buf[epoch] = row
         self.store.write_epochs(trial_id, buf.values())
-        self._meta[trial_id] = {"loop_status": result.get("loop_status"), "device": result.get("device"),
-                                "host": result.get("hostname"), "torch_version": result.get("torch_version"),
-                                "python_version": result.get("python_version")}
+        self._meta[trial_id] = {
+            "loop_status": result.get("loop_status"),
+            "device": result.get("device"),
+            "host": result.get("hostname"),
+            "torch_version": result.get("torch_version"),
+            "python_version": result.get("python_version"),
+        }
         if self.echo:
             if result.get("checkpoints_skipped") and epoch == (result.get("resumed_from_epoch") or 0) + 1:
-                print(f"[{self.study}] {spec.label}: passed over damaged checkpoint(s): "
-                      f"{result['checkpoints_skipped']}", flush=True)
+                print(
+                    f"[{self.study}] {spec.label}: passed over damaged checkpoint(s): {result['checkpoints_skipped']}",
+                    flush=True,
+                )
             print(epoch_line(self.study, spec.label, trial_id, row, spec.config["epochs"]), flush=True)
 
     def _finish(self, trial: Any, status: str | None, error: str | None) -> None:
@@ -173,14 +194,27 @@ class ParquetSink(tune.Callback):
                 else:
                     status = "failed"
                     error = f"trial ended after {len(rows)} of {spec.config['epochs']} epochs"
-        self.store.write_run(run_row(
-            spec, rows, status=status, error=error, device=meta.get("device"), host=meta.get("host"),
-            gpus_per_trial=self.resources.get("gpu", 0.0), cpus_per_trial=self.resources.get("cpu"),
-            python_version=meta.get("python_version") or platform.python_version(),
-            torch_version=meta.get("torch_version"), ray_version=ray.__version__))
+        self.store.write_run(
+            run_row(
+                spec,
+                rows,
+                status=status,
+                error=error,
+                device=meta.get("device"),
+                host=meta.get("host"),
+                gpus_per_trial=self.resources.get("gpu", 0.0),
+                cpus_per_trial=self.resources.get("cpu"),
+                python_version=meta.get("python_version") or platform.python_version(),
+                torch_version=meta.get("torch_version"),
+                ray_version=ray.__version__,
+            )
+        )
         if self.echo:
-            print(f"[{self.study}] {spec.label} ({trial_id[:6]}) {status} after {len(rows)} epochs"
-                  + (f": {error.splitlines()[0]}" if error and error.strip() else ""), flush=True)
+            print(
+                f"[{self.study}] {spec.label} ({trial_id[:6]}) {status} after {len(rows)} epochs"
+                + (f": {error.splitlines()[0]}" if error and error.strip() else ""),
+                flush=True,
+            )
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """A trial returned: completed or diverged, as its last result says."""

@@ -24,8 +24,17 @@ import pyarrow.parquet as pq
 
 from trainables.records import EPOCH_COLUMNS, RUN_COLUMNS, arrow_schema, epoch_column_names, resolve_uri, trial_summary
 
-__all__ = ["EPOCH_SCHEMA", "RUN_SCHEMA", "ResultsStore", "check_location", "inside_ray_job", "resolve_uri", "run_row",
-           "storage_uri", "to_table"]
+__all__ = [
+    "EPOCH_SCHEMA",
+    "RUN_SCHEMA",
+    "ResultsStore",
+    "check_location",
+    "inside_ray_job",
+    "resolve_uri",
+    "run_row",
+    "storage_uri",
+    "to_table",
+]
 
 EPOCH_SCHEMA: pa.Schema = arrow_schema(EPOCH_COLUMNS)
 RUN_SCHEMA: pa.Schema = arrow_schema(RUN_COLUMNS)
@@ -51,17 +60,21 @@ def check_location(value: str, field: str = "results") -> None:
     if inside_ray_job():
         ray_tmp = os.environ.get("RAY_TMPDIR", "/tmp/ray")
         if not os.path.isabs(os.path.expanduser(value)) or path.startswith(os.path.abspath(ray_tmp) + os.sep):
-            raise ValueError(f"{field}={value!r} would be {path}, inside this Ray job's temporary working directory, "
-                             "which is deleted with the job: give an absolute path on storage every node shares "
-                             "(NFS/EFS, the same mount path everywhere) or a URI such as s3://BUCKET/results")
+            raise ValueError(
+                f"{field}={value!r} would be {path}, inside this Ray job's temporary working directory, "
+                "which is deleted with the job: give an absolute path on storage every node shares "
+                "(NFS/EFS, the same mount path everywhere) or a URI such as s3://BUCKET/results"
+            )
     if os.path.exists(path) and not os.path.isdir(path):
         raise ValueError(f"{field}={value!r} is a file ({path}); give a directory (it is created when missing)")
     parent = path
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"{field}={value!r}: {parent} is not a writable directory, so {path} cannot be "
-                         "created or written; choose a directory you can write")
+        raise ValueError(
+            f"{field}={value!r}: {parent} is not a writable directory, so {path} cannot be "
+            "created or written; choose a directory you can write"
+        )
 
 
 def storage_uri(results: str) -> str:
@@ -127,12 +140,18 @@ class ResultsStore:
         where it went. The trial it belonged to then has no rows (or no runs row) and runs again."""
         rel = posixpath.relpath(path, self.study_path)
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-        dest = posixpath.join(self.study_path, "_quarantine", f"{rel.replace('/', '__')}.{stamp}.{uuid.uuid4().hex[:6]}")
+        dest = posixpath.join(
+            self.study_path, "_quarantine", f"{rel.replace('/', '__')}.{stamp}.{uuid.uuid4().hex[:6]}"
+        )
         self.fs.create_dir(posixpath.dirname(dest), recursive=True)
         self.fs.move(path, dest)
         self.quarantined.append((path, dest, reason))
-        print(f"results store: {path} is damaged ({reason[:300]}); moved it to {dest}. The trial it belongs to "
-              "will run again.", file=sys.stderr, flush=True)
+        print(
+            f"results store: {path} is damaged ({reason[:300]}); moved it to {dest}. The trial it belongs to "
+            "will run again.",
+            file=sys.stderr,
+            flush=True,
+        )
         return dest
 
     # epochs ---------------------------------------------------------------------------------------
@@ -148,8 +167,13 @@ class ResultsStore:
         """Ids of the trials that have an epochs file."""
         directory = posixpath.join(self.study_path, "epochs")
         infos = self.fs.get_file_info(pafs.FileSelector(directory, allow_not_found=True))
-        return {i.base_name[:-len(".parquet")] for i in infos if i.type == pafs.FileType.File
-                and i.base_name.endswith(".parquet") and not i.base_name.startswith((".", "_"))}
+        return {
+            i.base_name[: -len(".parquet")]
+            for i in infos
+            if i.type == pafs.FileType.File
+            and i.base_name.endswith(".parquet")
+            and not i.base_name.startswith((".", "_"))
+        }
 
     def epoch_seconds(self, trial_ids: Iterable[str]) -> dict[tuple[str, str], float]:
         """(arch, dataset) -> mean train + eval seconds per epoch over these trials' stored rows."""
@@ -193,8 +217,11 @@ class ResultsStore:
         infos = self.fs.get_file_info(pafs.FileSelector(directory, allow_not_found=True))
         out: dict[str, dict[str, Any]] = {}
         for info in infos:
-            if info.type == pafs.FileType.File and info.base_name.endswith(".parquet") \
-                    and not info.base_name.startswith((".", "_")):
+            if (
+                info.type == pafs.FileType.File
+                and info.base_name.endswith(".parquet")
+                and not info.base_name.startswith((".", "_"))
+            ):
                 table = self._read(info.path)
                 if table is None:
                     continue
@@ -209,9 +236,14 @@ class ResultsStore:
     def run_mtimes(self) -> dict[str, float]:
         """trial_id -> modification time (epoch seconds) of its runs file."""
         infos = self.fs.get_file_info(pafs.FileSelector(posixpath.join(self.study_path, "runs"), allow_not_found=True))
-        return {i.base_name[:-len(".parquet")]: i.mtime.timestamp() for i in infos
-                if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
-                and not i.base_name.startswith((".", "_")) and i.mtime is not None}
+        return {
+            i.base_name[: -len(".parquet")]: i.mtime.timestamp()
+            for i in infos
+            if i.type == pafs.FileType.File
+            and i.base_name.endswith(".parquet")
+            and not i.base_name.startswith((".", "_"))
+            and i.mtime is not None
+        }
 
     def ledger(self) -> dict[str, str]:
         """trial_id -> status of every trial with a runs row."""
@@ -220,19 +252,33 @@ class ResultsStore:
     def finished(self, epochs: int | None = None) -> set[str]:
         """Ids of trials that need no more work: diverged, or completed (with at least `epochs` epochs
         when given: a completed trial with fewer is extended by a study that asks for more)."""
-        return {tid for tid, row in self.read_runs().items()
-                if row["status"] == "diverged" or (row["status"] == "completed"
-                                                   and (epochs is None or (row.get("epochs_done") or 0) >= epochs))}
+        return {
+            tid
+            for tid, row in self.read_runs().items()
+            if row["status"] == "diverged"
+            or (row["status"] == "completed" and (epochs is None or (row.get("epochs_done") or 0) >= epochs))
+        }
 
 
-def run_row(spec: Any, epochs: list[dict[str, Any]], *, status: str, error: str | None = None,
-            **extra: Any) -> dict[str, Any]:
+def run_row(
+    spec: Any, epochs: list[dict[str, Any]], *, status: str, error: str | None = None, **extra: Any
+) -> dict[str, Any]:
     """The runs-table row of a trial from its spec (a TrialSpec) and its stored epoch rows.
 
     `extra` fills the columns that the epochs do not determine (device, host, resources, versions).
     """
-    row = {"study": spec.study, "trial_id": spec.trial_id, "arch": spec.arch, "dataset": spec.dataset,
-           "seed": spec.seed, "method": spec.method, "variant": spec.variant, "config_json": spec.config_json,
-           "status": status, "error": error, **trial_summary(epochs)}
+    row = {
+        "study": spec.study,
+        "trial_id": spec.trial_id,
+        "arch": spec.arch,
+        "dataset": spec.dataset,
+        "seed": spec.seed,
+        "method": spec.method,
+        "variant": spec.variant,
+        "config_json": spec.config_json,
+        "status": status,
+        "error": error,
+        **trial_summary(epochs),
+    }
     row.update(extra)
     return row

@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 
 from trainables import paper
 from trainables.config import EXECUTION_FIELDS, TrialConfig, canonical_json, identity_of
+from trainables.policies.deba import TEST_ARCH_THRESHOLDS
 
 PAPER_ARCHS, PAPER_SEEDS, PROFILE_SEEDS = paper.ARCHS, paper.SEEDS, paper.PROFILE_SEEDS
 
@@ -35,20 +36,17 @@ RECONSTRUCTION_TRAIN_LIMIT = 4000
 RECONSTRUCTION_TEST_LIMIT = 2000
 
 # DEBA thresholds of the demo's tiny archs (they have no Table 1 row), calibrated by SPEC §2's rule
-# (theta_stab = p75 of grad_norm_variation, theta_conf = median confidence, epochs >= 2) from
-# fixed runs of the demo setting, seeds 0-2:
+# from fixed runs of the demo setting, seeds 0-2 (trainables/policies/deba.py):
 #   run_grid.py --methods fixed --seeds 0,1,2 --study demo_profile  -> analysis calibration table
 DEMO_THRESHOLDS: dict[str, dict[str, float]] = {
-    "tiny_cnn": {"theta_stab": 0.29, "theta_conf": 1.00},
-    "tiny_mlp": {"theta_stab": 0.27, "theta_conf": 1.00},
+    arch: {"theta_stab": stab, "theta_conf": conf} for arch, (stab, conf) in TEST_ARCH_THRESHOLDS.items()
 }
 
 # Loop-config keys that change how a trial runs but not what it computes (TrialConfig's execution
 # fields): left out of trial_id, so moving a study to other hardware keeps its finished trials.
 EXECUTION_KEYS: frozenset[str] = EXECUTION_FIELDS
 # Keys the orchestrator owns; a study's loop overrides may not set them.
-RESERVED_LOOP_KEYS: frozenset[str] = frozenset({"arch", "dataset", "seed", "method", "variant", "policy",
-                                                "epochs"})
+RESERVED_LOOP_KEYS: frozenset[str] = frozenset({"arch", "dataset", "seed", "method", "variant", "policy", "epochs"})
 # Test hooks: a trial process dying after an epoch (trainables.ray_trainable), and the driver pausing
 # right after Tune registered a checkpoint, before its experiment snapshot (runner.PauseAfterSave),
 # which widens the window a random kill lands in.
@@ -116,16 +114,20 @@ class TrialSpec:
 
 
 def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """"field: old -> new" for each identity field (policy options one by one) that differs."""
+    """ "field: old -> new" for each identity field (policy options one by one) that differs."""
     a, b = identity_of(old), identity_of(new)
     a = {**{k: v for k, v in a.items() if k != "policy"}, **{f"policy.{k}": v for k, v in a.get("policy", {}).items()}}
     b = {**{k: v for k, v in b.items() if k != "policy"}, **{f"policy.{k}": v for k, v in b.get("policy", {}).items()}}
     missing = "(unset)"
-    return [f"{k}: {a.get(k, missing)!r} -> {b.get(k, missing)!r}" for k in sorted(set(a) | set(b))
-            if a.get(k, missing) != b.get(k, missing)]
+    return [
+        f"{k}: {a.get(k, missing)!r} -> {b.get(k, missing)!r}"
+        for k in sorted(set(a) | set(b))
+        if a.get(k, missing) != b.get(k, missing)
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- presets
+
 
 def _available_methods() -> tuple[str, ...]:
     from trainables.policies import POLICY_NAMES
@@ -154,28 +156,47 @@ def _demo() -> StudySpec:
         loop={"eval_batch_size": 512},
         max_failures=1,
         description="demonstration on digits (offline, CPU, minutes): tiny models, scaled-down epochs, "
-                    "cooldown and window; not the paper's setting",
+        "cooldown and window; not the paper's setting",
     )
 
 
 def _paper() -> StudySpec:
-    return StudySpec(name="paper", archs=PAPER_ARCHS, datasets=("cifar10", "cifar100"), seeds=PAPER_SEEDS,
-                     methods=("fixed", "deba"), epochs=100,
-                     description="paper main grid (SPEC §3): 6 archs x 2 datasets x 5 seeds x {fixed, deba}")
+    return StudySpec(
+        name="paper",
+        archs=PAPER_ARCHS,
+        datasets=("cifar10", "cifar100"),
+        seeds=PAPER_SEEDS,
+        methods=("fixed", "deba"),
+        epochs=100,
+        description="paper main grid (SPEC §3): 6 archs x 2 datasets x 5 seeds x {fixed, deba}",
+    )
 
 
 def _ablations() -> StudySpec:
     # Both baselines are part of the study so that its comparisons need no other study's rows.
-    return StudySpec(name="ablations", archs=PAPER_ARCHS, datasets=("cifar10",), seeds=PAPER_SEEDS,
-                     methods=("fixed", "deba"), variants=("baseline",) + ABLATION_VARIANTS, epochs=100,
-                     description="DEBA ablations on cifar10 (universal thresholds, cooldown 2/5, full "
-                                 "history) with the fixed and DEBA baselines")
+    return StudySpec(
+        name="ablations",
+        archs=PAPER_ARCHS,
+        datasets=("cifar10",),
+        seeds=PAPER_SEEDS,
+        methods=("fixed", "deba"),
+        variants=("baseline",) + ABLATION_VARIANTS,
+        epochs=100,
+        description="DEBA ablations on cifar10 (universal thresholds, cooldown 2/5, full "
+        "history) with the fixed and DEBA baselines",
+    )
 
 
 def _profile() -> StudySpec:
-    return StudySpec(name="profile", archs=PAPER_ARCHS, datasets=("cifar10", "cifar100"), seeds=PROFILE_SEEDS,
-                     methods=("fixed",), epochs=100,
-                     description="fixed-batch profiling runs whose signals calibrate thresholds and taxonomy")
+    return StudySpec(
+        name="profile",
+        archs=PAPER_ARCHS,
+        datasets=("cifar10", "cifar100"),
+        seeds=PROFILE_SEEDS,
+        methods=("fixed",),
+        epochs=100,
+        description="fixed-batch profiling runs whose signals calibrate thresholds and taxonomy",
+    )
 
 
 def _methods() -> StudySpec:
@@ -184,17 +205,27 @@ def _methods() -> StudySpec:
     # (x3 in 10 epochs); b_max 512 keeps at least two steps per epoch on the 1,437-image split.
     demo = _demo()
     return dataclasses.replace(
-        demo, name="methods", methods=_available_methods(), epochs=10,
+        demo,
+        name="methods",
+        methods=_available_methods(),
+        epochs=10,
         policy={**demo.policy, "resize_every": 3},
         description="every registered batch-size policy side by side on digits (offline, CPU, minutes): "
-                    "tiny models, scaled-down epochs, cooldown, window and resize interval; not the paper's "
-                    "setting (that is methods_paper)")
+        "tiny models, scaled-down epochs, cooldown, window and resize interval; not the paper's "
+        "setting (that is methods_paper)",
+    )
 
 
 def _methods_paper() -> StudySpec:
-    return StudySpec(name="methods_paper", archs=PAPER_ARCHS, datasets=("cifar10", "cifar100"),
-                     seeds=PAPER_SEEDS, methods=_available_methods(), epochs=100,
-                     description="every registered batch-size policy on the paper grid")
+    return StudySpec(
+        name="methods_paper",
+        archs=PAPER_ARCHS,
+        datasets=("cifar10", "cifar100"),
+        seeds=PAPER_SEEDS,
+        methods=_available_methods(),
+        epochs=100,
+        description="every registered batch-size policy on the paper grid",
+    )
 
 
 # One reading per reconstructed element of SPEC §2, each changing one choice of the default reading
@@ -213,19 +244,34 @@ def _reconstruction() -> StudySpec:
     # Fashion-MNIST subset, the paper's 100 epochs, cooldown 10 and window 15. On GPUs scale it up with
     # --archs resnet18 --loop-opt train_limit=null --loop-opt test_limit=null.
     return StudySpec(
-        name="reconstruction", archs=("tiny_cnn",), datasets=("fashion_mnist",), seeds=(2, 7, 42),
-        methods=("fixed", "deba"), variants=("baseline",) + tuple(RECONSTRUCTION_READINGS),
-        variant_defs=dict(RECONSTRUCTION_READINGS), epochs=100,
-        loop={"train_limit": RECONSTRUCTION_TRAIN_LIMIT, "test_limit": RECONSTRUCTION_TEST_LIMIT,
-              "record_epoch_mean": True},
-        calibrate=True, max_failures=1,
+        name="reconstruction",
+        archs=("tiny_cnn",),
+        datasets=("fashion_mnist",),
+        seeds=(2, 7, 42),
+        methods=("fixed", "deba"),
+        variants=("baseline",) + tuple(RECONSTRUCTION_READINGS),
+        variant_defs=dict(RECONSTRUCTION_READINGS),
+        epochs=100,
+        loop={
+            "train_limit": RECONSTRUCTION_TRAIN_LIMIT,
+            "test_limit": RECONSTRUCTION_TEST_LIMIT,
+            "record_epoch_mean": True,
+        },
+        calibrate=True,
+        max_failures=1,
         description="which reading of DEBA's lost equations reproduces the paper's batch-size path: fixed "
-                    "runs calibrate thresholds per reading, then DEBA runs once per reading (SPEC §4)")
+        "runs calibrate thresholds per reading, then DEBA runs once per reading (SPEC §4)",
+    )
 
 
 PRESETS: dict[str, Callable[[], StudySpec]] = {
-    "demo": _demo, "paper": _paper, "ablations": _ablations, "profile": _profile, "methods": _methods,
-    "methods_paper": _methods_paper, "reconstruction": _reconstruction,
+    "demo": _demo,
+    "paper": _paper,
+    "ablations": _ablations,
+    "profile": _profile,
+    "methods": _methods,
+    "methods_paper": _methods_paper,
+    "reconstruction": _reconstruction,
 }
 
 
@@ -261,6 +307,7 @@ def load_thresholds(path: str) -> dict[str, dict[str, float]]:
 
 
 # ------------------------------------------------------------------------------------------- validation
+
 
 def _fail(field_name: str, value: Any, allowed: str) -> NoReturn:
     raise ValueError(f"{field_name}={value!r} is not allowed; {allowed}")
@@ -317,19 +364,29 @@ def _check_calibrating(study: StudySpec) -> None:
     if "fixed" not in study.methods:
         _fail("methods", study.methods, "a calibrating study needs the fixed method: its runs calibrate the thresholds")
     if study.thresholds:
-        _fail("thresholds", sorted(study.thresholds), "this study calibrates its thresholds from its own fixed runs; "
-                                                      "drop --thresholds, or run a study without calibration")
+        _fail(
+            "thresholds",
+            sorted(study.thresholds),
+            "this study calibrates its thresholds from its own fixed runs; "
+            "drop --thresholds, or run a study without calibration",
+        )
     given = sorted({"theta_stab", "theta_conf", "thresholds"} & set(study.policy))
     if given:
-        _fail("policy", given, "this study calibrates its thresholds from its own fixed runs; set them per variant "
-                               "(--define-variant NAME:theta_stab=X,theta_conf=Y) or run a study without calibration")
+        _fail(
+            "policy",
+            given,
+            "this study calibrates its thresholds from its own fixed runs; set them per variant "
+            "(--define-variant NAME:theta_stab=X,theta_conf=Y) or run a study without calibration",
+        )
     table = variant_table(study)
-    epoch_mean = [v for v in study.variants
-                  if {**study.policy, **table[v]}.get("signal_source") == "epoch_mean"]
+    epoch_mean = [v for v in study.variants if {**study.policy, **table[v]}.get("signal_source") == "epoch_mean"]
     if epoch_mean and study.loop.get("record_epoch_mean") is not True:
-        _fail("loop.record_epoch_mean", study.loop.get("record_epoch_mean"),
-              f"variants {', '.join(epoch_mean)} read epoch-mean signals, so the fixed runs that calibrate them "
-              "must record them: --loop-opt record_epoch_mean=true")
+        _fail(
+            "loop.record_epoch_mean",
+            study.loop.get("record_epoch_mean"),
+            f"variants {', '.join(epoch_mean)} read epoch-mean signals, so the fixed runs that calibrate them "
+            "must record them: --loop-opt record_epoch_mean=true",
+        )
 
 
 def variant_table(study: StudySpec) -> dict[str, dict[str, Any]]:
@@ -347,10 +404,17 @@ def validate_study(study: StudySpec) -> None:
     from trainables.data import DATASETS
     from trainables.policies import POLICY_NAMES
 
-    if not isinstance(study.name, str) or not study.name[:1].isalnum() \
-            or not all(c.isascii() and (c.isalnum() or c in "_-.") for c in study.name):
-        _fail("study", study.name, "a study name is a plain folder name: letters, digits, '_', '-' and '.', "
-                                   "starting with a letter or digit (it names <results>/<study>/)")
+    if (
+        not isinstance(study.name, str)
+        or not study.name[:1].isalnum()
+        or not all(c.isascii() and (c.isalnum() or c in "_-.") for c in study.name)
+    ):
+        _fail(
+            "study",
+            study.name,
+            "a study name is a plain folder name: letters, digits, '_', '-' and '.', "
+            "starting with a letter or digit (it names <results>/<study>/)",
+        )
     _check_archs(study.archs)
     _check_names("datasets", study.datasets, tuple(DATASETS))
     _check_names("methods", study.methods, tuple(POLICY_NAMES))
@@ -389,6 +453,7 @@ def validate_study(study: StudySpec) -> None:
 
 # -------------------------------------------------------------------------------------------- expansion
 
+
 def _accepts(method: str, options: dict[str, Any]) -> bool:
     from trainables.policies import policy_options
 
@@ -414,8 +479,12 @@ def policy_options_for(study: StudySpec, method: str, arch: str, variant: str) -
     accepted = set(policy_options(method))
     variant_opts = variant_table(study)[variant]
     opts: dict[str, Any] = {}
-    if arch in study.thresholds and {"theta_stab", "theta_conf"} <= accepted \
-            and "thresholds" not in variant_opts and "thresholds" not in study.policy:
+    if (
+        arch in study.thresholds
+        and {"theta_stab", "theta_conf"} <= accepted
+        and "thresholds" not in variant_opts
+        and "thresholds" not in study.policy
+    ):
         opts.update(study.thresholds[arch])
     opts.update({k: v for k, v in study.policy.items() if k in accepted})
     opts.update(variant_opts)
@@ -437,11 +506,18 @@ def _cells(study: StudySpec) -> list[tuple[str, str, int, str, str, dict[str, An
             _fail("policy", key, f"no policy accepts this option; options: {', '.join(sorted(known))}")
     for v in study.variants:
         if not any(_applies(m, v, variants) for m in study.methods):
-            _fail("variants", v, f"no method of the study ({', '.join(study.methods)}) accepts its options "
-                                 f"{variants[v]}")
-    return [(arch, dataset, seed, method, variant, policy_options_for(study, method, arch, variant))
-            for dataset in study.datasets for seed in study.seeds for arch in study.archs
-            for method in study.methods for variant in study.variants if _applies(method, variant, variants)]
+            _fail(
+                "variants", v, f"no method of the study ({', '.join(study.methods)}) accepts its options {variants[v]}"
+            )
+    return [
+        (arch, dataset, seed, method, variant, policy_options_for(study, method, arch, variant))
+        for dataset in study.datasets
+        for seed in study.seeds
+        for arch in study.archs
+        for method in study.methods
+        for variant in study.variants
+        if _applies(method, variant, variants)
+    ]
 
 
 Calibration = Callable[[str, str, dict[str, Any]], "dict[str, float] | None"]
@@ -467,13 +543,33 @@ def expand(study: StudySpec, calibration: Calibration | None = None) -> list[Tri
                 continue
             opts = {**opts, **found}
         try:
-            cfg = TrialConfig.from_dict({**study.loop, "arch": arch, "dataset": dataset, "seed": seed,
-                                         "method": method, "variant": variant, "policy": opts,
-                                         "epochs": study.epochs, "data_dir": study.data_dir})
+            cfg = TrialConfig.from_dict(
+                {
+                    **study.loop,
+                    "arch": arch,
+                    "dataset": dataset,
+                    "seed": seed,
+                    "method": method,
+                    "variant": variant,
+                    "policy": opts,
+                    "epochs": study.epochs,
+                    "data_dir": study.data_dir,
+                }
+            )
         except ValueError as exc:
             raise ValueError(f"{where}: {exc}") from exc
-        specs.append(TrialSpec(trial_id=cfg.trial_id(), study=study.name, arch=arch, dataset=dataset,
-                               seed=seed, method=method, variant=variant, config_json=canonical_json(cfg.to_dict())))
+        specs.append(
+            TrialSpec(
+                trial_id=cfg.trial_id(),
+                study=study.name,
+                arch=arch,
+                dataset=dataset,
+                seed=seed,
+                method=method,
+                variant=variant,
+                config_json=canonical_json(cfg.to_dict()),
+            )
+        )
     return specs
 
 
@@ -483,6 +579,8 @@ def waiting_for_calibration(study: StudySpec, calibration: Calibration | None = 
 
     if not study.calibrate:
         return []
-    return [f"{arch}-{dataset}-s{seed}-{method}-{variant}"
-            for arch, dataset, seed, method, variant, opts in _cells(study)
-            if needs_calibration(method, opts) and (calibration is None or calibration(arch, method, opts) is None)]
+    return [
+        f"{arch}-{dataset}-s{seed}-{method}-{variant}"
+        for arch, dataset, seed, method, variant, opts in _cells(study)
+        if needs_calibration(method, opts) and (calibration is None or calibration(arch, method, opts) is None)
+    ]

@@ -42,8 +42,9 @@ NAN = float("nan")
 def _add(root, df, status="completed", write_run=True, **run_cols):
     r = df.iloc[0]
     run = (
-        run_row(r.study, r.trial_id, r.arch, r.dataset, int(r.seed), r.method, r.variant, status,
-                **run_cols)  # fmt: skip
+        run_row(
+            r.study, r.trial_id, r.arch, r.dataset, int(r.seed), r.method, r.variant, status, **run_cols
+        )  # fmt: skip
         if write_run
         else None
     )

@@ -45,23 +45,66 @@ def test_trajectory_distance_in_octaves():
 
 def _store(tmp_path, deba_variants=("baseline",)):
     root = str(tmp_path)
+
     def add(tid, seed, method, variant, batch, config, **cols):
-        df = trial_rows("s", tid, "tiny_cnn", "digits", seed, method, variant, n_epochs=len(batch),
-                        batch_size=batch, **cols)
-        write_trial(root, "s", tid, df, run_row("s", tid, "tiny_cnn", "digits", seed, method, variant,
-                                                config_json=json.dumps(config)))
+        df = trial_rows(
+            "s", tid, "tiny_cnn", "digits", seed, method, variant, n_epochs=len(batch), batch_size=batch, **cols
+        )
+        write_trial(
+            root,
+            "s",
+            tid,
+            df,
+            run_row("s", tid, "tiny_cnn", "digits", seed, method, variant, config_json=json.dumps(config)),
+        )
+
     for seed in (1, 2):
-        add(f"F{seed}", seed, "fixed", "baseline", [64] * 4, {"epochs": 4, "policy": {}},
-            test_acc=0.5, epoch_time_s=10.0)
+        add(
+            f"F{seed}",
+            seed,
+            "fixed",
+            "baseline",
+            [64] * 4,
+            {"epochs": 4, "policy": {}},
+            test_acc=0.5,
+            epoch_time_s=10.0,
+        )
     # Planned 8 epochs, ran 4 (diverged): compared with the 8-epoch path 96, 144, 216, 324 at t'=13,25,38,50.
-    add("D1", 1, "deba", "baseline", [64, 96, 144, 729], {"epochs": 8, "policy": {}},
-        decision=["increase", "increase", "increase", "hold"], test_acc=0.6, epoch_time_s=5.0)
-    add("D2", 2, "deba", "baseline", [64, 51, 40, 40], {"epochs": 4, "policy": {}},
-        decision=["rollback", "rollback", "hold", "hold"], test_acc=0.4, epoch_time_s=10.0)
+    add(
+        "D1",
+        1,
+        "deba",
+        "baseline",
+        [64, 96, 144, 729],
+        {"epochs": 8, "policy": {}},
+        decision=["increase", "increase", "increase", "hold"],
+        test_acc=0.6,
+        epoch_time_s=5.0,
+    )
+    add(
+        "D2",
+        2,
+        "deba",
+        "baseline",
+        [64, 51, 40, 40],
+        {"epochs": 4, "policy": {}},
+        decision=["rollback", "rollback", "hold", "hold"],
+        test_acc=0.4,
+        epoch_time_s=10.0,
+    )
     for v in deba_variants[1:]:
         for seed in (1, 2):
-            add(f"{v}{seed}", seed, "deba", v, [64, 96, 144, 216], {"epochs": 4, "policy": {"decision_rule": v}},
-                decision="increase", test_acc=0.55, epoch_time_s=8.0)
+            add(
+                f"{v}{seed}",
+                seed,
+                "deba",
+                v,
+                [64, 96, 144, 216],
+                {"epochs": 4, "policy": {"decision_rule": v}},
+                decision="increase",
+                test_acc=0.55,
+                epoch_time_s=8.0,
+            )
     return root
 
 
@@ -78,8 +121,19 @@ def test_trajectory_table_and_json(tmp_path):
     assert t.loc["D2", "distance_oct"] == pytest.approx(np.mean(np.abs(np.log2([64, 51, 40, 40]) - np.log2(ref4))))
     assert math.isnan(t.loc["D2", "epoch_reach_729"]) and t.loc["D2", "n_rollback"] == 2
     rows = to_json(a)["trajectory"]
-    assert {"trial_id", "arch", "dataset", "seed", "method", "variant", "distance_oct", "epoch_reach_729",
-            "final_bs", "n_increase", "n_rollback"} <= set(rows[0])
+    assert {
+        "trial_id",
+        "arch",
+        "dataset",
+        "seed",
+        "method",
+        "variant",
+        "distance_oct",
+        "epoch_reach_729",
+        "final_bs",
+        "n_increase",
+        "n_rollback",
+    } <= set(rows[0])
     assert rows[1]["epoch_reach_729"] is None  # NaN -> null in JSON
     assert to_json(a)["reconstruction"] == []  # one DEBA variant: no readings study
 
@@ -113,12 +167,25 @@ def test_replay_reproduces_the_policy_signals():
 
 
 def test_calibrate_reading_per_signal_source_and_eps():
-    epochs = pd.concat([
-        trial_rows("s", "F1", "a", "d", 1, "fixed", n_epochs=4, train_loss=1.0, grad_var=[4e-9, 1e-9, 2e-9, 3e-9],
-                   grad_norm=[1.0, 2.0, 1.0, 1.5], grad_var_epoch_mean=[1.0, 1.0, 2.0, 4.0],
-                   grad_norm_epoch_mean=[1.0, 1.1, 1.21, 1.331]),
-        trial_rows("s", "D1", "a", "d", 1, "deba", n_epochs=2),
-    ])
+    epochs = pd.concat(
+        [
+            trial_rows(
+                "s",
+                "F1",
+                "a",
+                "d",
+                1,
+                "fixed",
+                n_epochs=4,
+                train_loss=1.0,
+                grad_var=[4e-9, 1e-9, 2e-9, 3e-9],
+                grad_norm=[1.0, 2.0, 1.0, 1.5],
+                grad_var_epoch_mean=[1.0, 1.0, 2.0, 4.0],
+                grad_norm_epoch_mean=[1.0, 1.1, 1.21, 1.331],
+            ),
+            trial_rows("s", "D1", "a", "d", 1, "deba", n_epochs=2),
+        ]
+    )
     runs = pd.DataFrame([run_row("s", "F1", "a", "d", 1, "fixed"), run_row("s", "D1", "a", "d", 1, "deba")])
     runs["error"] = None
     summary = trial_summary(epochs, runs)

@@ -45,6 +45,7 @@ def _check_doc(doc: dict, benchmark: str) -> None:
 
 # ------------------------------------------------------------------------------------------ helpers
 
+
 def test_deba_ladder_is_the_policy_default_ladder():
     # b0 64, alpha 1.5 (floor), b_max 1024
     assert deba_ladder() == [64, 96, 144, 216, 324, 486, 729, 1024]
@@ -88,8 +89,16 @@ def test_premade_loader_yields_one_batch_per_step():
 
 @pytest.fixture(scope="module")
 def tiny_loop():
-    cfg = {"arch": "tiny_mlp", "dataset": "digits", "train_limit": 64, "test_limit": 32, "threads": 1,
-           "epochs": 50, "device": "cpu", "policy": {"b0": 32, "signal_source": "epoch_mean"}}
+    cfg = {
+        "arch": "tiny_mlp",
+        "dataset": "digits",
+        "train_limit": 64,
+        "test_limit": 32,
+        "threads": 1,
+        "epochs": 50,
+        "device": "cpu",
+        "policy": {"b0": 32, "signal_source": "epoch_mean"},
+    }
     return TrialLoop(cfg)
 
 
@@ -118,8 +127,11 @@ def test_set_batch_size_changes_the_next_epoch(tiny_loop):
 
 # --------------------------------------------------------------------------------- benchmarks, tiny
 
-@pytest.mark.parametrize("module,name", [(bench_signals, "signals"), (bench_data, "data"),
-                                         (bench_batch, "batch_curve"), (bench_speedups, "speedups")])
+
+@pytest.mark.parametrize(
+    "module,name",
+    [(bench_signals, "signals"), (bench_data, "data"), (bench_batch, "batch_curve"), (bench_speedups, "speedups")],
+)
 def test_benchmark_quick_run_writes_its_result(tmp_path, module, name):
     assert module.main(["--quick", "--device", "cpu", "--out", str(tmp_path)]) == 0
     _check_doc(_only_result(str(tmp_path), name), name)

@@ -34,25 +34,33 @@ def test_phase_two_takes_thresholds_per_signal_reading():
     def calibration(arch, method, options):
         reading = signal_reading(method, options)
         seen.append(reading)
-        return {"theta_stab": 0.5 if reading["signal_source"] == "epoch_mean" else 0.25,
-                "theta_conf": 0.9 if reading["confidence_eps"] == 0.0 else 1.0}
+        return {
+            "theta_stab": 0.5 if reading["signal_source"] == "epoch_mean" else 0.25,
+            "theta_conf": 0.9 if reading["confidence_eps"] == 0.0 else 1.0,
+        }
 
     specs = {(s.seed, s.variant, s.method): s.config["policy"] for s in expand(_small(), calibration)}
     assert specs[(0, "baseline", "deba")] == {"theta_stab": 0.25, "theta_conf": 1.0}
-    assert specs[(0, "epoch_mean_signals", "deba")] == {"signal_source": "epoch_mean", "theta_stab": 0.5,
-                                                         "theta_conf": 1.0}
+    assert specs[(0, "epoch_mean_signals", "deba")] == {
+        "signal_source": "epoch_mean",
+        "theta_stab": 0.5,
+        "theta_conf": 1.0,
+    }
     assert specs[(1, "eps_zero", "deba")] == {"confidence_eps": 0.0, "theta_stab": 0.25, "theta_conf": 0.9}
     assert specs[(1, "baseline", "fixed")] == {}
     assert {"signal_source": "last_step", "window": 15, "full_history": False, "confidence_eps": 1e-8} in seen
     assert waiting_for_calibration(_small(), calibration) == []
 
 
-@pytest.mark.parametrize("overrides, field", [
-    ({"methods": ["deba"]}, "methods"),
-    ({"thresholds": {"tiny_cnn": {"theta_stab": 0.3, "theta_conf": 1.0}}}, "thresholds"),
-    ({"policy": {"theta_conf": 1.0}}, "policy"),
-    ({"loop": {}}, "loop.record_epoch_mean"),
-])
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"methods": ["deba"]}, "methods"),
+        ({"thresholds": {"tiny_cnn": {"theta_stab": 0.3, "theta_conf": 1.0}}}, "thresholds"),
+        ({"policy": {"theta_conf": 1.0}}, "policy"),
+        ({"loop": {}}, "loop.record_epoch_mean"),
+    ],
+)
 def test_calibrating_study_refuses_what_it_would_ignore(overrides, field):
     with pytest.raises(ValueError, match=field):
         expand(with_overrides(_small(), **overrides))
@@ -65,13 +73,30 @@ def _store_fixed_runs(results, study, specs, seed=0):
     for spec in specs:
         rows = []
         for epoch in range(1, 5):
-            rows.append({"study": study.name, "trial_id": spec.trial_id, "arch": spec.arch, "dataset": spec.dataset,
-                         "seed": spec.seed, "method": spec.method, "variant": spec.variant, "epoch": epoch,
-                         "batch_size": 64, "next_batch_size": 64, "train_loss": 1.0 / epoch, "test_acc": 0.5,
-                         "grad_var": float(rng.uniform(1, 2)), "grad_norm": float(rng.uniform(1, 2)),
-                         "grad_var_epoch_mean": float(rng.uniform(1, 2)),
-                         "grad_norm_epoch_mean": float(rng.uniform(1, 2)), "decision": "hold", "in_cooldown": False,
-                         "epoch_time_s": 1.0, "wall_time_s": float(epoch)})
+            rows.append(
+                {
+                    "study": study.name,
+                    "trial_id": spec.trial_id,
+                    "arch": spec.arch,
+                    "dataset": spec.dataset,
+                    "seed": spec.seed,
+                    "method": spec.method,
+                    "variant": spec.variant,
+                    "epoch": epoch,
+                    "batch_size": 64,
+                    "next_batch_size": 64,
+                    "train_loss": 1.0 / epoch,
+                    "test_acc": 0.5,
+                    "grad_var": float(rng.uniform(1, 2)),
+                    "grad_norm": float(rng.uniform(1, 2)),
+                    "grad_var_epoch_mean": float(rng.uniform(1, 2)),
+                    "grad_norm_epoch_mean": float(rng.uniform(1, 2)),
+                    "decision": "hold",
+                    "in_cooldown": False,
+                    "epoch_time_s": 1.0,
+                    "wall_time_s": float(epoch),
+                }
+            )
         store.write_epochs(spec.trial_id, rows)
         store.write_run(run_row(spec, rows, status="completed"))
 
@@ -90,7 +115,10 @@ def test_make_plan_calibrates_once_the_fixed_runs_finished_and_pins_it(tmp_path)
     assert len(plan.pending) == 10 and not plan.waiting
     doc = json.load(open(pinned))
     assert {(e["signal_source"], e["confidence_eps"]) for e in doc["entries"]} == {
-        ("last_step", 1e-8), ("last_step", 0.0), ("epoch_mean", 1e-8)}
+        ("last_step", 1e-8),
+        ("last_step", 0.0),
+        ("epoch_mean", 1e-8),
+    }
     ids = {t.trial_id for t in plan.pending}
     # Pinned: other stored signals (e.g. a fixed run re-run) do not move the thresholds or the ids.
     fixed = [t for t in plan.trials if t.method == "fixed"]

@@ -30,7 +30,9 @@ def test_trial_config_is_frozen_typed_and_checked_in_one_place():
     with pytest.raises(ValueError, match="lr=-1 is not allowed; expected a finite number > 0"):
         TrialConfig(arch="tiny_cnn", dataset="digits", lr=-1)
     with pytest.raises(ValueError, match="cooldown=-1 is not allowed; expected an integer >= 0"):
-        TrialConfig(arch="tiny_cnn", dataset="digits", method="deba", policy={"cooldown": -1, "thresholds": "universal"})
+        TrialConfig(
+            arch="tiny_cnn", dataset="digits", method="deba", policy={"cooldown": -1, "thresholds": "universal"}
+        )
 
 
 def test_trial_id_leaves_out_execution_settings_and_epochs():
@@ -65,16 +67,46 @@ def test_every_trial_setting_shows_in_both_command_lines_with_its_help():
 
 
 def test_a_setting_given_as_a_flag_reaches_the_trial_in_both_clis():
-    cfg = config_from_args(trial_parser().parse_args(
-        ["--arch", "tiny_cnn", "--dataset", "digits", "--batch-size", "32", "--record-epoch-mean", "true",
-         "--train-limit", "100", "--channels-last", "false"]))
+    cfg = config_from_args(
+        trial_parser().parse_args(
+            [
+                "--arch",
+                "tiny_cnn",
+                "--dataset",
+                "digits",
+                "--batch-size",
+                "32",
+                "--record-epoch-mean",
+                "true",
+                "--train-limit",
+                "100",
+                "--channels-last",
+                "false",
+            ]
+        )
+    )
     assert (cfg.policy["b0"], cfg.record_epoch_mean, cfg.train_limit, cfg.channels_last) == (32, True, 100, False)
-    study = study_from_args(grid_parser().parse_args(
-        ["--seeds", "0", "--batch-size", "32", "--record-epoch-mean", "true", "--train-limit", "100",
-         "--lr", "0.02"]))
+    study = study_from_args(
+        grid_parser().parse_args(
+            [
+                "--seeds",
+                "0",
+                "--batch-size",
+                "32",
+                "--record-epoch-mean",
+                "true",
+                "--train-limit",
+                "100",
+                "--lr",
+                "0.02",
+            ]
+        )
+    )
     configs = [s.config for s in expand(study)]
-    assert all(c["policy"]["b0"] == 32 and c["record_epoch_mean"] and c["train_limit"] == 100 and c["lr"] == 0.02
-               for c in configs)
+    assert all(
+        c["policy"]["b0"] == 32 and c["record_epoch_mean"] and c["train_limit"] == 100 and c["lr"] == 0.02
+        for c in configs
+    )
     with pytest.raises(ValueError, match="train_limit='many' is not allowed; expected an integer"):
         study_from_args(grid_parser().parse_args(["--train-limit", "many"]))
 

@@ -50,5 +50,10 @@ def test_every_query_names_an_exported_gauge_and_its_tags():
         for label in re.findall(r"on\((\w+)\)", expr):
             assert label in GAUGE_TAGS
     # Progress and the finished signal are what let finished trials drop out.
-    assert {"ray_deba_trial_finished", "ray_deba_trial_epoch", "ray_deba_trial_epochs_total",
-            "ray_deba_trial_batch_size", "ray_deba_trial_test_acc"} <= seen
+    assert {
+        "ray_deba_trial_finished",
+        "ray_deba_trial_epoch",
+        "ray_deba_trial_epochs_total",
+        "ray_deba_trial_batch_size",
+        "ray_deba_trial_test_acc",
+    } <= seen

@@ -38,14 +38,24 @@ def write_tiny_cifar10(root, n_per_batch=3, n_test=4, seed=0):
         n = n_test if name == "test_batch" else n_per_batch
         data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
         labels = rng.integers(0, 10, n).tolist()
-        _write_pickle(os.path.join(folder, name), {
-            "batch_label": name, "labels": labels, "data": data,
-            "filenames": [f"img_{name}_{i}.png" for i in range(n)]})
+        _write_pickle(
+            os.path.join(folder, name),
+            {
+                "batch_label": name,
+                "labels": labels,
+                "data": data,
+                "filenames": [f"img_{name}_{i}.png" for i in range(n)],
+            },
+        )
         written[name] = (data, labels)
-    _write_pickle(os.path.join(folder, "batches.meta"), {
-        "label_names": ["airplane", "automobile", "bird", "cat", "deer",
-                        "dog", "frog", "horse", "ship", "truck"],
-        "num_cases_per_batch": n_per_batch, "num_vis": 3072})
+    _write_pickle(
+        os.path.join(folder, "batches.meta"),
+        {
+            "label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
+            "num_cases_per_batch": n_per_batch,
+            "num_vis": 3072,
+        },
+    )
     return written
 
 
@@ -58,13 +68,21 @@ def write_tiny_cifar100(root, n_train=6, n_test=4, seed=1):
     for name, n in (("train", n_train), ("test", n_test)):
         data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
         fine = rng.integers(0, 100, n).tolist()
-        _write_pickle(os.path.join(folder, name), {
-            "filenames": [f"{name}_{i}.png" for i in range(n)], "batch_label": name,
-            "fine_labels": fine, "coarse_labels": [f // 5 for f in fine], "data": data})
+        _write_pickle(
+            os.path.join(folder, name),
+            {
+                "filenames": [f"{name}_{i}.png" for i in range(n)],
+                "batch_label": name,
+                "fine_labels": fine,
+                "coarse_labels": [f // 5 for f in fine],
+                "data": data,
+            },
+        )
         written[name] = (data, fine)
-    _write_pickle(os.path.join(folder, "meta"), {
-        "fine_label_names": [f"class{i}" for i in range(100)],
-        "coarse_label_names": [f"super{i}" for i in range(20)]})
+    _write_pickle(
+        os.path.join(folder, "meta"),
+        {"fine_label_names": [f"class{i}" for i in range(100)], "coarse_label_names": [f"super{i}" for i in range(20)]},
+    )
     return written
 
 
@@ -320,8 +338,9 @@ def test_normalisation_of_unaugmented_train_set(digits):
     x = torch.cat([b for b, _ in loader.epoch(500, None, shuffle=False, drop_last=False)]).double()
     assert x.shape[0] == 1437
     torch.testing.assert_close(x.mean(dim=(0, 2, 3)), torch.zeros(3, dtype=torch.float64), atol=1e-5, rtol=0)
-    torch.testing.assert_close(x.std(dim=(0, 2, 3), correction=0), torch.ones(3, dtype=torch.float64),
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        x.std(dim=(0, 2, 3), correction=0), torch.ones(3, dtype=torch.float64), atol=1e-5, rtol=0
+    )
 
 
 def test_augment_override_and_bad_arguments():
@@ -373,8 +392,9 @@ def no_debian_copy(monkeypatch, tmp_path):
     monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", str(tmp_path / "no-debian-package"))
 
 
-@pytest.mark.parametrize("layout,gz", [("fashion-mnist", True), ("fashion-mnist", False),
-                                       (os.path.join("FashionMNIST", "raw"), True)])
+@pytest.mark.parametrize(
+    "layout,gz", [("fashion-mnist", True), ("fashion-mnist", False), (os.path.join("FashionMNIST", "raw"), True)]
+)
 def test_fashion_mnist_round_trip(tmp_path, no_debian_copy, layout, gz):
     written = write_tiny_fashion_mnist(str(tmp_path / "data" / layout), gz=gz)
     ds = load_dataset("fashion_mnist", data_dir=str(tmp_path / "data"), download=False)
@@ -427,4 +447,4 @@ def test_crop_only_augmentation_never_flips():
                 raw = raw.round().to(torch.int64)
                 padded = torch.nn.functional.pad(x[int(i)].to(torch.int64), (4, 4, 4, 4))
                 # Some 8x8 window of the padded original, in the original orientation.
-                assert any(torch.equal(raw, padded[:, dy:dy + 8, dx:dx + 8]) for dy in range(9) for dx in range(9))
+                assert any(torch.equal(raw, padded[:, dy : dy + 8, dx : dx + 8]) for dy in range(9) for dx in range(9))

@@ -22,9 +22,11 @@ def one_thread():
 
 def ce_closure(model):
     """The loop's loss: mean cross-entropy, returned with the logits."""
+
     def loss_and_logits(a, b):
         out = model(a)
         return F.cross_entropy(out, b), out
+
     return loss_and_logits
 
 
@@ -33,7 +35,7 @@ def brute_force_sq_norms(model, x, y):
     out = []
     for i in range(x.shape[0]):
         model.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x[i:i + 1]), y[i:i + 1]).backward()
+        F.cross_entropy(model(x[i : i + 1]), y[i : i + 1]).backward()
         out.append(sum(p.grad.double().square().sum() for p in model.parameters() if p.grad is not None))
     model.zero_grad(set_to_none=True)
     return torch.stack(out)
@@ -180,8 +182,11 @@ def test_two_batch_meter_hand_computed():
     meter.backward(model.loss_and_logits, torch.tensor([[2.0, 0.0], [0.0, 0.0], [4.0, 4.0]]), torch.zeros(3))
     torch.testing.assert_close(model.w.grad, torch.tensor([-2.0, -4.0 / 3.0]))
     # Epoch result: mean over the two steps.
-    assert meter.result() == {"noise_trace": pytest.approx((8.0 + 16.0 / 3.0) / 2),
-                              "noise_sqnorm": pytest.approx(2.0), "n_samples": 7}
+    assert meter.result() == {
+        "noise_trace": pytest.approx((8.0 + 16.0 / 3.0) / 2),
+        "noise_sqnorm": pytest.approx(2.0),
+        "n_samples": 7,
+    }
 
 
 def test_two_batch_gradient_equals_unsplit_gradient_on_tiny_mlp():
@@ -257,8 +262,11 @@ def test_two_batch_step_builds_no_tensor_from_host_data(monkeypatch):
     monkeypatch.undo()
     assert calls == []
     # Same uneven-split values as test_two_batch_meter_hand_computed's step 2.
-    assert meter.result() == {"noise_trace": pytest.approx(16.0 / 3.0), "noise_sqnorm": pytest.approx(4.0),
-                              "n_samples": 3}
+    assert meter.result() == {
+        "noise_trace": pytest.approx(16.0 / 3.0),
+        "noise_sqnorm": pytest.approx(4.0),
+        "n_samples": 3,
+    }
 
 
 class SharedGrad(nn.Module):

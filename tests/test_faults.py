@@ -34,23 +34,54 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)
 
 
 def _command(results: str, study: str, pause: float = 0.0) -> list[str]:
-    cmd = [sys.executable, os.path.join(ROOT, "orchestrator", "run_grid.py"), "--study", study,
-           "--archs", "tiny_cnn", "--seeds", "0", "--methods", "fixed,deba", "--epochs", str(EPOCHS),
-           "--results", results, "--policy-opt", "cooldown=1", "--loop-opt", "train_limit=1024",
-           "--loop-opt", "test_limit=64", "--loop-opt", "threads=1", "--gpus-per-trial", "0",
-           "--max-failures", "1", "--no-analysis", "--verbose", "0", "--quiet"]
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "orchestrator", "run_grid.py"),
+        "--study",
+        study,
+        "--archs",
+        "tiny_cnn",
+        "--seeds",
+        "0",
+        "--methods",
+        "fixed,deba",
+        "--epochs",
+        str(EPOCHS),
+        "--results",
+        results,
+        "--policy-opt",
+        "cooldown=1",
+        "--loop-opt",
+        "train_limit=1024",
+        "--loop-opt",
+        "test_limit=64",
+        "--loop-opt",
+        "threads=1",
+        "--gpus-per-trial",
+        "0",
+        "--max-failures",
+        "1",
+        "--no-analysis",
+        "--verbose",
+        "0",
+        "--quiet",
+    ]
     return cmd + (["--test-hook", f"driver_pause_after_save_s={pause}"] if pause else [])
 
 
-def _run(cmd: list[str], log: str, kill_after: float | None = None, sig: int = signal.SIGKILL,
-         kill_when: Callable[[], bool] | None = None) -> tuple[int, bool]:
+def _run(
+    cmd: list[str],
+    log: str,
+    kill_after: float | None = None,
+    sig: int = signal.SIGKILL,
+    kill_when: Callable[[], bool] | None = None,
+) -> tuple[int, bool]:
     """Run a driver; kill it with `sig` after `kill_after` s (or once `kill_when()` holds, at most
     `kill_after` s) unless it ended first. Returns (exit code, killed)."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
     with open(log, "a") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     killed = False
     try:
         try:
@@ -112,7 +143,9 @@ def _assert_complete_and_identical(results: str, study: str, reference) -> None:
         for g, w in zip(got, want):
             for key, value in w.items():
                 if key not in TIMING:
-                    same = g[key] == value or (value != value and g[key] != g[key]) or (value is None and g[key] != g[key])
+                    same = (
+                        g[key] == value or (value != value and g[key] != g[key]) or (value is None and g[key] != g[key])
+                    )
                     assert same, (tid, g["epoch"], key, g[key], value)
 
 
@@ -148,9 +181,16 @@ def test_random_kills_then_reruns_until_done(tmp_path, reference):
             if not killed:
                 assert rc == 0, open(log).read()[-4000:]
                 break
-            kills.append({"study": study, "phase": phase if kill_when else f"{when:.1f} s after start",
-                          "signal": signal.Signals(sig).name, "exit": rc, "pause_s": pause,
-                          "epochs_stored": _stored(results, study)})
+            kills.append(
+                {
+                    "study": study,
+                    "phase": phase if kill_when else f"{when:.1f} s after start",
+                    "signal": signal.Signals(sig).name,
+                    "exit": rc,
+                    "pause_s": pause,
+                    "epochs_stored": _stored(results, study),
+                }
+            )
         for _ in range(3):  # re-run until done
             rc, _ = _run(cmd, log)
             if rc == 0:

@@ -21,8 +21,11 @@ from trainables.signals import grad_stats
 # ~10x slower; the fixture below restores the process-wide setting after each test.
 SMALL = {"arch": "tiny_cnn", "dataset": "digits", "train_limit": 160, "test_limit": 50, "threads": 1}
 # "either" rolls back on one symptom: on these tiny runs the batch size moves within a few epochs.
-DEBA = {**SMALL, "method": "deba", "policy": {"thresholds": "universal", "cooldown": 1, "b0": 32, "b_min": 8,
-                                             "decision_rule": "either"}}
+DEBA = {
+    **SMALL,
+    "method": "deba",
+    "policy": {"thresholds": "universal", "cooldown": 1, "b0": 32, "b_min": 8, "decision_rule": "either"},
+}
 MLP = {**SMALL, "arch": "tiny_mlp"}
 TIMING = {"epoch_time_s", "eval_time_s", "wall_time_s", "samples_per_s", "peak_mem_mb", "measure_time_s"}
 TRAINING = ("train_loss", "train_acc", "test_loss", "test_acc", "grad_var", "grad_norm")
@@ -51,27 +54,32 @@ def test_validate_fills_defaults() -> None:
     assert set(cfg) == set(DEFAULT_CONFIG) | {"arch", "dataset"}
 
 
-@pytest.mark.parametrize("patch, message", [
-    ({"arch": "resnet19"}, "arch='resnet19' is not allowed; expected .*resnet18"),
-    ({"dataset": "mnist"}, "dataset='mnist' is not allowed; expected .*'digits'"),
-    ({"method": "sgdr"}, "method='sgdr' is not allowed; expected .*'deba'"),
-    ({"lr": 0}, "lr=0 is not allowed; expected a finite number > 0"),
-    ({"lr": float("nan")}, "lr=nan is not allowed"),
-    ({"momentum": 1.0}, "momentum=1.0 is not allowed; expected .*< 1"),
-    ({"epochs": 0}, "epochs=0 is not allowed; expected an integer >= 1"),
-    ({"seed": True}, "seed=True is not allowed; expected an integer"),
-    ({"train_limit": 2.5}, "train_limit=2.5 is not allowed"),
-    ({"device": "tpu"}, "device='tpu' is not allowed; expected one of 'auto', 'cpu', 'cuda'"),
-    ({"amp": "fp16"}, "amp='fp16' is not allowed; expected .*'bf16'"),
-    ({"channels_last": 1}, "channels_last=1 is not allowed; expected one of 'auto', True, False"),
-    ({"compile": "default"}, "compile='default' is not allowed; expected one of False, True, 'reduce-overhead', "
-                             "'max-autotune'"),
-    ({"compile": 1}, "compile=1 is not allowed"),
-    ({"cudnn_benchmark": "on"}, "cudnn_benchmark='on' is not allowed; expected one of 'auto', True, False"),
-    ({"policy": {"arch": "resnet18"}}, "policy=.* is not allowed; expected policy options without 'arch'"),
-    ({"policy": {"cooldwn": 3}}, "unknown policy 'fixed' option.*'cooldwn'"),
-    ({"lr_schedule": "cosine"}, "unknown config field.*'lr_schedule'"),
-])
+@pytest.mark.parametrize(
+    "patch, message",
+    [
+        ({"arch": "resnet19"}, "arch='resnet19' is not allowed; expected .*resnet18"),
+        ({"dataset": "mnist"}, "dataset='mnist' is not allowed; expected .*'digits'"),
+        ({"method": "sgdr"}, "method='sgdr' is not allowed; expected .*'deba'"),
+        ({"lr": 0}, "lr=0 is not allowed; expected a finite number > 0"),
+        ({"lr": float("nan")}, "lr=nan is not allowed"),
+        ({"momentum": 1.0}, "momentum=1.0 is not allowed; expected .*< 1"),
+        ({"epochs": 0}, "epochs=0 is not allowed; expected an integer >= 1"),
+        ({"seed": True}, "seed=True is not allowed; expected an integer"),
+        ({"train_limit": 2.5}, "train_limit=2.5 is not allowed"),
+        ({"device": "tpu"}, "device='tpu' is not allowed; expected one of 'auto', 'cpu', 'cuda'"),
+        ({"amp": "fp16"}, "amp='fp16' is not allowed; expected .*'bf16'"),
+        ({"channels_last": 1}, "channels_last=1 is not allowed; expected one of 'auto', True, False"),
+        (
+            {"compile": "default"},
+            "compile='default' is not allowed; expected one of False, True, 'reduce-overhead', 'max-autotune'",
+        ),
+        ({"compile": 1}, "compile=1 is not allowed"),
+        ({"cudnn_benchmark": "on"}, "cudnn_benchmark='on' is not allowed; expected one of 'auto', True, False"),
+        ({"policy": {"arch": "resnet18"}}, "policy=.* is not allowed; expected policy options without 'arch'"),
+        ({"policy": {"cooldwn": 3}}, "unknown policy 'fixed' option.*'cooldwn'"),
+        ({"lr_schedule": "cosine"}, "unknown config field.*'lr_schedule'"),
+    ],
+)
 def test_validate_rejects(patch: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         validate_config({"arch": "tiny_cnn", "dataset": "digits", **patch})
@@ -96,8 +104,13 @@ def test_record_columns_and_values() -> None:
     assert RECORD_COLUMNS == tuple(c for c in epoch_column_names() if c not in ("study", "trial_id"))
     rec = loop.history[-1]
     assert tuple(rec) == RECORD_COLUMNS
-    assert (rec["arch"], rec["dataset"], rec["seed"], rec["method"], rec["variant"]) == \
-        ("tiny_cnn", "digits", 0, "fixed", "baseline")
+    assert (rec["arch"], rec["dataset"], rec["seed"], rec["method"], rec["variant"]) == (
+        "tiny_cnn",
+        "digits",
+        0,
+        "fixed",
+        "baseline",
+    )
     assert rec["epoch"] == 2 and rec["batch_size"] == 32 and rec["next_batch_size"] == 32
     assert rec["lr"] == 0.01 and rec["decision"] == "hold" and rec["in_cooldown"] is False
     # 160 samples at 32 per batch: 5 full steps; accuracy is a multiple of 1/160.
@@ -226,8 +239,14 @@ def test_per_sample_on_batchnorm_model_is_the_eval_approximation() -> None:
     # BatchNorm in eval mode during the per-sample pass: running statistics untouched, training identical.
     assert [plain.history[0][k] for k in TRAINING] == [dive.history[0][k] for k in TRAINING]
     assert all(torch.equal(a, b) for a, b in zip(plain.model.state_dict().values(), dive.model.state_dict().values()))
-    consistent = run({**SMALL, "epochs": 1, "method": "divebatch",
-                      "policy": {"b0": 32, "resize_every": 1, "diversity_sum": "per_sample"}})
+    consistent = run(
+        {
+            **SMALL,
+            "epochs": 1,
+            "method": "divebatch",
+            "policy": {"b0": 32, "resize_every": 1, "diversity_sum": "per_sample"},
+        }
+    )
     assert consistent.history[0]["estimator"] == "per_sample_bn_eval_consistent"
     assert [plain.history[0][k] for k in TRAINING] == [consistent.history[0][k] for k in TRAINING]
 
@@ -235,8 +254,15 @@ def test_per_sample_on_batchnorm_model_is_the_eval_approximation() -> None:
 def test_two_batch_noise_scale_estimator_keeps_the_gradient() -> None:
     # crop_flip: on these 160 images DiveBatch then keeps B=16 after epoch 1, so both runs train alike.
     plain = run({**MLP, "epochs": 2, "augment": "crop_flip", "policy": {"b0": 16}})
-    dive = run({**MLP, "epochs": 2, "augment": "crop_flip", "method": "divebatch",
-                "policy": {"b0": 16, "resize_every": 1, "estimator": "noise_scale", "b_max": 128}})
+    dive = run(
+        {
+            **MLP,
+            "epochs": 2,
+            "augment": "crop_flip",
+            "method": "divebatch",
+            "policy": {"b0": 16, "resize_every": 1, "estimator": "noise_scale", "b_max": 128},
+        }
+    )
     for a, b in zip(plain.history, dive.history):
         assert b["estimator"] == "noise_scale" and b["measure_time_s"] > 0.0
         # No BatchNorm: two accumulated micro-batch gradients equal the batch gradient up to rounding.
@@ -255,12 +281,15 @@ def test_gns_records_the_noise_scale_every_epoch() -> None:
 
 
 def test_lr_actually_used_is_recorded() -> None:
-    ada = run({**MLP, "epochs": 3, "method": "adabatch", "policy": {"b0": 16, "resize_every": 1, "lr_scaling": "linear"}})
+    ada = run(
+        {**MLP, "epochs": 3, "method": "adabatch", "policy": {"b0": 16, "resize_every": 1, "lr_scaling": "linear"}}
+    )
     assert [r["lr"] for r in ada.history] == pytest.approx([0.01, 0.02, 0.04])
     assert [r["lr_gain"] for r in ada.history] == [1.0, 2.0, 4.0]
     assert all(r["estimator"] is None and r["measure_time_s"] is None for r in ada.history)
-    scaled = run({**MLP, "epochs": 3, "method": "adabatch",
-                  "policy": {"b0": 16, "resize_every": 1, "lr_scaling": "adascale"}})
+    scaled = run(
+        {**MLP, "epochs": 3, "method": "adabatch", "policy": {"b0": 16, "resize_every": 1, "lr_scaling": "adascale"}}
+    )
     gains = [r["lr_gain"] for r in scaled.history]
     assert gains[0] == 1.0 and 1.0 < gains[1] <= 2.0 and 1.0 < gains[2] <= 4.0  # between 1 and s = B/b0
     assert [r["lr"] for r in scaled.history] == pytest.approx([0.01 * g for g in gains])
@@ -268,13 +297,16 @@ def test_lr_actually_used_is_recorded() -> None:
 
 
 # ---------------------------------------------------------------- resume
-@pytest.mark.parametrize("method, policy", [
-    ("divebatch", {"b0": 16, "resize_every": 2, "delta": 1.0}),
-    ("divebatch", {"b0": 16, "resize_every": 2, "delta": 1.0, "estimator": "noise_scale", "lr_scaling": "linear"}),
-    ("gns", {"b0": 16, "b_min": 8, "cooldown": 1}),
-    ("adabatch", {"b0": 16, "resize_every": 1, "lr_scaling": "adascale"}),
-    ("deba", {"thresholds": "universal", "cooldown": 1, "b0": 32, "b_min": 8, "lr_scaling": "sqrt"}),
-])
+@pytest.mark.parametrize(
+    "method, policy",
+    [
+        ("divebatch", {"b0": 16, "resize_every": 2, "delta": 1.0}),
+        ("divebatch", {"b0": 16, "resize_every": 2, "delta": 1.0, "estimator": "noise_scale", "lr_scaling": "linear"}),
+        ("gns", {"b0": 16, "b_min": 8, "cooldown": 1}),
+        ("adabatch", {"b0": 16, "resize_every": 1, "lr_scaling": "adascale"}),
+        ("deba", {"thresholds": "universal", "cooldown": 1, "b0": 32, "b_min": 8, "lr_scaling": "sqrt"}),
+    ],
+)
 def test_every_policy_resumes_with_the_same_records(tmp_path: Any, method: str, policy: dict[str, Any]) -> None:
     cfg = {**SMALL, "epochs": 4, "method": method, "policy": policy}
     straight = run(cfg)
@@ -315,8 +347,9 @@ def test_resume_gives_the_same_records(tmp_path: Any, source: str) -> None:
     for a, b in zip(straight.history, resumed.history):
         assert {k: v for k, v in a.items() if k not in TIMING} == {k: v for k, v in b.items() if k not in TIMING}
     assert resumed.history[-1]["wall_time_s"] > resumed.history[1]["wall_time_s"]
-    assert all(torch.equal(a, b) for a, b in zip(straight.model.state_dict().values(),
-                                                   resumed.model.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values())
+    )
 
 
 def test_checkpoint_of_another_trial_is_refused(tmp_path: Any) -> None:
@@ -338,8 +371,17 @@ def test_resume_with_more_epochs_continues(tmp_path: Any) -> None:
 
 # ---------------------------------------------------------------- divergence
 def test_divergence_ends_the_run() -> None:
-    loop = TrialLoop({"arch": "tiny_mlp", "dataset": "digits", "train_limit": 256, "test_limit": 64,
-                      "lr": 1e4, "epochs": 5, "threads": 1})
+    loop = TrialLoop(
+        {
+            "arch": "tiny_mlp",
+            "dataset": "digits",
+            "train_limit": 256,
+            "test_limit": 64,
+            "lr": 1e4,
+            "epochs": 5,
+            "threads": 1,
+        }
+    )
     while not loop.done:
         loop.run_epoch()
     assert loop.status == "diverged"
@@ -355,9 +397,19 @@ def test_divergence_ends_the_run() -> None:
 
 
 def test_diverged_record_keeps_the_lr_gain_it_trained_with() -> None:
-    loop = TrialLoop({"arch": "tiny_mlp", "dataset": "digits", "train_limit": 256, "test_limit": 64, "lr": 1e3,
-                      "epochs": 5, "threads": 1, "method": "adabatch",
-                      "policy": {"b0": 32, "resize_every": 1, "lr_scaling": "linear"}})
+    loop = TrialLoop(
+        {
+            "arch": "tiny_mlp",
+            "dataset": "digits",
+            "train_limit": 256,
+            "test_limit": 64,
+            "lr": 1e3,
+            "epochs": 5,
+            "threads": 1,
+            "method": "adabatch",
+            "policy": {"b0": 32, "resize_every": 1, "lr_scaling": "linear"},
+        }
+    )
     while not loop.done:
         loop.run_epoch()
     # Epoch 1 (B = 32) is finite but huge; epoch 2 trains at B = 64 with lr x 2 and is NaN.
@@ -391,8 +443,9 @@ def test_measurement_can_replace_the_backward(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(hooked.policy, "measurements", lambda epoch: frozenset({"plain"}))
     rec = hooked.run_epoch()
     assert made[0].calls == 5
-    assert {k: v for k, v in rec.items() if k not in TIMING | {"measure_time_s"}} == \
-        {k: v for k, v in plain.history[0].items() if k not in TIMING | {"measure_time_s"}}
+    assert {k: v for k, v in rec.items() if k not in TIMING | {"measure_time_s"}} == {
+        k: v for k, v in plain.history[0].items() if k not in TIMING | {"measure_time_s"}
+    }
 
     monkeypatch.setitem(loop_mod.MEASUREMENTS, "plain2", PlainBackward)
     two = TrialLoop(cfg)
@@ -411,9 +464,13 @@ def test_cpu_runs_the_gpu_knobs() -> None:
     assert math.isfinite(rec["train_loss"]) and math.isfinite(rec["grad_norm"]) and rec["grad_norm"] > 0
 
 
-@pytest.mark.parametrize("mode, expected", [(True, {}), ("reduce-overhead", {"mode": "reduce-overhead"}),
-                                            ("max-autotune", {"mode": "max-autotune"})])
-def test_compile_modes_reach_torch_compile(mode: Any, expected: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "mode, expected",
+    [(True, {}), ("reduce-overhead", {"mode": "reduce-overhead"}), ("max-autotune", {"mode": "max-autotune"})],
+)
+def test_compile_modes_reach_torch_compile(
+    mode: Any, expected: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Validation and the mode handed to torch.compile (not run: compiling is slow on this CPU)."""
     from orchestrator.studies import EXECUTION_KEYS
 
@@ -444,9 +501,28 @@ def test_cli_runs_resumes_and_writes_jsonl(tmp_path: Any, capsys: pytest.Capture
     assert parse_policy_opt("cooldown=2") == ("cooldown", 2)
     assert parse_policy_opt("thresholds=universal") == ("thresholds", "universal")
     assert parse_policy_opt("full_history=true") == ("full_history", True)
-    base = ["--arch", "tiny_cnn", "--dataset", "digits", "--method", "deba", "--train-limit", "96",
-            "--test-limit", "30", "--threads", "1", "--policy-opt", "thresholds=universal",
-            "--policy-opt", "b0=32", "--checkpoint-dir", str(tmp_path / "ck"), "--out", str(tmp_path / "r.jsonl")]
+    base = [
+        "--arch",
+        "tiny_cnn",
+        "--dataset",
+        "digits",
+        "--method",
+        "deba",
+        "--train-limit",
+        "96",
+        "--test-limit",
+        "30",
+        "--threads",
+        "1",
+        "--policy-opt",
+        "thresholds=universal",
+        "--policy-opt",
+        "b0=32",
+        "--checkpoint-dir",
+        str(tmp_path / "ck"),
+        "--out",
+        str(tmp_path / "r.jsonl"),
+    ]
     assert main(base + ["--epochs", "1"]) == 0
     out = capsys.readouterr().out
     assert "epoch   1/1  bs   32 -> 32" in out and "status completed after 1 epochs on cpu" in out
@@ -471,12 +547,15 @@ def test_cli_speed_knobs() -> None:
         config_from_args(build_parser().parse_args(base + ["--compile", "fast"]))
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--arch", "tiny", "--dataset", "digits"], "arch='tiny' is not allowed"),
-    (["--arch", "tiny_cnn", "--dataset", "digits", "--method", "deba"], "no Table 1 thresholds"),
-    (["--arch", "tiny_cnn", "--dataset", "digits", "--policy-opt", "b0"], "expected key=value"),
-    (["--arch", "tiny_cnn", "--dataset", "digits", "--lr", "-1"], "lr=-1.0 is not allowed"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--arch", "tiny", "--dataset", "digits"], "arch='tiny' is not allowed"),
+        (["--arch", "timm/resnet10t", "--dataset", "digits", "--method", "deba"], "no Table 1 thresholds"),
+        (["--arch", "tiny_cnn", "--dataset", "digits", "--policy-opt", "b0"], "expected key=value"),
+        (["--arch", "tiny_cnn", "--dataset", "digits", "--lr", "-1"], "lr=-1.0 is not allowed"),
+    ],
+)
 def test_cli_config_errors_exit_2(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     from trainables.run import main
 
@@ -509,10 +588,17 @@ def test_record_epoch_mean_adds_the_other_signal_source_without_changing_trainin
         assert (c["grad_var_epoch_mean"], c["grad_norm_epoch_mean"]) == (c["grad_var"], c["grad_norm"])
 
 
-@pytest.mark.parametrize("dataset, given, expected", [
-    ("digits", "auto", "crop"), ("cifar10", "auto", "crop_flip"), ("fashion_mnist", "auto", "crop_flip"),
-    ("digits", True, "crop_flip"), ("cifar10", False, "none"), ("cifar100", "crop", "crop"),
-])
+@pytest.mark.parametrize(
+    "dataset, given, expected",
+    [
+        ("digits", "auto", "crop"),
+        ("cifar10", "auto", "crop_flip"),
+        ("fashion_mnist", "auto", "crop_flip"),
+        ("digits", True, "crop_flip"),
+        ("cifar10", False, "none"),
+        ("cifar100", "crop", "crop"),
+    ],
+)
 def test_augmentation_defaults_per_dataset(dataset: str, given: Any, expected: str) -> None:
     cfg = validate_config({"arch": "tiny_cnn", "dataset": dataset, "augment": given})
     assert cfg["augment"] == expected

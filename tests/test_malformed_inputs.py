@@ -17,15 +17,24 @@ from trainables.run import main as trial_main
 def files(tmp_path):
     """Inputs the cases refer to: a plain file, a thresholds file per problem, a small store."""
     (tmp_path / "a_file").write_text("not a directory")
-    for name, data in {"thr_unknown_arch.json": {"resnet-18": {"theta_stab": 0.3, "theta_conf": 0.5}},
-                       "thr_outside.json": {"resnet18": {"theta_stab": 0.3, "theta_conf": 0.5}},
-                       "thr_negative.json": {"tiny_cnn": {"theta_stab": -1, "theta_conf": 0.5}},
-                       "thr_partial.json": {"tiny_cnn": {"theta_stab": 0.3}},
-                       "thr_list.json": [1, 2]}.items():
+    for name, data in {
+        "thr_unknown_arch.json": {"resnet-18": {"theta_stab": 0.3, "theta_conf": 0.5}},
+        "thr_outside.json": {"resnet18": {"theta_stab": 0.3, "theta_conf": 0.5}},
+        "thr_negative.json": {"tiny_cnn": {"theta_stab": -1, "theta_conf": 0.5}},
+        "thr_partial.json": {"tiny_cnn": {"theta_stab": 0.3}},
+        "thr_list.json": [1, 2],
+    }.items():
         (tmp_path / name).write_text(json.dumps(data))
     (tmp_path / "thr_broken.json").write_text("{not json")
-    synthetic_store(str(tmp_path / "store"), "s", archs=["resnet18"], datasets=["cifar10"], seeds=[1, 2],
-                    methods=[("fixed", "baseline"), ("deba", "baseline")], n_epochs=3)
+    synthetic_store(
+        str(tmp_path / "store"),
+        "s",
+        archs=["resnet18"],
+        datasets=["cifar10"],
+        seeds=[1, 2],
+        methods=[("fixed", "baseline"), ("deba", "baseline")],
+        n_epochs=3,
+    )
     return tmp_path
 
 
@@ -50,12 +59,10 @@ GRID_CASES = [  # (argv, text the error names)
     (["--thresholds", "{tmp}/thr_partial.json"], "theta_conf"),
     (["--thresholds", "{tmp}/thr_list.json"], "thresholds"),
     (["--thresholds", "{tmp}/thr_broken.json"], "thresholds"),
-    (["--thresholds", "{tmp}/thr_outside.json", "--archs", "resnet18", "--policy-opt", "theta_stab=0.3"],
-     "policy_opt"),
+    (["--thresholds", "{tmp}/thr_outside.json", "--archs", "resnet18", "--policy-opt", "theta_stab=0.3"], "policy_opt"),
     (["--loop-opt", "augment=flip"], "augment"),
     (["--loop-opt", "record_epoch_mean=1"], "record_epoch_mean"),
-    (["--study", "reconstruction", "--thresholds", "{tmp}/thr_outside.json", "--archs", "resnet18"],
-     "thresholds"),
+    (["--study", "reconstruction", "--thresholds", "{tmp}/thr_outside.json", "--archs", "resnet18"], "thresholds"),
 ]
 
 
@@ -90,8 +97,10 @@ TRIAL_CASES = [
     (["--momentum", "1.5"], "momentum"),
     (["--policy-opt", "cooldwn=3", "--method", "deba", "--policy-opt", "thresholds=universal"], "cooldwn"),
     (["--policy-opt", "nokeyvalue"], "key=value"),
-    (["--method", "deba", "--policy-opt", "decision_rule=strict", "--policy-opt", "thresholds=universal"],
-     "decision_rule"),
+    (
+        ["--method", "deba", "--policy-opt", "decision_rule=strict", "--policy-opt", "thresholds=universal"],
+        "decision_rule",
+    ),
     (["--checkpoint-dir", "{tmp}/a_file"], "--checkpoint-dir"),
     (["--out", "{tmp}"], "--out"),
     (["--out", "{tmp}/a_file/x.jsonl"], "--out"),
@@ -126,4 +135,3 @@ def test_analysis_refuses_bad_arguments(files, capsys, argv, named):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and named in err, err
     assert not os.path.exists("reports/nope")
-

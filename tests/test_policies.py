@@ -12,7 +12,7 @@ from trainables.policies.signals import SignalTracker, relative_change
 
 def shrinking_variance_inputs(epoch: int) -> dict:
     """Signals that ask for an increase from epoch 2 on: variance x0.25 per epoch (c <= 0.4), constant norm and loss."""
-    return {"train_loss": 1.0, "grad_var": 0.25 ** epoch, "grad_norm": 2.0}
+    return {"train_loss": 1.0, "grad_var": 0.25**epoch, "grad_norm": 2.0}
 
 
 def run(policy, inputs_for_epoch, epochs, start=1):
@@ -52,7 +52,7 @@ def test_cooldown_zero_decides_every_epoch():
 def test_rollback_path_and_lower_bound():
     # Rising variance: c = v_t / median > 0.6 -> rollback each decision epoch (cooldown 1 = every epoch).
     p = make_policy("deba", arch="resnet18", cooldown=1, decision_rule="either")
-    recs = run(p, lambda t: {"train_loss": 1.0, "grad_var": 2.0 ** t, "grad_norm": 2.0}, 5)
+    recs = run(p, lambda t: {"train_loss": 1.0, "grad_var": 2.0**t, "grad_norm": 2.0}, 5)
     assert [r["batch_size"] for r in recs] == [51, 40, 32, 32, 32]
     assert [r["decision"] for r in recs] == ["rollback", "rollback", "rollback", "hold", "hold"]
 
@@ -97,8 +97,9 @@ def test_full_history_option_changes_decision():
     seq = [8, 8, 8, 8, 1, 1, 1, 1, 3]
     decisions = {}
     for full in (False, True):
-        p = make_policy("deba", arch="resnet18", window=3, full_history=full, cooldown=9, theta_conf=2.0,
-                        decision_rule="either")
+        p = make_policy(
+            "deba", arch="resnet18", window=3, full_history=full, cooldown=9, theta_conf=2.0, decision_rule="either"
+        )
         recs = run(p, lambda t: {"train_loss": 1.0, "grad_var": float(seq[t - 1]), "grad_norm": 2.0}, 9)
         decisions[full] = (recs[-1]["decision"], recs[-1]["confidence"])
     assert decisions[False][0] == "rollback" and decisions[False][1] == pytest.approx(3.0)
@@ -108,13 +109,13 @@ def test_full_history_option_changes_decision():
 @pytest.mark.parametrize(
     "confidence, d_norm, d_loss, either, both",
     [
-        (0.5, 0.1, 0.1, "increase", "increase"),   # all stable
-        (0.7, 0.1, 0.1, "rollback", "hold"),       # noisy but stable gradients
-        (0.5, 0.9, 0.1, "rollback", "hold"),       # quiet but unstable gradient norm
-        (0.7, 0.9, 0.1, "rollback", "rollback"),   # both symptoms
-        (0.5, 0.1, 0.9, "hold", "hold"),           # unstable loss only
-        (0.6, 0.1, 0.1, "hold", "hold"),           # c == theta_conf is neither < nor >
-        (math.nan, 0.1, 0.1, "hold", "hold"),      # no information
+        (0.5, 0.1, 0.1, "increase", "increase"),  # all stable
+        (0.7, 0.1, 0.1, "rollback", "hold"),  # noisy but stable gradients
+        (0.5, 0.9, 0.1, "rollback", "hold"),  # quiet but unstable gradient norm
+        (0.7, 0.9, 0.1, "rollback", "rollback"),  # both symptoms
+        (0.5, 0.1, 0.9, "hold", "hold"),  # unstable loss only
+        (0.6, 0.1, 0.1, "hold", "hold"),  # c == theta_conf is neither < nor >
+        (math.nan, 0.1, 0.1, "hold", "hold"),  # no information
     ],
 )
 def test_decision_rules(confidence, d_norm, d_loss, either, both):
@@ -123,7 +124,10 @@ def test_decision_rules(confidence, d_norm, d_loss, either, both):
 
 
 def test_thresholds_table_universal_and_override():
-    assert (make_policy("deba", arch="resnet50").theta_stab, make_policy("deba", arch="resnet50").theta_conf) == (12.0, 0.8)
+    assert (make_policy("deba", arch="resnet50").theta_stab, make_policy("deba", arch="resnet50").theta_conf) == (
+        12.0,
+        0.8,
+    )
     u = make_policy("deba", arch="resnet50", thresholds="universal")
     assert (u.theta_stab, u.theta_conf) == (0.3, 0.5)
     o = make_policy("deba", arch="tiny_cnn", theta_stab=0.2, theta_conf=0.9)
@@ -132,7 +136,7 @@ def test_thresholds_table_universal_and_override():
 
 def test_resume_mid_cooldown_gives_same_records():
     def inputs(t):
-        return {"train_loss": 2.0 / t, "grad_var": 0.5 ** t + (0.3 if t % 7 == 0 else 0.0), "grad_norm": 1.0 + 0.01 * t}
+        return {"train_loss": 2.0 / t, "grad_var": 0.5**t + (0.3 if t % 7 == 0 else 0.0), "grad_norm": 1.0 + 0.01 * t}
 
     straight = make_policy("deba", arch="resnet18", cooldown=4)
     expected = run(straight, inputs, 20)
@@ -170,7 +174,7 @@ def test_fixed_holds_and_records_signals():
         ({"window": 0}, "window=0 is not allowed; expected an integer >= 1"),
         ({"cooldown": 2.5}, "cooldown=2.5 is not allowed; expected an integer >= 0"),
         ({"theta_stab": -1.0}, "theta_stab=-1.0 is not allowed; expected a finite number > 0 or null"),
-        ({"arch": "tiny_cnn"}, "arch='tiny_cnn' has no Table 1 thresholds"),
+        ({"arch": "timm/convnext_atto"}, "arch='timm/convnext_atto' has no Table 1 thresholds"),
     ],
 )
 def test_bad_options_name_the_field(kwargs, message):
@@ -204,6 +208,7 @@ def test_policies_do_not_import_torch():
 
 # ------------------------------------------------------------------ SPEC §2 options: rule, eps, no-op cooldown
 
+
 def test_confidence_eps_hand_computed():
     # Tiny variances: with eps = 1e-8, c = 1e-9 / (1e-9 + 1e-8) = 1/11; scale-free (eps = 0) c = 1.
     default = make_policy("deba", arch="resnet18")
@@ -228,16 +233,19 @@ def test_confidence_eps_zero_with_zero_median_holds():
 
 def test_cooldown_on_noop():
     # Increase requested at every decision epoch; b_max = 96 is reached at epoch 2 (cooldown 2).
-    for noop, expected in ((False, ["hold", "increase", "hold", "hold", "hold", "hold"]),
-                           (True, ["hold", "increase", "hold", "increase", "hold", "increase"])):
+    for noop, expected in (
+        (False, ["hold", "increase", "hold", "hold", "hold", "hold"]),
+        (True, ["hold", "increase", "hold", "increase", "hold", "increase"]),
+    ):
         p = make_policy("deba", arch="resnet18", cooldown=2, b_max=96, cooldown_on_noop=noop)
         recs = run(p, shrinking_variance_inputs, 6)
         assert [r["decision"] for r in recs] == expected, noop
         assert [r["batch_size"] for r in recs] == [64, 96, 96, 96, 96, 96]
         # Without the option a no-op decision starts no cooldown: epochs 4..6 decide (outside cooldown).
         cooldowns = [r["in_cooldown"] for r in recs]
-        assert cooldowns == ([True, False, True, False, False, False] if not noop
-                             else [True, False, True, False, True, False])
+        assert cooldowns == (
+            [True, False, True, False, False, False] if not noop else [True, False, True, False, True, False]
+        )
 
 
 def test_default_rule_is_both():
@@ -245,16 +253,20 @@ def test_default_rule_is_both():
     assert policy_options("deba")["confidence_eps"] == 1e-8 and policy_options("deba")["cooldown_on_noop"] is False
 
 
-def _reference_deba(seq, *, rule, eps, noop, cooldown, window, theta_stab, theta_conf, b0=64, b_min=32,
-                    b_max=1024, alpha=1.5, beta=0.8):
+def _reference_deba(
+    seq, *, rule, eps, noop, cooldown, window, theta_stab, theta_conf, b0=64, b_min=32, b_max=1024, alpha=1.5, beta=0.8
+):
     """SPEC §1-2 written out independently of the policy classes: (decision, B_next, c) per epoch."""
     out, variances, prev_n, prev_l, t_last, batch = [], [], None, None, 0, b0
     for t, (loss, var, norm) in enumerate(seq, 1):
         d_n = 0.0 if prev_n is None else abs(norm - prev_n) / (abs(prev_n) + 1e-8)
         d_l = 0.0 if prev_l is None else abs(loss - prev_l) / (abs(prev_l) + 1e-8)
         variances = (variances + [var])[-window:]
-        med = sorted(variances)[len(variances) // 2] if len(variances) % 2 else \
-            sum(sorted(variances)[len(variances) // 2 - 1:len(variances) // 2 + 1]) / 2
+        med = (
+            sorted(variances)[len(variances) // 2]
+            if len(variances) % 2
+            else sum(sorted(variances)[len(variances) // 2 - 1 : len(variances) // 2 + 1]) / 2
+        )
         c = var / (med + eps) if med + eps != 0 else math.nan
         prev_n, prev_l = norm, loss
         decision = "hold"
@@ -264,7 +276,11 @@ def _reference_deba(seq, *, rule, eps, noop, cooldown, window, theta_stab, theta
             elif (c > theta_conf and d_n >= theta_stab) if rule == "both" else (c > theta_conf or d_n >= theta_stab):
                 decision = "rollback"
         if decision != "hold":
-            new = min(math.floor(alpha * batch), b_max) if decision == "increase" else max(math.floor(beta * batch), b_min)
+            new = (
+                min(math.floor(alpha * batch), b_max)
+                if decision == "increase"
+                else max(math.floor(beta * batch), b_min)
+            )
             if new == batch and not noop:
                 decision = "hold"
             else:
@@ -283,22 +299,39 @@ def test_deba_matches_an_independent_reference_on_random_sequences(rule, noop, e
     for trial in range(20):
         n = rng.randint(5, 60)
         # Variance near 1e-8 so that eps matters; zeros so that a zero median occurs.
-        seq = [(rng.uniform(0.5, 2.0), rng.choice([0.0, rng.uniform(0, 3e-8)]), rng.uniform(0.5, 1.5))
-               for _ in range(n)]
-        opts = dict(cooldown=rng.randint(0, 4), window=rng.randint(1, 6), theta_stab=rng.uniform(0.1, 0.6),
-                    theta_conf=rng.uniform(0.3, 1.5), b_max=rng.choice([96, 216, 1024]))
+        seq = [
+            (rng.uniform(0.5, 2.0), rng.choice([0.0, rng.uniform(0, 3e-8)]), rng.uniform(0.5, 1.5)) for _ in range(n)
+        ]
+        opts = dict(
+            cooldown=rng.randint(0, 4),
+            window=rng.randint(1, 6),
+            theta_stab=rng.uniform(0.1, 0.6),
+            theta_conf=rng.uniform(0.3, 1.5),
+            b_max=rng.choice([96, 216, 1024]),
+        )
         expected = _reference_deba(seq, rule=rule, eps=eps, noop=noop, **opts)
         cut = rng.randint(1, n)  # resume from a JSON round trip of the state after `cut` epochs
-        first = make_policy("deba", arch="resnet18", decision_rule=rule, confidence_eps=eps,
-                            cooldown_on_noop=noop, **opts)
+        first = make_policy(
+            "deba", arch="resnet18", decision_rule=rule, confidence_eps=eps, cooldown_on_noop=noop, **opts
+        )
         got = []
         for t, (loss, var, norm) in enumerate(seq[:cut], 1):
             got.append(first.step(epoch=t, train_loss=loss, grad_var=var, grad_norm=norm))
-        resumed = make_policy("deba", arch="resnet18", decision_rule=rule, confidence_eps=eps,
-                              cooldown_on_noop=noop, **opts)
+        resumed = make_policy(
+            "deba", arch="resnet18", decision_rule=rule, confidence_eps=eps, cooldown_on_noop=noop, **opts
+        )
         resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
         for t, (loss, var, norm) in enumerate(seq[cut:], cut + 1):
             got.append(resumed.step(epoch=t, train_loss=loss, grad_var=var, grad_norm=norm))
         for t, (r, (decision, batch, c)) in enumerate(zip(got, expected), 1):
             assert (r["decision"], r["batch_size"]) == (decision, batch), (trial, t, opts)
             assert (math.isnan(r["confidence"]) and math.isnan(c)) or r["confidence"] == pytest.approx(c, rel=1e-12)
+
+
+def test_the_test_models_have_calibrated_thresholds_and_others_must_give_them():
+    assert (make_policy("deba", arch="tiny_cnn").theta_stab, make_policy("deba", arch="tiny_cnn").theta_conf) == (
+        0.29,
+        1.0,
+    )
+    with pytest.raises(ValueError, match="calibration.json for --thresholds.*--policy-opt theta_stab"):
+        make_policy("deba", arch="timm/resnet10t")

@@ -19,6 +19,7 @@ def step(p, t, **measured):
 
 # ---------------------------------------------------------------------------------------------- adabatch
 
+
 def test_adabatch_doubles_every_t_epochs_up_to_the_cap():
     p = make_policy("adabatch", resize_every=3, b_max=300)
     recs = [step(p, t) for t in range(1, 13)]
@@ -39,15 +40,16 @@ def test_adabatch_lr_doubling_is_linear_scaling():
 
 # ---------------------------------------------------------------------------------------------- divebatch
 
+
 @pytest.mark.parametrize(
     "batch, n_delta, delta, b_max, expected",
     [
-        (64, 1065.0, 0.1, 2048, 106),        # int(106.5): truncation
-        (64, 300.0, 0.1, 2048, 64),          # 30 < B: never decreases
-        (64, 1e6, 0.1, 2048, 2048),          # capped
-        (64, math.nan, 0.1, 2048, 2048),     # NaN -> B_max
-        (64, math.inf, 0.1, 2048, 2048),     # inf -> B_max
-        (100, 15099.0, 0.01, 2048, 150),     # int(150.99)
+        (64, 1065.0, 0.1, 2048, 106),  # int(106.5): truncation
+        (64, 300.0, 0.1, 2048, 64),  # 30 < B: never decreases
+        (64, 1e6, 0.1, 2048, 2048),  # capped
+        (64, math.nan, 0.1, 2048, 2048),  # NaN -> B_max
+        (64, math.inf, 0.1, 2048, 2048),  # inf -> B_max
+        (100, 15099.0, 0.01, 2048, 150),  # int(150.99)
     ],
 )
 def test_divebatch_update_rule(batch, n_delta, delta, b_max, expected):
@@ -96,11 +98,14 @@ def test_divebatch_noise_scale_estimator():
 
 def test_divebatch_missing_measurement_names_it():
     p = make_policy("divebatch", resize_every=1)
-    with pytest.raises(ValueError, match=r"divebatch at epoch 1 needs grad_diversity, n_samples \(measurement 'per_sample_diversity'\)"):
+    with pytest.raises(
+        ValueError, match=r"divebatch at epoch 1 needs grad_diversity, n_samples \(measurement 'per_sample_diversity'\)"
+    ):
         step(p, 1)
 
 
 # ---------------------------------------------------------------------------------------------- gns
+
 
 def test_two_batch_estimates_and_noise_scale_hand_computed():
     # |G|^2 = (64*2 - 16*5) / 48 = 1;  tr = (5 - 2) / (1/16 - 1/64) = 64.
@@ -128,33 +133,33 @@ def test_noise_ema_separate_averages():
 def test_gns_ema_clamp_and_cooldown():
     p = make_policy("gns", cooldown=2)
     assert p.measurements(1) == frozenset({"two_batch"})
-    seq = [(100.0, 1.0), (300.0, 1.0), (300.0, 3.0), (30.0, 2.0), (1e6, 1.0), (1e6, 1.0), (-50.0, 10.0),
-           (-50.0, 10.0)]
+    seq = [(100.0, 1.0), (300.0, 1.0), (300.0, 3.0), (30.0, 2.0), (1e6, 1.0), (1e6, 1.0), (-50.0, 10.0), (-50.0, 10.0)]
     recs = [step(p, t, noise_trace=tr, noise_sqnorm=sq, n_samples=640) for t, (tr, sq) in enumerate(seq, 1)]
     # EMA(0.5) of (trace, |G|^2): (100,1) (200,1) (250,2) (140,2) (500070,1.5) (750035,1.25) (374992.5,5.625) ...
     assert [r["noise_scale"] for r in recs[:4]] == pytest.approx([100.0, 200.0, 125.0, 70.0])
     assert [r["in_cooldown"] for r in recs] == [True, False, True, False, True, False, True, False]
-    assert [r["decision"] for r in recs] == ["hold", "increase", "hold", "rollback", "hold", "increase", "hold",
-                                             "hold"]
+    assert [r["decision"] for r in recs] == ["hold", "increase", "hold", "rollback", "hold", "increase", "hold", "hold"]
     assert [r["batch_size"] for r in recs] == [64, 200, 200, 70, 70, 1024, 1024, 1024]
     # Epoch 8: EMA trace = 0.5*(0.5*750035 - 25) - 25 > 0, still huge -> target 1024 = B -> hold.
     assert recs[7]["noise_scale"] > 1024
 
 
-@pytest.mark.parametrize("b_simple, expected", [(70.9, 70), (5.0, 32), (-3.0, 32), (5000.0, 1024),
-                                                (math.inf, 1024), (math.nan, None)])
+@pytest.mark.parametrize(
+    "b_simple, expected", [(70.9, 70), (5.0, 32), (-3.0, 32), (5000.0, 1024), (math.inf, 1024), (math.nan, None)]
+)
 def test_gns_target_clamp(b_simple, expected):
     assert gns_target(b_simple, 32, 1024) == expected
 
 
 # ---------------------------------------------------------------------------------------------- lr rules
 
+
 def test_adascale_gain_formula():
     # var = 640/64 = 10, s = 2: (10 + 1) / (10/2 + 1) = 11/6.
     assert adascale_gain(640.0, 1.0, 128, 64) == pytest.approx(11 / 6)
-    assert adascale_gain(0.0, 1.0, 128, 64) == 1.0          # no noise: no gain
-    assert adascale_gain(5.0, 0.0, 256, 64) == 4.0          # noise only: gain = s
-    assert adascale_gain(None, None, 256, 64) == 1.0        # nothing measured yet
+    assert adascale_gain(0.0, 1.0, 128, 64) == 1.0  # no noise: no gain
+    assert adascale_gain(5.0, 0.0, 256, 64) == 4.0  # noise only: gain = s
+    assert adascale_gain(None, None, 256, 64) == 1.0  # nothing measured yet
     assert adascale_gain(640.0, 1.0, 32, 64) == pytest.approx((10 + 1) / (20 + 1))  # s = 1/2 < 1
 
 
@@ -184,17 +189,27 @@ def test_adascale_uses_ema_of_two_batch_statistics():
 
 # ---------------------------------------------------------------------------------------------- registry, resume
 
+
 def test_registry_and_bad_options():
     assert POLICY_NAMES == ("fixed", "deba", "adabatch", "divebatch", "gns")
     for kwargs, message in [
-        ({"name": "divebatch", "estimator": "exact"}, "estimator='exact' is not allowed; expected one of 'per_sample', 'noise_scale'"),
+        (
+            {"name": "divebatch", "estimator": "exact"},
+            "estimator='exact' is not allowed; expected one of 'per_sample', 'noise_scale'",
+        ),
         ({"name": "gns", "lr_scaling": "cubic"}, "lr_scaling='cubic' is not allowed"),
-        ({"name": "divebatch", "diversity_sum": "eval"}, "diversity_sum='eval' is not allowed; expected one of 'training', 'per_sample'"),
+        (
+            {"name": "divebatch", "diversity_sum": "eval"},
+            "diversity_sum='eval' is not allowed; expected one of 'training', 'per_sample'",
+        ),
         ({"name": "adabatch", "factor": 1}, "factor=1 is not allowed; expected an integer >= 2"),
         ({"name": "gns", "micro_batches": 1}, "micro_batches=1 is not allowed; expected an integer >= 2"),
         ({"name": "divebatch", "delta": 0.0}, "delta=0.0 is not allowed; expected a finite number > 0"),
         ({"name": "gns", "b0": 2000}, "b0=2000 is not allowed; expected b_min <= b0 <= b_max"),
-        ({"name": "deba", "arch": "resnet18", "ema_decay": 1.5}, "ema_decay=1.5 is not allowed; expected a finite number >= 0 and < 1"),
+        (
+            {"name": "deba", "arch": "resnet18", "ema_decay": 1.5},
+            "ema_decay=1.5 is not allowed; expected a finite number >= 0 and < 1",
+        ),
     ]:
         with pytest.raises(ValueError) as err:
             make_policy(**kwargs)
@@ -203,7 +218,7 @@ def test_registry_and_bad_options():
 
 def measured_inputs(policy, t):
     """Deterministic signals plus whatever the policy asks for at epoch t."""
-    inputs = {"train_loss": 2.0 / t, "grad_var": 0.5 ** t + (0.3 if t % 5 == 0 else 0.0), "grad_norm": 1.0 + 0.01 * t}
+    inputs = {"train_loss": 2.0 / t, "grad_var": 0.5**t + (0.3 if t % 5 == 0 else 0.0), "grad_norm": 1.0 + 0.01 * t}
     needed = policy.measurements(t)
     if "per_sample_diversity" in needed:
         inputs.update(grad_diversity=0.03 * t, n_samples=5000)
@@ -212,13 +227,16 @@ def measured_inputs(policy, t):
     return inputs
 
 
-@pytest.mark.parametrize("name, options", [
-    ("adabatch", {"resize_every": 3, "lr_scaling": "sqrt"}),
-    ("divebatch", {"resize_every": 3}),
-    ("divebatch", {"resize_every": 3, "estimator": "noise_scale", "lr_scaling": "linear"}),
-    ("gns", {"cooldown": 3}),
-    ("deba", {"cooldown": 3, "lr_scaling": "adascale"}),
-])
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("adabatch", {"resize_every": 3, "lr_scaling": "sqrt"}),
+        ("divebatch", {"resize_every": 3}),
+        ("divebatch", {"resize_every": 3, "estimator": "noise_scale", "lr_scaling": "linear"}),
+        ("gns", {"cooldown": 3}),
+        ("deba", {"cooldown": 3, "lr_scaling": "adascale"}),
+    ],
+)
 def test_resume_gives_same_records(name, options):
     def run(policy, epochs):
         return [policy.step(epoch=t, **measured_inputs(policy, t)) for t in epochs]

@@ -51,11 +51,37 @@ def _ensure_worker(cluster: Cluster):
 
 
 def _command(cluster: Cluster, results: str, study: str) -> list[str]:
-    return [sys.executable, os.path.join(ROOT, "orchestrator", "run_grid.py"), "--address", cluster.address,
-            "--study", study, "--archs", "tiny_cnn", "--seeds", "0,1", "--methods", "fixed",
-            "--epochs", str(EPOCHS), "--results", results, "--loop-opt", "train_limit=384",
-            "--loop-opt", "test_limit=64", "--loop-opt", "threads=1", "--gpus-per-trial", "0",
-            "--max-failures", "3", "--no-analysis", "--verbose", "0"]
+    return [
+        sys.executable,
+        os.path.join(ROOT, "orchestrator", "run_grid.py"),
+        "--address",
+        cluster.address,
+        "--study",
+        study,
+        "--archs",
+        "tiny_cnn",
+        "--seeds",
+        "0,1",
+        "--methods",
+        "fixed",
+        "--epochs",
+        str(EPOCHS),
+        "--results",
+        results,
+        "--loop-opt",
+        "train_limit=384",
+        "--loop-opt",
+        "test_limit=64",
+        "--loop-opt",
+        "threads=1",
+        "--gpus-per-trial",
+        "0",
+        "--max-failures",
+        "3",
+        "--no-analysis",
+        "--verbose",
+        "0",
+    ]
 
 
 def _start(cmd: list[str], log: str) -> subprocess.Popen:
@@ -140,6 +166,10 @@ def test_killed_driver_resumes_from_the_trials_checkpoints(cluster, tmp_path):
     out = open(log2).read()
     assert out.count("resumes after epoch") >= 1 and "(new)" in out
     _assert_complete(results, "kill")
-    resumed = [r["resumed_from_epoch"] for rows in _tune_results(results, "kill").values() for r in rows
-               if r.get("resumed_from_epoch")]
+    resumed = [
+        r["resumed_from_epoch"]
+        for rows in _tune_results(results, "kill").values()
+        for r in rows
+        if r.get("resumed_from_epoch")
+    ]
     assert resumed and min(resumed) >= 1  # trials continued from checkpoints, not from scratch

@@ -40,11 +40,20 @@ def local_ray():
 
 
 def tiny(name: str, seeds=(0,), methods=("fixed", "deba"), epochs=3, datasets=("digits",), **kw) -> StudySpec:
-    return StudySpec(name=name, archs=("tiny_cnn",), datasets=datasets, seeds=tuple(seeds), methods=methods,
-                     epochs=epochs, loop={"train_limit": 128, "test_limit": 64, "threads": 1, **kw.pop("loop", {})},
-                     policy={"cooldown": 1, "window": 3},
-                     thresholds={"tiny_cnn": {"theta_stab": 0.3, "theta_conf": 1.1}}, gpus_per_trial=0.0,
-                     max_failures=kw.pop("max_failures", 1), **kw)
+    return StudySpec(
+        name=name,
+        archs=("tiny_cnn",),
+        datasets=datasets,
+        seeds=tuple(seeds),
+        methods=methods,
+        epochs=epochs,
+        loop={"train_limit": 128, "test_limit": 64, "threads": 1, **kw.pop("loop", {})},
+        policy={"cooldown": 1, "window": 3},
+        thresholds={"tiny_cnn": {"theta_stab": 0.3, "theta_conf": 1.1}},
+        gpus_per_trial=0.0,
+        max_failures=kw.pop("max_failures", 1),
+        **kw,
+    )
 
 
 def run(study: StudySpec, results: str):
@@ -116,9 +125,32 @@ def test_study_end_to_end_then_rerun_and_extend(tmp_path):
 
 def test_cli_rerun_of_finished_study_starts_nothing(tmp_path, capsys):
     results = str(tmp_path)
-    argv = ["--study", "cli", "--archs", "tiny_cnn", "--seeds", "0", "--methods", "fixed", "--epochs", "2",
-            "--results", results, "--loop-opt", "train_limit=128", "--loop-opt", "test_limit=64",
-            "--loop-opt", "threads=1", "--gpus-per-trial", "0", "--no-analysis", "--quiet", "--verbose", "0"]
+    argv = [
+        "--study",
+        "cli",
+        "--archs",
+        "tiny_cnn",
+        "--seeds",
+        "0",
+        "--methods",
+        "fixed",
+        "--epochs",
+        "2",
+        "--results",
+        results,
+        "--loop-opt",
+        "train_limit=128",
+        "--loop-opt",
+        "test_limit=64",
+        "--loop-opt",
+        "threads=1",
+        "--gpus-per-trial",
+        "0",
+        "--no-analysis",
+        "--quiet",
+        "--verbose",
+        "0",
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "trials: 1 total, 0 finished (skipped), 1 to run" in out and "Ray overhead per epoch" in out
@@ -143,14 +175,22 @@ def test_nan_producing_trial_is_recorded_as_diverged(tmp_path):
     assert make_plan(tiny("nan", methods=("fixed",), epochs=4, loop={"lr": 1e12}), results).pending == ()
 
 
-@pytest.mark.parametrize("every,fail_at,resumed", [
-    (1, 2, (1, 2)),  # the epoch-2 checkpoint is lost when the process dies before the driver saw it
-    (2, 3, (2,)),  # epoch 3 has no checkpoint: the retry resumes from epoch 2 and re-reports epoch 3
-])
+@pytest.mark.parametrize(
+    "every,fail_at,resumed",
+    [
+        (1, 2, (1, 2)),  # the epoch-2 checkpoint is lost when the process dies before the driver saw it
+        (2, 3, (2,)),  # epoch 3 has no checkpoint: the retry resumes from epoch 2 and re-reports epoch 3
+    ],
+)
 def test_trial_killed_mid_run_resumes_from_checkpoint_with_identical_records(tmp_path, every, fail_at, resumed):
     results = str(tmp_path / "results")
-    study = tiny("fault", methods=("deba",), epochs=4, checkpoint_every=every,
-                 hooks={"fail_at_epoch": fail_at, "fail_marker_dir": str(tmp_path / "markers")})
+    study = tiny(
+        "fault",
+        methods=("deba",),
+        epochs=4,
+        checkpoint_every=every,
+        hooks={"fail_at_epoch": fail_at, "fail_marker_dir": str(tmp_path / "markers")},
+    )
     plan, report = run(study, results)
     (spec,) = plan.trials
     assert os.path.exists(tmp_path / "markers" / f"{spec.trial_id}.failed")  # the process did die
@@ -173,8 +213,14 @@ def test_trial_killed_mid_run_resumes_from_checkpoint_with_identical_records(tmp
 def test_failed_trial_gets_a_runs_row_and_keeps_the_others(tmp_path):
     results = str(tmp_path / "results")
     # cifar10 with no local copy and no download fails when the trial loads its data.
-    study = tiny("fail", methods=("fixed",), datasets=("digits", "cifar10"), max_failures=0,
-                 data_dir=str(tmp_path / "no-data"), loop={"download": False})
+    study = tiny(
+        "fail",
+        methods=("fixed",),
+        datasets=("digits", "cifar10"),
+        max_failures=0,
+        data_dir=str(tmp_path / "no-data"),
+        loop={"download": False},
+    )
     plan, report = run(study, results)
     runs = {r["dataset"]: r for r in ResultsStore(results, "fail").read_runs().values()}
     assert runs["cifar10"]["status"] == "failed" and runs["cifar10"]["epochs_done"] == 0
@@ -187,11 +233,35 @@ def test_failed_trial_gets_a_runs_row_and_keeps_the_others(tmp_path):
 
 def test_reconstruction_runs_both_phases_in_one_command(tmp_path, capsys):
     results = str(tmp_path)
-    argv = ["--study", "reconstruction", "--datasets", "digits", "--seeds", "0,1", "--epochs", "3",
-            "--variants", "baseline,eps_zero,epoch_mean_signals", "--policy-opt", "cooldown=1",
-            "--policy-opt", "window=3", "--results", results, "--loop-opt", "train_limit=128",
-            "--loop-opt", "test_limit=64", "--loop-opt", "threads=1", "--gpus-per-trial", "0", "--quiet",
-            "--verbose", "0"]
+    argv = [
+        "--study",
+        "reconstruction",
+        "--datasets",
+        "digits",
+        "--seeds",
+        "0,1",
+        "--epochs",
+        "3",
+        "--variants",
+        "baseline,eps_zero,epoch_mean_signals",
+        "--policy-opt",
+        "cooldown=1",
+        "--policy-opt",
+        "window=3",
+        "--results",
+        results,
+        "--loop-opt",
+        "train_limit=128",
+        "--loop-opt",
+        "test_limit=64",
+        "--loop-opt",
+        "threads=1",
+        "--gpus-per-trial",
+        "0",
+        "--quiet",
+        "--verbose",
+        "0",
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "phase 2: 6 trial(s) with thresholds calibrated" in out
@@ -205,8 +275,10 @@ def test_reconstruction_runs_both_phases_in_one_command(tmp_path, capsys):
         policy = json.loads(r["config_json"])["policy"]
         if r["method"] == "deba":
             key = (policy.get("signal_source", "last_step"), policy.get("confidence_eps", 1e-8))
-            assert (policy["theta_stab"], policy["theta_conf"]) == (by_reading[key]["theta_stab"],
-                                                                      by_reading[key]["theta_conf"])
+            assert (policy["theta_stab"], policy["theta_conf"]) == (
+                by_reading[key]["theta_stab"],
+                by_reading[key]["theta_conf"],
+            )
     assert main(argv) == 0  # a re-run plans both phases and finds everything done
     assert "nothing to run" in capsys.readouterr().out
 
@@ -217,9 +289,17 @@ def test_trials_launch_longest_first_and_tune_shows_their_identifiers(tmp_path):
     from orchestrator.runner import IDENTIFIERS
 
     results = str(tmp_path)
-    study = StudySpec(name="order", archs=("tiny_mlp", "tiny_cnn"), datasets=("digits",), seeds=(0,),
-                      methods=("fixed",), epochs=1, loop={"train_limit": 64, "test_limit": 32, "threads": 1},
-                      gpus_per_trial=0.0, cpus_per_trial=2.0)  # one trial at a time: the launch order shows
+    study = StudySpec(
+        name="order",
+        archs=("tiny_mlp", "tiny_cnn"),
+        datasets=("digits",),
+        seeds=(0,),
+        methods=("fixed",),
+        epochs=1,
+        loop={"train_limit": 64, "test_limit": 32, "threads": 1},
+        gpus_per_trial=0.0,
+        cpus_per_trial=2.0,
+    )  # one trial at a time: the launch order shows
     plan = make_plan(study, results)
     order = [t.trial_id for t in plan.launch_order()]
     assert [t.arch for t in plan.launch_order()] == ["tiny_cnn", "tiny_mlp"]  # more FLOPs first
@@ -230,7 +310,9 @@ def test_trials_launch_longest_first_and_tune_shows_their_identifiers(tmp_path):
     assert started[order[0]] <= started[order[1]]
     specs = {t.trial_id: t for t in plan.trials}
     for r in grid:
-        assert {k: r.config[k] for k in IDENTIFIERS} == {k: getattr(specs[r.config["trial_id"]], k) for k in IDENTIFIERS}
+        assert {k: r.config[k] for k in IDENTIFIERS} == {
+            k: getattr(specs[r.config["trial_id"]], k) for k in IDENTIFIERS
+        }
     # Tune's own view of the finished experiment, without reading Parquet.
     exp = os.path.join(results, "order", "_ray", next(iter(report.experiments)))
     from trainables.ray_trainable import train_trial

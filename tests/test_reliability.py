@@ -36,17 +36,35 @@ def _study(argv):
 def _store_trial(results, spec, epochs, status="completed", rows=None):
     """Rows and a runs row of `spec` as the sink stores them (made-up numbers)."""
     store = ResultsStore(results, spec.study)
-    rows = rows or [{"study": spec.study, "trial_id": spec.trial_id, "arch": spec.arch, "dataset": spec.dataset,
-                     "seed": spec.seed, "method": spec.method, "variant": spec.variant, "epoch": e,
-                     "batch_size": 64, "test_acc": 0.5, "train_loss": 1.0, "grad_var": 1.0, "grad_norm": 1.0,
-                     "epoch_time_s": 1.0, "wall_time_s": float(e), "decision": "hold", "in_cooldown": False}
-                    for e in range(1, epochs + 1)]
+    rows = rows or [
+        {
+            "study": spec.study,
+            "trial_id": spec.trial_id,
+            "arch": spec.arch,
+            "dataset": spec.dataset,
+            "seed": spec.seed,
+            "method": spec.method,
+            "variant": spec.variant,
+            "epoch": e,
+            "batch_size": 64,
+            "test_acc": 0.5,
+            "train_loss": 1.0,
+            "grad_var": 1.0,
+            "grad_norm": 1.0,
+            "epoch_time_s": 1.0,
+            "wall_time_s": float(e),
+            "decision": "hold",
+            "in_cooldown": False,
+        }
+        for e in range(1, epochs + 1)
+    ]
     store.write_epochs(spec.trial_id, rows)
     store.write_run(run_row(spec, rows, status=status))
     return store
 
 
 # ------------------------------------------------------------------ item 2: settings applied or refused
+
 
 def test_a_study_wide_theta_overrides_the_presets_thresholds():
     specs = expand(_study(["--seeds", "0", "--policy-opt", "theta_stab=0.5"]))
@@ -66,8 +84,11 @@ def test_thresholds_file_keys_must_be_archs_of_the_study(tmp_path):
     path.write_text(json.dumps({"resnet-18": {"theta_stab": 0.3, "theta_conf": 0.5}}))
     with pytest.raises(ValueError, match="thresholds key: arch=.resnet-18. is not allowed; expected .* resnet18"):
         _study(["--thresholds", str(path)])
-    path.write_text(json.dumps({"tiny_cnn": {"theta_stab": 0.3, "theta_conf": 0.5},
-                                "resnet18": {"theta_stab": 0.3, "theta_conf": 0.5}}))
+    path.write_text(
+        json.dumps(
+            {"tiny_cnn": {"theta_stab": 0.3, "theta_conf": 0.5}, "resnet18": {"theta_stab": 0.3, "theta_conf": 0.5}}
+        )
+    )
     with pytest.raises(ValueError, match=r"resnet18, which this study does not run \(its archs: tiny_cnn, tiny_mlp\)"):
         _study(["--thresholds", str(path)])
     study = _study(["--thresholds", str(path), "--archs", "tiny_cnn,resnet18"])
@@ -75,6 +96,7 @@ def test_thresholds_file_keys_must_be_archs_of_the_study(tmp_path):
 
 
 # ------------------------------------------------------------------ item 6: one configuration per study
+
 
 def test_a_changed_setting_under_an_existing_study_is_refused_naming_it(tmp_path):
     results = str(tmp_path)
@@ -107,6 +129,7 @@ def test_run_grid_refuses_a_changed_study_with_exit_2(tmp_path, capsys):
 
 # ------------------------------------------------------------------ item 4: damaged files are set aside
 
+
 def test_a_damaged_runs_file_is_quarantined_and_its_trial_runs_again(tmp_path, capsys):
     results = str(tmp_path)
     study = with_overrides(preset("demo"), seeds=[0], epochs=2, archs=["tiny_cnn"])
@@ -138,8 +161,13 @@ def test_a_damaged_epochs_file_means_the_trial_starts_over(tmp_path):
 
 
 def test_the_analysis_names_a_damaged_file_and_leaves_it_out(tmp_path):
-    write_trial(str(tmp_path), "s", "a", trial_rows("s", "a", "resnet18", "digits", 1, "fixed"),
-                synthetic_run_row("s", "a", "resnet18", "digits", 1, "fixed"))
+    write_trial(
+        str(tmp_path),
+        "s",
+        "a",
+        trial_rows("s", "a", "resnet18", "digits", 1, "fixed"),
+        synthetic_run_row("s", "a", "resnet18", "digits", 1, "fixed"),
+    )
     os.makedirs(tmp_path / "s" / "epochs", exist_ok=True)
     (tmp_path / "s" / "epochs" / "b.parquet").write_bytes(b"PAR1 not really")
     st = load_store(str(tmp_path))
@@ -148,6 +176,7 @@ def test_the_analysis_names_a_damaged_file_and_leaves_it_out(tmp_path):
 
 
 # ------------------------------------------------------------------ item 5: one driver per study
+
 
 def test_a_second_driver_is_refused_and_a_dead_ones_lock_taken_over(tmp_path, capsys):
     results = str(tmp_path)
@@ -178,6 +207,7 @@ def test_a_second_driver_is_refused_and_a_dead_ones_lock_taken_over(tmp_path, ca
 
 # ------------------------------------------------------------------ item 1: resume points across experiments
 
+
 def _checkpoint(root, exp, tid, index, loop):
     d = os.path.join(root, exp, f"label-{tid}", f"checkpoint_{index:06d}")
     loop.save_checkpoint(d)
@@ -186,8 +216,9 @@ def _checkpoint(root, exp, tid, index, loop):
 
 def test_resume_points_skip_damaged_and_uncovered_checkpoints_and_prune_old_ones(tmp_path):
     root = str(tmp_path / "_ray")
-    loop = TrialLoop({"arch": "tiny_mlp", "dataset": "digits", "train_limit": 64, "test_limit": 32, "epochs": 4,
-                      "threads": 1})
+    loop = TrialLoop(
+        {"arch": "tiny_mlp", "dataset": "digits", "train_limit": 64, "test_limit": 32, "epochs": 4, "threads": 1}
+    )
     paths = {}
     for epoch in range(1, 5):
         loop.run_epoch()
@@ -229,6 +260,7 @@ def test_the_trial_falls_back_when_a_candidate_does_not_load(tmp_path):
 
 # ------------------------------------------------------------------ item 7: older stores in the analysis
 
+
 def test_the_analysis_reads_a_store_without_provenance_columns(tmp_path):
     old = ["gpus_per_trial", "cpus_per_trial", "python_version", "torch_version", "ray_version", "device", "host"]
     for tid, method in (("f", "fixed"), ("d", "deba")):
@@ -244,14 +276,28 @@ def test_the_analysis_reads_a_store_without_provenance_columns(tmp_path):
 
 # ------------------------------------------------------------------ item 8: smaller things
 
+
 def test_summary_averages_only_completed_trials(tmp_path):
     results = str(tmp_path)
     specs = expand(with_overrides(preset("demo"), seeds=[0, 1], archs=["tiny_cnn"], methods=["fixed"]))
 
     def rows(spec, acc, n):
-        return [{"study": spec.study, "trial_id": spec.trial_id, "arch": spec.arch, "dataset": spec.dataset,
-                 "seed": spec.seed, "method": spec.method, "variant": spec.variant, "epoch": e, "test_acc": acc,
-                 "epoch_time_s": 1.0, "batch_size": 64} for e in range(1, n + 1)]
+        return [
+            {
+                "study": spec.study,
+                "trial_id": spec.trial_id,
+                "arch": spec.arch,
+                "dataset": spec.dataset,
+                "seed": spec.seed,
+                "method": spec.method,
+                "variant": spec.variant,
+                "epoch": e,
+                "test_acc": acc,
+                "epoch_time_s": 1.0,
+                "batch_size": 64,
+            }
+            for e in range(1, n + 1)
+        ]
 
     _store_trial(results, specs[0], 12, rows=rows(specs[0], 0.9, 12))
     _store_trial(results, specs[1], 2, status="failed", rows=rows(specs[1], 0.1, 2))

@@ -18,7 +18,7 @@ def digits_batches(n_batches: int, batch: int) -> list[tuple[torch.Tensor, torch
     x = torch.tensor(d.images[: n_batches * batch], dtype=torch.float32).unsqueeze(1) / 16.0
     x = F.interpolate(x, size=32, mode="bilinear", align_corners=False).repeat(1, 3, 1, 1)
     y = torch.tensor(d.target[: n_batches * batch], dtype=torch.int64)
-    return [(x[i * batch:(i + 1) * batch], y[i * batch:(i + 1) * batch]) for i in range(n_batches)]
+    return [(x[i * batch : (i + 1) * batch], y[i * batch : (i + 1) * batch]) for i in range(n_batches)]
 
 
 def flat_grad_numpy(model: torch.nn.Module) -> np.ndarray:
@@ -33,7 +33,7 @@ def resnet() -> torch.nn.Module:
 
 
 def test_last_step_matches_numpy(resnet: torch.nn.Module) -> None:
-    (x, y), = digits_batches(1, 8)
+    ((x, y),) = digits_batches(1, 8)
     resnet.zero_grad(set_to_none=True)
     F.cross_entropy(resnet(x), y).backward()
     ref = flat_grad_numpy(resnet)
@@ -74,7 +74,7 @@ def test_epoch_mean_matches_numpy(resnet: torch.nn.Module) -> None:
 def test_sgd_step_leaves_gradients_unchanged(resnet: torch.nn.Module) -> None:
     """The loop may read last-step gradients after optimizer.step (weight decay is not applied to .grad)."""
     opt = torch.optim.SGD(resnet.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    (x, y), = digits_batches(1, 4)
+    ((x, y),) = digits_batches(1, 4)
     opt.zero_grad(set_to_none=True)
     F.cross_entropy(resnet(x), y).backward()
     before = grad_stats(resnet.parameters())
@@ -92,12 +92,12 @@ def test_hand_computed_values_and_missing_grads() -> None:
     # g = [1, 2, 3, -2, 0, 0, 0, 0]: mean 0.5, mean(g^2) = 18/8, var = 2.25 - 0.25 = 2.0
     var, norm = grad_stats([a, b, unused, frozen])
     assert var == pytest.approx(2.0, rel=1e-12)
-    assert norm == pytest.approx(18 ** 0.5, rel=1e-12)
+    assert norm == pytest.approx(18**0.5, rel=1e-12)
     moments = grad_moments([a.grad, b.grad])
     assert moments.dtype == torch.float64
     assert moments.tolist() == [4.0, 4.0, 18.0]
     # Scaling by 1/2 (a mean over two steps): variance / 4, norm / 2.
-    assert moments_to_stats([8.0, 4.0, 18.0], scale=0.5) == pytest.approx((18 / 32 - 1 / 16, 18 ** 0.5 / 2))
+    assert moments_to_stats([8.0, 4.0, 18.0], scale=0.5) == pytest.approx((18 / 32 - 1 / 16, 18**0.5 / 2))
 
 
 def test_constant_gradient_has_zero_variance() -> None:
@@ -105,7 +105,7 @@ def test_constant_gradient_has_zero_variance() -> None:
     p.grad = torch.full((1000,), 0.1)
     var, norm = grad_stats([p])
     assert var == 0.0
-    assert norm == pytest.approx(0.1 * 1000 ** 0.5, rel=1e-6)
+    assert norm == pytest.approx(0.1 * 1000**0.5, rel=1e-6)
 
 
 def test_errors() -> None:

@@ -11,22 +11,44 @@ from orchestrator.store import EPOCH_SCHEMA, RUN_SCHEMA, ResultsStore, run_row
 from orchestrator.studies import TrialSpec
 from trainables.records import EPOCH_COLUMNS, RUN_COLUMNS
 
-SPEC = TrialSpec(trial_id="abc123def456", study="s", arch="tiny_cnn", dataset="digits", seed=3, method="deba",
-                 variant="baseline", config_json='{"epochs":3}')
+SPEC = TrialSpec(
+    trial_id="abc123def456",
+    study="s",
+    arch="tiny_cnn",
+    dataset="digits",
+    seed=3,
+    method="deba",
+    variant="baseline",
+    config_json='{"epochs":3}',
+)
 
 
 def _row(epoch: int, **kw) -> dict:
-    base = {"study": "s", "trial_id": SPEC.trial_id, "arch": "tiny_cnn", "dataset": "digits", "seed": 3,
-            "method": "deba", "variant": "baseline", "epoch": epoch, "batch_size": 64, "next_batch_size": 64,
-            "test_acc": 0.5, "epoch_time_s": 1.0, "wall_time_s": float(epoch), "decision": "hold",
-            "in_cooldown": True}
+    base = {
+        "study": "s",
+        "trial_id": SPEC.trial_id,
+        "arch": "tiny_cnn",
+        "dataset": "digits",
+        "seed": 3,
+        "method": "deba",
+        "variant": "baseline",
+        "epoch": epoch,
+        "batch_size": 64,
+        "next_batch_size": 64,
+        "test_acc": 0.5,
+        "epoch_time_s": 1.0,
+        "wall_time_s": float(epoch),
+        "decision": "hold",
+        "in_cooldown": True,
+    }
     base.update(kw)
     return base
 
 
 def test_schemas_follow_the_column_contract():
     assert [(f.name, str(f.type)) for f in EPOCH_SCHEMA] == [
-        (n, {"string": "string", "int64": "int64", "float64": "double", "bool": "bool"}[t]) for n, t in EPOCH_COLUMNS]
+        (n, {"string": "string", "int64": "int64", "float64": "double", "bool": "bool"}[t]) for n, t in EPOCH_COLUMNS
+    ]
     assert RUN_SCHEMA.names == [n for n, _ in RUN_COLUMNS]
 
 
@@ -46,9 +68,11 @@ def test_epochs_are_deduplicated_last_report_wins_and_written_atomically(tmp_pat
 
 
 def test_run_row_from_epochs():
-    epochs = [_row(1, test_acc=0.4, decision="hold", batch_size=64, epoch_time_s=1.5),
-              _row(2, test_acc=0.7, decision="increase", batch_size=64, epoch_time_s=2.0),
-              _row(3, test_acc=0.6, decision="rollback", batch_size=96, epoch_time_s=0.5, wall_time_s=9.0)]
+    epochs = [
+        _row(1, test_acc=0.4, decision="hold", batch_size=64, epoch_time_s=1.5),
+        _row(2, test_acc=0.7, decision="increase", batch_size=64, epoch_time_s=2.0),
+        _row(3, test_acc=0.6, decision="rollback", batch_size=96, epoch_time_s=0.5, wall_time_s=9.0),
+    ]
     row = run_row(SPEC, epochs, status="completed", device="cpu", host="h")
     assert row["epochs_done"] == 3
     assert row["final_test_acc"] == 0.6 and row["best_test_acc"] == 0.7
@@ -102,8 +126,9 @@ def test_sink_keeps_one_row_per_epoch_across_retries(tmp_path):
         sink.on_trial_result(0, [], trial, {**_row(epoch, test_acc=acc), "loop_status": "running"})
     stored = ResultsStore(str(tmp_path), "s").read_epochs(spec.trial_id)
     assert [(r["epoch"], r["test_acc"]) for r in stored] == [(1, 0.1), (2, 0.22)]  # epoch 3 waits for its re-report
-    sink.on_trial_result(0, [], trial, {**_row(3, test_acc=0.33), "loop_status": "completed", "device": "cpu",
-                                        "hostname": "node1"})
+    sink.on_trial_result(
+        0, [], trial, {**_row(3, test_acc=0.33), "loop_status": "completed", "device": "cpu", "hostname": "node1"}
+    )
     sink.on_trial_complete(0, [], trial)
     row = ResultsStore(str(tmp_path), "s").read_runs()[spec.trial_id]
     assert (row["status"], row["epochs_done"], row["final_test_acc"], row["host"]) == ("completed", 3, 0.33, "node1")
@@ -122,16 +147,23 @@ def test_a_new_driver_continues_from_the_stored_rows(tmp_path):
     assert [r["epoch"] for r in ResultsStore(str(tmp_path), "s").read_epochs(spec.trial_id)] == [1, 2]
 
 
-@pytest.mark.parametrize("rows,status,error", [
-    ([1, 2, 3], "completed", None),
-    ([1, 2], "failed", "trial ended after 2 of 3 epochs"),
-    ([1, "nan"], "diverged", None),
-])
+@pytest.mark.parametrize(
+    "rows,status,error",
+    [
+        ([1, 2, 3], "completed", None),
+        ([1, 2], "failed", "trial ended after 2 of 3 epochs"),
+        ([1, "nan"], "diverged", None),
+    ],
+)
 def test_status_of_a_trial_that_reported_nothing_this_session(tmp_path, rows, status, error):
     sink, spec = _sink(tmp_path)
-    ResultsStore(str(tmp_path), "s").write_epochs(spec.trial_id, [
-        _row(i + 1, train_loss=float("nan") if e == "nan" else 1.0, grad_var=1e-3, grad_norm=1.0)
-        for i, e in enumerate(rows)])
+    ResultsStore(str(tmp_path), "s").write_epochs(
+        spec.trial_id,
+        [
+            _row(i + 1, train_loss=float("nan") if e == "nan" else 1.0, grad_var=1e-3, grad_norm=1.0)
+            for i, e in enumerate(rows)
+        ],
+    )
     sink.on_trial_complete(0, [], _Trial(spec.trial_id))
     row = ResultsStore(str(tmp_path), "s").read_runs()[spec.trial_id]
     assert (row["status"], row["error"], row["epochs_done"]) == (status, error, len(rows))

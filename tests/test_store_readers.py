@@ -19,15 +19,31 @@ def _store(root: str) -> int:
     n = 0
     for name in ("demo", "other"):
         for spec in expand(with_overrides(preset("demo"), name=name, seeds=[0])):
-            rows = [{"study": name, "trial_id": spec.trial_id, "arch": spec.arch, "dataset": spec.dataset,
-                     "seed": spec.seed, "method": spec.method, "variant": spec.variant, "epoch": e,
-                     "batch_size": 64, "test_acc": 0.5} for e in (1, 2, 3)]
+            rows = [
+                {
+                    "study": name,
+                    "trial_id": spec.trial_id,
+                    "arch": spec.arch,
+                    "dataset": spec.dataset,
+                    "seed": spec.seed,
+                    "method": spec.method,
+                    "variant": spec.variant,
+                    "epoch": e,
+                    "batch_size": 64,
+                    "test_acc": 0.5,
+                }
+                for e in (1, 2, 3)
+            ]
             store = ResultsStore(root, name)
             store.write_epochs(spec.trial_id, rows)
             store.write_run(run_row(spec, rows, status="completed"))
             n += 1
-        for junk in ("_ray/exp-0/orchestrator_plan.json", "calibration.json", "_driver.lock",
-                     "_quarantine/runs__x.parquet.20261127"):
+        for junk in (
+            "_ray/exp-0/orchestrator_plan.json",
+            "calibration.json",
+            "_driver.lock",
+            "_quarantine/runs__x.parquet.20261127",
+        ):
             path = os.path.join(root, name, junk)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             open(path, "w").write("{}")

@@ -23,22 +23,42 @@ def test_demo_preset_expands_to_fixed_and_deba_on_digits():
     specs = expand(preset("demo"))
     assert len(specs) == 2 * 2 * 2  # archs x seeds x methods
     assert [s.label for s in specs[:4]] == [
-        "tiny_cnn-digits-s0-fixed-baseline", "tiny_cnn-digits-s0-deba-baseline",
-        "tiny_mlp-digits-s0-fixed-baseline", "tiny_mlp-digits-s0-deba-baseline"]
+        "tiny_cnn-digits-s0-fixed-baseline",
+        "tiny_cnn-digits-s0-deba-baseline",
+        "tiny_mlp-digits-s0-fixed-baseline",
+        "tiny_mlp-digits-s0-deba-baseline",
+    ]
     by_label = {s.label: s.config for s in specs}
     # fixed accepts window (it records the DEBA signals) but not cooldown/b_max
     assert by_label["tiny_cnn-digits-s0-fixed-baseline"]["policy"] == {"window": 5}
     assert by_label["tiny_cnn-digits-s0-deba-baseline"]["policy"] == {
-        "cooldown": 2, "window": 5, "b_max": 512, "theta_stab": 0.29, "theta_conf": 1.00}
+        "cooldown": 2,
+        "window": 5,
+        "b_max": 512,
+        "theta_stab": 0.29,
+        "theta_conf": 1.00,
+    }
     assert by_label["tiny_mlp-digits-s1-deba-baseline"]["policy"] == {
-        "cooldown": 2, "window": 5, "b_max": 512, "theta_stab": 0.27, "theta_conf": 1.00}
+        "cooldown": 2,
+        "window": 5,
+        "b_max": 512,
+        "theta_stab": 0.27,
+        "theta_conf": 1.00,
+    }
     assert all(c["epochs"] == 12 and c["dataset"] == "digits" for c in by_label.values())
     assert len({s.trial_id for s in specs}) == 8
 
 
-@pytest.mark.parametrize("name,count,epochs", [("paper", 6 * 2 * 5 * 2, 100), ("ablations", 6 * 5 * (1 + 5), 100),
-                                               ("profile", 6 * 2 * 3, 100), ("methods", 2 * 2 * len(POLICY_NAMES), 10),
-                                               ("methods_paper", 6 * 2 * 5 * len(POLICY_NAMES), 100)])
+@pytest.mark.parametrize(
+    "name,count,epochs",
+    [
+        ("paper", 6 * 2 * 5 * 2, 100),
+        ("ablations", 6 * 5 * (1 + 5), 100),
+        ("profile", 6 * 2 * 3, 100),
+        ("methods", 2 * 2 * len(POLICY_NAMES), 10),
+        ("methods_paper", 6 * 2 * 5 * len(POLICY_NAMES), 100),
+    ],
+)
 def test_preset_sizes(name, count, epochs):
     specs = expand(preset(name))
     assert len(specs) == count
@@ -89,12 +109,15 @@ def test_checkpoint_cadence_is_an_execution_setting():
     assert payload(every5, {}, 5)["checkpoint_every"] == 5
 
 
-@pytest.mark.parametrize("every,epochs,done_at,saved", [
-    (1, 4, None, [1, 2, 3, 4]),
-    (3, 10, None, [3, 6, 9, 10]),  # the last epoch always
-    (3, 10, 5, [3, 5]),  # the diverged epoch (the loop is done) always
-    (20, 4, None, [4]),
-])
+@pytest.mark.parametrize(
+    "every,epochs,done_at,saved",
+    [
+        (1, 4, None, [1, 2, 3, 4]),
+        (3, 10, None, [3, 6, 9, 10]),  # the last epoch always
+        (3, 10, 5, [3, 5]),  # the diverged epoch (the loop is done) always
+        (20, 4, None, [4]),
+    ],
+)
 def test_checkpoint_cadence(every, epochs, done_at, saved):
     from trainables.ray_trainable import checkpoint_due
 
@@ -119,8 +142,20 @@ def test_study_flag_selects_a_preset_or_names_the_study():
 def test_thresholds_file_applies_to_deba_except_universal(tmp_path):
     path = tmp_path / "thr.json"
     path.write_text(json.dumps({"resnet18": {"theta_stab": 0.7, "theta_conf": 0.9}}))
-    study = _study(["--preset", "ablations", "--archs", "resnet18", "--seeds", "2", "--thresholds", str(path),
-                    "--variants", "baseline,universal_thresholds"])
+    study = _study(
+        [
+            "--preset",
+            "ablations",
+            "--archs",
+            "resnet18",
+            "--seeds",
+            "2",
+            "--thresholds",
+            str(path),
+            "--variants",
+            "baseline,universal_thresholds",
+        ]
+    )
     got = {(s.method, s.variant): s.config["policy"] for s in expand(study)}
     assert got[("deba", "baseline")] == {"theta_stab": 0.7, "theta_conf": 0.9}
     assert got[("deba", "universal_thresholds")] == {"thresholds": "universal"}
@@ -128,47 +163,80 @@ def test_thresholds_file_applies_to_deba_except_universal(tmp_path):
 
 
 def test_cli_overrides_lists_numbers_and_custom_variants():
-    study = _study(["--archs", "tiny_cnn", "--seeds", "3,4", "5", "--epochs", "4", "--policy-opt", "cooldown=3",
-                    "--define-variant", "fast:alpha=2.0,cooldown=1", "--variants", "baseline", "fast",
-                    "--loop-opt", "train_limit=200", "--cpus-per-trial", "0.5", "--gpus-per-trial", "0",
-                    "--study", "mine", "--data-dir", "rel/data"])
+    study = _study(
+        [
+            "--archs",
+            "tiny_cnn",
+            "--seeds",
+            "3,4",
+            "5",
+            "--epochs",
+            "4",
+            "--policy-opt",
+            "cooldown=3",
+            "--define-variant",
+            "fast:alpha=2.0,cooldown=1",
+            "--variants",
+            "baseline",
+            "fast",
+            "--loop-opt",
+            "train_limit=200",
+            "--cpus-per-trial",
+            "0.5",
+            "--gpus-per-trial",
+            "0",
+            "--study",
+            "mine",
+            "--data-dir",
+            "rel/data",
+        ]
+    )
     assert study.seeds == (3, 4, 5) and study.epochs == 4 and study.name == "mine"
     assert study.cpus_per_trial == 0.5 and study.gpus_per_trial == 0.0
     assert study.data_dir == os.path.abspath("rel/data")
     specs = expand(study)
     assert len(specs) == 3 * (1 + 2)  # seeds x (fixed baseline + deba {baseline, fast})
     fast = [s for s in specs if s.variant == "fast"][0].config
-    assert fast["policy"] == {"cooldown": 1, "window": 5, "b_max": 512, "alpha": 2.0, "theta_stab": 0.29,
-                              "theta_conf": 1.00}
+    assert fast["policy"] == {
+        "cooldown": 1,
+        "window": 5,
+        "b_max": 512,
+        "alpha": 2.0,
+        "theta_stab": 0.29,
+        "theta_conf": 1.00,
+    }
     assert fast["train_limit"] == 200 and fast["data_dir"] == os.path.abspath("rel/data")
 
 
-@pytest.mark.parametrize("argv,field,allowed", [
-    (["--archs", "resnet9"], "archs", "resnet18"),
-    (["--datasets", "mnist"], "datasets", "digits"),
-    (["--methods", "sgd"], "methods", "deba"),
-    (["--variants", "cooldown3"], "variants", "cooldown5"),
-    (["--seeds", "-1"], "seeds", ">= 0"),
-    (["--seeds", "1,1"], "seeds", "once"),
-    (["--seeds", "x"], "seeds", "integers"),
-    (["--epochs", "0"], "epochs", ">= 1"),
-    (["--epochs", "2.5"], "epochs", "an integer"),
-    (["--gpus-per-trial", "1.5"], "gpus_per_trial", "fraction"),
-    (["--cpus-per-trial", "0"], "cpus_per_trial", "> 0"),
-    (["--max-failures", "-2"], "max_failures", ">= 0"),
-    (["--checkpoint-every", "0"], "checkpoint_every", ">= 1"),
-    (["--checkpoint-every", "2.5"], "checkpoint_every", "an integer"),
-    (["--policy-opt", "b_min=600"], "b_min", "b_max"),
-    (["--policy-opt", "alpha=0.5"], "alpha", "> 1"),
-    (["--policy-opt", "colldown=2"], "colldown", "cooldown"),
-    (["--methods", "fixed", "--variants", "cooldown2"], "variants", "cooldown"),
-    (["--methods", "fixed", "--variants", "baseline,cooldown2"], "variants", "no method of the study"),
-    (["--loop-opt", "lr=-1"], "lr", "> 0"),
-    (["--loop-opt", "seed=3"], "loop", "study grid"),
-    (["--loop-opt", "optimiser=adam"], "optimiser", "allowed:"),
-    (["--define-variant", "baseline:cooldown=1"], "variant_defs", "cannot be redefined"),
-    (["--define-variant", "nocolon"], "define_variant", "NAME:KEY=VALUE"),
-])
+@pytest.mark.parametrize(
+    "argv,field,allowed",
+    [
+        (["--archs", "resnet9"], "archs", "resnet18"),
+        (["--datasets", "mnist"], "datasets", "digits"),
+        (["--methods", "sgd"], "methods", "deba"),
+        (["--variants", "cooldown3"], "variants", "cooldown5"),
+        (["--seeds", "-1"], "seeds", ">= 0"),
+        (["--seeds", "1,1"], "seeds", "once"),
+        (["--seeds", "x"], "seeds", "integers"),
+        (["--epochs", "0"], "epochs", ">= 1"),
+        (["--epochs", "2.5"], "epochs", "an integer"),
+        (["--gpus-per-trial", "1.5"], "gpus_per_trial", "fraction"),
+        (["--cpus-per-trial", "0"], "cpus_per_trial", "> 0"),
+        (["--max-failures", "-2"], "max_failures", ">= 0"),
+        (["--checkpoint-every", "0"], "checkpoint_every", ">= 1"),
+        (["--checkpoint-every", "2.5"], "checkpoint_every", "an integer"),
+        (["--policy-opt", "b_min=600"], "b_min", "b_max"),
+        (["--policy-opt", "alpha=0.5"], "alpha", "> 1"),
+        (["--policy-opt", "colldown=2"], "colldown", "cooldown"),
+        (["--methods", "fixed", "--variants", "cooldown2"], "variants", "cooldown"),
+        (["--methods", "fixed", "--variants", "baseline,cooldown2"], "variants", "no method of the study"),
+        (["--loop-opt", "lr=-1"], "lr", "> 0"),
+        (["--loop-opt", "seed=3"], "loop", "study grid"),
+        (["--loop-opt", "optimiser=adam"], "optimiser", "allowed:"),
+        (["--define-variant", "baseline:cooldown=1"], "variant_defs", "cannot be redefined"),
+        (["--define-variant", "nocolon"], "define_variant", "NAME:KEY=VALUE"),
+    ],
+)
 def test_bad_configs_fail_fast_naming_the_field(argv, field, allowed, capsys, tmp_path):
     assert main(["--dry-run", "--results", str(tmp_path)] + argv) == 2
     err = capsys.readouterr().err
@@ -186,8 +254,9 @@ def test_bad_storage_uri_fails_before_ray_naming_the_field(capsys, tmp_path):
 
 def test_bad_variant_definition_names_the_trial(tmp_path):
     # thresholds="table" is not a value DebaPolicy accepts; the error names the option and the trial.
-    study = _study(["--archs", "resnet18", "--methods", "deba", "--define-variant", "x:thresholds=table",
-                    "--variants", "x"])
+    study = _study(
+        ["--archs", "resnet18", "--methods", "deba", "--define-variant", "x:thresholds=table", "--variants", "x"]
+    )
     with pytest.raises(ValueError, match=r"variant=x.*thresholds='table'.*'arch', 'universal'"):
         expand(study)
 

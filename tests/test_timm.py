@@ -42,8 +42,15 @@ def test_a_cnn_and_a_transformer_build_at_32_and_train_one_step(arch, classes):
 
 
 def test_a_timm_trial_runs_through_the_loop_with_the_gpu_path_settings():
-    cfg = TrialConfig(arch="timm/resnet10t", dataset="synthetic", train_limit=32, test_limit=16, epochs=1,
-                      policy={"b0": 16}, threads=1)
+    cfg = TrialConfig(
+        arch="timm/resnet10t",
+        dataset="synthetic",
+        train_limit=32,
+        test_limit=16,
+        epochs=1,
+        policy={"b0": 16},
+        threads=1,
+    )
     assert cfg.timm_input == "native"  # recorded: part of the trial's identity
     loop = TrialLoop(cfg)
     rec = loop.run_epoch()
@@ -64,8 +71,9 @@ def test_registry_archs_keep_their_trial_ids_and_refuse_a_timm_input():
 
 
 def test_run_grid_plans_a_timm_arch_and_refuses_an_unknown_one(tmp_path, capsys):
-    assert grid_main(["--archs", CNN, "--dry-run", "--results", str(tmp_path), "--methods", "fixed",
-                      "--seeds", "0"]) == 0
+    assert (
+        grid_main(["--archs", CNN, "--dry-run", "--results", str(tmp_path), "--methods", "fixed", "--seeds", "0"]) == 0
+    )
     out = capsys.readouterr().out
     assert f"{CNN} at 32x32 (timm_input=native)" in out and "timm/convnext_atto-digits-s0-fixed-baseline" in out
     assert grid_main(["--archs", "timm/convnext_atoo", "--dry-run", "--results", str(tmp_path)]) == 2

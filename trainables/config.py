@@ -36,50 +36,98 @@ AUGMENT_CHOICES: tuple[str, ...] = ("auto", "crop_flip", "crop", "none")
 class TrialConfig:
     """The settings of one trial (SPEC §3 for the study's defaults)."""
 
-    arch: str = setting(MISSING, "architecture: a registry name (resnet18, resnet50, densenet121, efficientnet_b0, "
-                        "mobilenetv3, vit_b16, tiny_cnn, tiny_mlp) or timm/<name> for any timm model", kind="str")
+    arch: str = setting(
+        MISSING,
+        "architecture: a registry name (resnet18, resnet50, densenet121, efficientnet_b0, "
+        "mobilenetv3, vit_b16, tiny_cnn, tiny_mlp) or timm/<name> for any timm model",
+        kind="str",
+    )
     dataset: str = setting(MISSING, "dataset: cifar10, cifar100, fashion_mnist, digits or synthetic", kind="str")
-    seed: int = setting(0, "seed of the weights, the data order, the augmentation and the data subset",
-                        kind="int", minimum=0)
+    seed: int = setting(
+        0, "seed of the weights, the data order, the augmentation and the data subset", kind="int", minimum=0
+    )
     method: str = setting("fixed", "batch-size policy: fixed, deba, adabatch, divebatch, gns", kind="str")
-    variant: str = setting("baseline", "name of the method's configuration (baseline or an ablation's name)",
-                           kind="str")
-    policy: dict = setting({}, "the policy's options (policy_options(method) lists them with their defaults)",
-                           kind="mapping")
+    variant: str = setting(
+        "baseline", "name of the method's configuration (baseline or an ablation's name)", kind="str"
+    )
+    policy: dict = setting(
+        {}, "the policy's options (policy_options(method) lists them with their defaults)", kind="mapping"
+    )
     epochs: int = setting(100, "epochs to train", kind="int", minimum=1)
-    lr: float = setting(0.01, "SGD learning rate (the paper's: fixed, no schedule)", kind="float", minimum=0.0,
-                        strict=True)
+    lr: float = setting(
+        0.01, "SGD learning rate (the paper's: fixed, no schedule)", kind="float", minimum=0.0, strict=True
+    )
     momentum: float = setting(0.9, "SGD momentum", kind="float", minimum=0.0, below=1.0)
     weight_decay: float = setting(5e-4, "SGD weight decay", kind="float", minimum=0.0)
-    data_dir: str | None = setting(None, "directory with local dataset copies (default $DEBA_DATA_DIR or "
-                                   "~/.cache/deba/data)", kind="path", nullable=True, execution=True)
+    data_dir: str | None = setting(
+        None,
+        "directory with local dataset copies (default $DEBA_DATA_DIR or ~/.cache/deba/data)",
+        kind="path",
+        nullable=True,
+        execution=True,
+    )
     download: bool = setting(True, "download missing dataset files when online", kind="bool", execution=True)
-    train_limit: int | None = setting(None, "train on a seeded random subset of this many samples", kind="int",
-                                      minimum=1, nullable=True)
-    test_limit: int | None = setting(None, "evaluate on a seeded random subset of this many samples", kind="int",
-                                     minimum=1, nullable=True)
+    train_limit: int | None = setting(
+        None, "train on a seeded random subset of this many samples", kind="int", minimum=1, nullable=True
+    )
+    test_limit: int | None = setting(
+        None, "evaluate on a seeded random subset of this many samples", kind="int", minimum=1, nullable=True
+    )
     eval_batch_size: int = setting(1024, "batch size of the evaluation", kind="int", minimum=1, execution=True)
-    augment: str = setting("auto", "training augmentation: crop_flip, crop, none; auto = the dataset's default "
-                           "(crop for digits, else crop_flip)", kind="choice", choices=AUGMENT_CHOICES)
-    device: str = setting("auto", "auto = cuda when available", kind="choice", choices=("auto", "cpu", "cuda"),
-                          execution=True)
-    amp: str = setting("auto", "mixed precision: auto = bf16 on CUDA, off on CPU", kind="choice",
-                       choices=("auto", "bf16", "off"))
-    channels_last: Any = setting("auto", "channels_last memory format (auto = on; measured faster on CPU too)",
-                                 kind="choice", choices=AUTO_ON_OFF, execution=True)
-    fused_sgd: Any = setting("auto", "fused SGD kernel (auto = on CUDA)", kind="choice", choices=AUTO_ON_OFF,
-                             execution=True)
-    compile: Any = setting(False, "torch.compile the model: true (default mode) or a mode name", kind="choice",
-                           choices=COMPILE_MODES, execution=True, const="true")
-    cudnn_benchmark: Any = setting("auto", "torch.backends.cudnn.benchmark on CUDA (auto = off, unmeasured)",
-                                   kind="choice", choices=AUTO_ON_OFF, execution=True)
-    threads: int | None = setting(None, "torch CPU threads (default: torch's)", kind="int", minimum=1,
-                                  nullable=True, execution=True)
-    record_epoch_mean: bool = setting(False, "also record the epoch-mean gradient's variance and norm, whatever "
-                                      "the signal source (one parameter-sized buffer)", kind="bool")
-    timm_input: str | None = setting(None, "how a timm/ arch meets 32x32: auto, native, resize=N or "
-                                     "img_size=32[,patch_size=P][,window_size=W] (trainables/timm_archs.py); "
-                                     "auto is resolved and recorded", kind="path", nullable=True)
+    augment: str = setting(
+        "auto",
+        "training augmentation: crop_flip, crop, none; auto = the dataset's default (crop for digits, else crop_flip)",
+        kind="choice",
+        choices=AUGMENT_CHOICES,
+    )
+    device: str = setting(
+        "auto", "auto = cuda when available", kind="choice", choices=("auto", "cpu", "cuda"), execution=True
+    )
+    amp: str = setting(
+        "auto", "mixed precision: auto = bf16 on CUDA, off on CPU", kind="choice", choices=("auto", "bf16", "off")
+    )
+    channels_last: Any = setting(
+        "auto",
+        "channels_last memory format (auto = on; measured faster on CPU too)",
+        kind="choice",
+        choices=AUTO_ON_OFF,
+        execution=True,
+    )
+    fused_sgd: Any = setting(
+        "auto", "fused SGD kernel (auto = on CUDA)", kind="choice", choices=AUTO_ON_OFF, execution=True
+    )
+    compile: Any = setting(
+        False,
+        "torch.compile the model: true (default mode) or a mode name",
+        kind="choice",
+        choices=COMPILE_MODES,
+        execution=True,
+        const="true",
+    )
+    cudnn_benchmark: Any = setting(
+        "auto",
+        "torch.backends.cudnn.benchmark on CUDA (auto = off, unmeasured)",
+        kind="choice",
+        choices=AUTO_ON_OFF,
+        execution=True,
+    )
+    threads: int | None = setting(
+        None, "torch CPU threads (default: torch's)", kind="int", minimum=1, nullable=True, execution=True
+    )
+    record_epoch_mean: bool = setting(
+        False,
+        "also record the epoch-mean gradient's variance and norm, whatever "
+        "the signal source (one parameter-sized buffer)",
+        kind="bool",
+    )
+    timm_input: str | None = setting(
+        None,
+        "how a timm/ arch meets 32x32: auto, native, resize=N or "
+        "img_size=32[,patch_size=P][,window_size=W] (trainables/timm_archs.py); "
+        "auto is resolved and recorded",
+        kind="path",
+        nullable=True,
+    )
 
     def __post_init__(self) -> None:
         from trainables import timm_archs
@@ -105,8 +153,11 @@ class TrialConfig:
             choice = timm_archs.resolve_input(self.arch, NUM_CLASSES[self.dataset], self.timm_input or "auto")
             object.__setattr__(self, "timm_input", choice)
         elif self.timm_input is not None:
-            fail("timm_input", self.timm_input, f"null for the registry arch {self.arch!r} (its input adaptation is "
-                                                "fixed: trainables/models.py)")
+            fail(
+                "timm_input",
+                self.timm_input,
+                f"null for the registry arch {self.arch!r} (its input adaptation is fixed: trainables/models.py)",
+            )
         options = policy_options_object(self.method, self.policy)
         policy_context_check(self.method, options, arch=self.arch, dataset=self.dataset)
         object.__setattr__(self, "_options", options)
@@ -124,8 +175,10 @@ class TrialConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Every field as a plain JSON-able dict."""
-        return {f.name: (dict(getattr(self, f.name)) if f.name == "policy" else getattr(self, f.name))
-                for f in fields_of(self)}
+        return {
+            f.name: (dict(getattr(self, f.name)) if f.name == "policy" else getattr(self, f.name))
+            for f in fields_of(self)
+        }
 
     def replace(self, **changes: Any) -> TrialConfig:
         """A copy with some fields changed (checked again)."""
@@ -148,8 +201,9 @@ class TrialConfig:
 
 EXECUTION_FIELDS: frozenset[str] = frozenset(f.name for f in fields_of(TrialConfig) if f.metadata["execution"])
 # What a checkpoint must agree on to load into a loop (epochs may grow; execution settings may change).
-IDENTITY_FIELDS: tuple[str, ...] = tuple(f.name for f in fields_of(TrialConfig)
-                                         if not f.metadata["execution"] and f.name != "epochs")
+IDENTITY_FIELDS: tuple[str, ...] = tuple(
+    f.name for f in fields_of(TrialConfig) if not f.metadata["execution"] and f.name != "epochs"
+)
 DEFAULT_CONFIG: dict[str, Any] = defaults(TrialConfig)
 
 
@@ -160,8 +214,11 @@ OMITTED_WHEN_UNSET: frozenset[str] = frozenset({"timm_input"})
 
 def identity_of(config: Mapping[str, Any]) -> dict[str, Any]:
     """The identity fields of a config mapping (execution settings and epochs left out)."""
-    return {k: v for k, v in config.items() if k not in EXECUTION_FIELDS and k != "epochs"
-            and not (k in OMITTED_WHEN_UNSET and v is None)}
+    return {
+        k: v
+        for k, v in config.items()
+        if k not in EXECUTION_FIELDS and k != "epochs" and not (k in OMITTED_WHEN_UNSET and v is None)
+    }
 
 
 def canonical_json(obj: Any) -> str:

@@ -40,8 +40,13 @@ NUM_CLASSES: dict[str, int] = {"cifar10": 10, "cifar100": 100, "fashion_mnist": 
 # Training-set augmentation: random crop (4 px zero padding) with or without a horizontal flip.
 AUGMENTATIONS: tuple[str, ...] = ("crop_flip", "crop", "none")
 # Per-dataset default [choice]: flips suit photos and clothing, but mirror digits into other glyphs.
-DEFAULT_AUGMENTATION: dict[str, str] = {"cifar10": "crop_flip", "cifar100": "crop_flip", "fashion_mnist": "crop_flip",
-                                        "digits": "crop", "synthetic": "crop_flip"}
+DEFAULT_AUGMENTATION: dict[str, str] = {
+    "cifar10": "crop_flip",
+    "cifar100": "crop_flip",
+    "fashion_mnist": "crop_flip",
+    "digits": "crop",
+    "synthetic": "crop_flip",
+}
 IMAGE_SIZE = 32
 CROP_PADDING = 4  # random crop 32 from the image zero-padded by 4 pixels (SPEC §3)
 DATA_DIR_ENV = "DEBA_DATA_DIR"
@@ -49,14 +54,19 @@ DIGITS_TEST_SIZE = 360  # 1797 images -> 1437 train / 360 test
 DIGITS_SPLIT_SEED = 0  # fixed: every trial of every seed sees the same digits split
 SYNTHETIC_SIZES = (50_000, 10_000)  # train, test (CIFAR's sizes)
 # Full split sizes (train, test) of each dataset, for planning (orchestrator/schedule.py).
-SPLIT_SIZES: dict[str, tuple[int, int]] = {"cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000),
-                                           "fashion_mnist": (60_000, 10_000), "digits": (1797 - DIGITS_TEST_SIZE,
-                                                                                      DIGITS_TEST_SIZE),
-                                           "synthetic": SYNTHETIC_SIZES}
+SPLIT_SIZES: dict[str, tuple[int, int]] = {
+    "cifar10": (50_000, 10_000),
+    "cifar100": (50_000, 10_000),
+    "fashion_mnist": (60_000, 10_000),
+    "digits": (1797 - DIGITS_TEST_SIZE, DIGITS_TEST_SIZE),
+    "synthetic": SYNTHETIC_SIZES,
+}
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"  # apt-get install dataset-fashion-mnist
 FASHION_MNIST_FILES: dict[str, str] = {  # role -> IDX file name (optionally with .gz)
-    "train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
-    "test_x": "t10k-images-idx3-ubyte", "test_y": "t10k-labels-idx1-ubyte",
+    "train_x": "train-images-idx3-ubyte",
+    "train_y": "train-labels-idx1-ubyte",
+    "test_x": "t10k-images-idx3-ubyte",
+    "test_y": "t10k-labels-idx1-ubyte",
 }
 
 _CIFAR_SOURCES = {
@@ -91,8 +101,7 @@ class ImageDataset:
             x, y = getattr(self, f"{split}_x"), getattr(self, f"{split}_y")
             _check_images(x, y, f"{split}_x", f"{split}_y")
             if len(y) and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
-                raise ValueError(f"{split}_y must lie in [0, {self.num_classes}), got "
-                                 f"[{int(y.min())}, {int(y.max())}]")
+                raise ValueError(f"{split}_y must lie in [0, {self.num_classes}), got [{int(y.min())}, {int(y.max())}]")
 
 
 def _check_images(x: Tensor, y: Tensor, x_name: str, y_name: str) -> None:
@@ -161,7 +170,8 @@ def load_dataset(
 
     if name == "synthetic":
         train_x, train_y, test_x, test_y = _synthetic(
-            train_limit or SYNTHETIC_SIZES[0], test_limit or SYNTHETIC_SIZES[1], seed)
+            train_limit or SYNTHETIC_SIZES[0], test_limit or SYNTHETIC_SIZES[1], seed
+        )
     else:
         root = os.path.expanduser(data_dir) if data_dir else default_data_dir()
         if name == "digits":
@@ -205,8 +215,8 @@ def _digits() -> tuple[Tensor, Tensor, Tensor, Tensor]:
     x = images.round().clamp_(0, 255).to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
     y = torch.from_numpy(bunch.target).to(torch.int64)
     train_idx, test_idx = train_test_split(
-        torch.arange(len(y)).numpy(), test_size=DIGITS_TEST_SIZE, stratify=bunch.target,
-        random_state=DIGITS_SPLIT_SEED)
+        torch.arange(len(y)).numpy(), test_size=DIGITS_TEST_SIZE, stratify=bunch.target, random_state=DIGITS_SPLIT_SEED
+    )
     train_idx = torch.from_numpy(train_idx).sort().values
     test_idx = torch.from_numpy(test_idx).sort().values
     return x[train_idx], y[train_idx], x[test_idx], y[test_idx]
@@ -227,7 +237,7 @@ def read_idx(path: str) -> np.ndarray:
         raise ValueError(f"{path}: IDX element type 0x{data[2]:02x} is not unsigned byte (0x08)")
     ndim = data[3]
     header = 4 + 4 * ndim
-    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     size = math.prod(dims)
     if len(data) != header + size:
         raise ValueError(f"{path}: IDX header says {dims} ({size} bytes) but the file holds {len(data) - header}")
@@ -267,20 +277,22 @@ def _fashion_mnist(root: str, download: bool) -> tuple[Tensor, Tensor, Tensor, T
             error = err
         files = _find_fashion_mnist(root)
     if files is None:
-        tried = (f"downloading failed ({type(error).__name__}: {error})" if error is not None
-                 else "download=False")
+        tried = f"downloading failed ({type(error).__name__}: {error})" if error is not None else "download=False"
         raise DatasetNotFoundError(
             f"fashion_mnist: the four IDX files ({', '.join(FASHION_MNIST_FILES.values())}, gzipped or not) "
             f"are in none of {', '.join(fashion_mnist_folders(root))}; {tried}. Provide them one of three ways: "
             f"(1) `apt-get install dataset-fashion-mnist` (Debian/Ubuntu, offline: {DEBIAN_FASHION_MNIST}/); "
             f"(2) put them in DIR/fashion-mnist/ and pass --data-dir DIR (or set {DATA_DIR_ENV}=DIR); "
-            f"(3) run once online, which downloads them through torchvision into {root}/FashionMNIST/raw/.")
+            f"(3) run once online, which downloads them through torchvision into {root}/FashionMNIST/raw/."
+        )
     out = []
     for split in ("train", "test"):
         images, labels = read_idx(files[f"{split}_x"]), read_idx(files[f"{split}_y"])
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise ValueError(f"fashion_mnist: {files[f'{split}_x']} {images.shape} and {files[f'{split}_y']} "
-                             f"{labels.shape} are not N images with N labels")
+            raise ValueError(
+                f"fashion_mnist: {files[f'{split}_x']} {images.shape} and {files[f'{split}_y']} "
+                f"{labels.shape} are not N images with N labels"
+            )
         x = torch.from_numpy(images.copy()).unsqueeze(1)  # uint8 [N, 1, 28, 28]
         pad_h, pad_w = IMAGE_SIZE - x.shape[-2], IMAGE_SIZE - x.shape[-1]
         if pad_h < 0 or pad_w < 0:
@@ -345,8 +357,9 @@ class GpuLoader:
 
     Per epoch, eagerly at the ``epoch()`` call and in this order, it draws from ``generator``:
     one ``randperm`` (if shuffling), then one crop offset pair per position (if augmenting) and
-    one flip bit per position (if augmenting with ``flip``). A batch is then one gather from the zero-padded uint8 data (crop and flip
-    folded into the gather's indices), a float conversion and one fused scale-and-shift, all on
+    one flip bit per position (if augmenting with ``flip``). A batch is then one gather from the
+    zero-padded uint8 data (crop and flip folded into the gather's indices), a float conversion and
+    one fused scale-and-shift, all on
     the device. The batch size is an argument of ``epoch()``, so it can change every epoch for
     free (nothing is re-laid out); with ``drop_last`` only full batches are yielded.
     """
@@ -402,8 +415,10 @@ class GpuLoader:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         if drop_last and batch_size > self.num_samples:
-            raise ValueError(f"batch_size {batch_size} exceeds the {self.num_samples} samples held: "
-                             f"with drop_last=True the epoch would have no batch")
+            raise ValueError(
+                f"batch_size {batch_size} exceeds the {self.num_samples} samples held: "
+                f"with drop_last=True the epoch would have no batch"
+            )
 
     def epoch(
         self,
@@ -425,8 +440,10 @@ class GpuLoader:
         if augment and not self.augment:
             raise ValueError("augment=True needs a loader built with augment=True (padded storage)")
         if generator is not None and generator.device.type != self.device.type:
-            raise ValueError(f"generator is on {generator.device}, the loader on {self.device}; "
-                             f"create it with torch.Generator(device=...) on the loader's device")
+            raise ValueError(
+                f"generator is on {generator.device}, the loader on {self.device}; "
+                f"create it with torch.Generator(device=...) on the loader's device"
+            )
         n = self.num_samples
         order = torch.randperm(n, generator=generator, device=self.device) if shuffle else None
         offsets = flips = None
@@ -437,8 +454,9 @@ class GpuLoader:
         count = self.num_batches(batch_size, drop_last)
         return self._batches(batch_size, count, order, offsets, flips)
 
-    def _batches(self, batch_size: int, count: int, order: Tensor | None,
-                 offsets: Tensor | None, flips: Tensor | None) -> Iterator[tuple[Tensor, Tensor]]:
+    def _batches(
+        self, batch_size: int, count: int, order: Tensor | None, offsets: Tensor | None, flips: Tensor | None
+    ) -> Iterator[tuple[Tensor, Tensor]]:
         for i in range(count):
             lo, hi = i * batch_size, min((i + 1) * batch_size, self.num_samples)
             idx = order[lo:hi] if order is not None else slice(lo, hi)
@@ -453,8 +471,8 @@ class GpuLoader:
         p = self._pad
         h, w = self.image_size
         if self.channels_last:
-            return self._x[idx, p:p + h, p:p + w].permute(0, 3, 1, 2)
-        return self._x[idx, :, p:p + h, p:p + w]
+            return self._x[idx, p : p + h, p : p + w].permute(0, 3, 1, 2)
+        return self._x[idx, :, p : p + h, p : p + w]
 
     def _crop_flip(self, idx: Tensor | slice, lo: int, hi: int, offsets: Tensor, flips: Tensor | None) -> Tensor:
         """Random crop + horizontal flip (``flips`` None: crop only) of a whole batch as one gather on
@@ -471,8 +489,9 @@ class GpuLoader:
         if self.channels_last:  # storage [N, H+2p, W+2p, C]
             return self._x[idx[:, None, None], rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
         channels = torch.arange(3, device=self.device)
-        return self._x[idx[:, None, None, None], channels[None, :, None, None],
-                       rows[:, None, :, None], cols[:, None, None, :]]
+        return self._x[
+            idx[:, None, None, None], channels[None, :, None, None], rows[:, None, :, None], cols[:, None, None, :]
+        ]
 
     def _normalise(self, images: Tensor) -> Tensor:
         # .float() preserves the (channels_last) strides; the in-place ops keep them.

@@ -14,7 +14,8 @@ Two meters, each built by the epoch loop only for an epoch whose policy asks for
   BatchNorm a per-sample gradient is ill-defined (each output depends on the whole batch); the pass
   then uses the running statistics, which is the DiveBatch authors' approximation (they switch
   BatchNorm to eval for BackPACK's per-sample norms) and is recorded as "per_sample_bn_eval"
-  ("per_sample_bn_eval_consistent" with diversity_sum="per_sample", see DiversityMeter). Dropout and stochastic depth are off in that pass too (deterministic, consumes no RNG). The pass
+  ("per_sample_bn_eval_consistent" with diversity_sum="per_sample", see DiversityMeter). Dropout and
+  stochastic depth are off in that pass too (deterministic, consumes no RNG). The pass
   runs in float32 even when training uses bf16 autocast [choice]: exact norms, and vmap's
   BatchNorm rule rejects autocast's mixed bf16/float32 inputs.
 - `TwoBatchMeter` ("two_batch"): McCandlish's two-batch estimates. On a measuring epoch each step's
@@ -44,8 +45,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-__all__ = ["DIVERSITY_SUMS", "DeviceTimer", "DiversityMeter", "TwoBatchMeter", "eval_mode", "has_batchnorm",
-           "per_sample_grad_sq_norms", "trainable_named"]
+__all__ = [
+    "DIVERSITY_SUMS",
+    "DeviceTimer",
+    "DiversityMeter",
+    "TwoBatchMeter",
+    "eval_mode",
+    "has_batchnorm",
+    "per_sample_grad_sq_norms",
+    "trainable_named",
+]
 
 LossAndLogits = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -106,8 +115,13 @@ def trainable_named(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return [(name, p) for name, p in model.named_parameters() if p.requires_grad]
 
 
-def per_sample_grad_sq_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk_size: int = 32,
-                             sum_into: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+def per_sample_grad_sq_norms(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    chunk_size: int = 32,
+    sum_into: Sequence[torch.Tensor] | None = None,
+) -> torch.Tensor:
     """|grad_theta CE(model(x_i), y_i)|^2 for every sample i, as a float64 [N] tensor on x's device.
 
     torch.func.vmap(grad(...)) over chunks of `chunk_size` samples: memory is bounded by
@@ -128,9 +142,17 @@ def per_sample_grad_sq_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     per_sample_grads = vmap(grad(sample_loss), in_dims=(None, 0, 0))
     norms = []
     for start in range(0, x.shape[0], chunk_size):
-        grads = per_sample_grads(params, x[start:start + chunk_size], y[start:start + chunk_size])
-        sq = torch.stack([torch.linalg.vector_norm(g.reshape(g.shape[0], -1), dim=1, dtype=torch.float64)
-                          for g in grads.values()]).square().sum(dim=0)
+        grads = per_sample_grads(params, x[start : start + chunk_size], y[start : start + chunk_size])
+        sq = (
+            torch.stack(
+                [
+                    torch.linalg.vector_norm(g.reshape(g.shape[0], -1), dim=1, dtype=torch.float64)
+                    for g in grads.values()
+                ]
+            )
+            .square()
+            .sum(dim=0)
+        )
         if sum_into is not None:
             with torch.no_grad():
                 torch._foreach_add_(list(sum_into), [g.sum(dim=0) for g in grads.values()])
@@ -158,8 +180,10 @@ class DiversityMeter:
 
     def __init__(self, model: nn.Module, chunk_size: int = 32, diversity_sum: str = "training") -> None:
         if diversity_sum not in DIVERSITY_SUMS:
-            raise ValueError(f"diversity_sum={diversity_sum!r} is not allowed; allowed values: "
-                             f"{', '.join(map(repr, DIVERSITY_SUMS))}")
+            raise ValueError(
+                f"diversity_sum={diversity_sum!r} is not allowed; allowed values: "
+                f"{', '.join(map(repr, DIVERSITY_SUMS))}"
+            )
         self.model = model
         self.params = [p for _, p in trainable_named(model)]
         self.chunk_size = chunk_size
@@ -188,8 +212,9 @@ class DiversityMeter:
             self._add_batch_gradient(x.shape[0])
         with eval_mode(self.model):
             # float32 even under bf16 training autocast: the loop's autocast region ended with the forward.
-            norms = per_sample_grad_sq_norms(self.model, x.float(), y, self.chunk_size,
-                                             sum_into=self.grad_sum if per_sample_sum else None)
+            norms = per_sample_grad_sq_norms(
+                self.model, x.float(), y, self.chunk_size, sum_into=self.grad_sum if per_sample_sum else None
+            )
         self.sq_sum += norms.sum()
         self.n_samples += int(x.shape[0])
 
@@ -221,8 +246,9 @@ class TwoBatchMeter:
         self.n_samples = 0
         self.timer = DeviceTimer(device)
 
-    def backward(self, loss_and_logits: LossAndLogits, x: torch.Tensor,
-                 y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def backward(
+        self, loss_and_logits: LossAndLogits, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward and backward the batch as k micro-batches; accumulate the step's estimates."""
         big = int(x.shape[0])
         k = min(self.micro_batches, big)
@@ -270,8 +296,9 @@ class TwoBatchMeter:
             torch._foreach_add_([p.grad for p, _ in rest], [g for _, g in rest], alpha=weight)
 
     @staticmethod
-    def _estimates(small_sq: Sequence[torch.Tensor], sizes: Sequence[int], big_sq: torch.Tensor,
-                   big: int) -> torch.Tensor:
+    def _estimates(
+        small_sq: Sequence[torch.Tensor], sizes: Sequence[int], big_sq: torch.Tensor, big: int
+    ) -> torch.Tensor:
         """Mean over micro-batches j of [tr(Sigma), |G|^2] from (|g_j|^2, b_j) and (|g_B|^2, B).
 
         The coefficients stay Python scalars: a tensor made from them on a GPU would be a

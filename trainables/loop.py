@@ -70,8 +70,16 @@ from trainables.policies import POLICIES
 from trainables.records import CHECKPOINT_FILE, CHECKPOINT_META_FILE, EPOCH_COLUMNS
 from trainables.signals import EpochGradAccumulator, grad_moments, moments_to_stats, trainable_params
 
-__all__ = ["CHECKPOINT_FILE", "COMPILE_MODES", "DEFAULT_CONFIG", "MEASUREMENTS", "RECORD_COLUMNS", "TrialConfig",
-           "TrialLoop", "validate_config"]
+__all__ = [
+    "CHECKPOINT_FILE",
+    "COMPILE_MODES",
+    "DEFAULT_CONFIG",
+    "MEASUREMENTS",
+    "RECORD_COLUMNS",
+    "TrialConfig",
+    "TrialLoop",
+    "validate_config",
+]
 
 # Columns of one record: the epochs table without the identifiers the orchestrator adds.
 RECORD_COLUMNS: tuple[str, ...] = tuple(name for name, _ in EPOCH_COLUMNS if name not in ("study", "trial_id"))
@@ -110,14 +118,28 @@ class TrialLoop:
             torch.backends.cudnn.benchmark = self.cudnn_benchmark
 
         _seed_everything(cfg.seed)
-        self.data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, download=cfg.download,
-                                 train_limit=cfg.train_limit, test_limit=cfg.test_limit, seed=cfg.seed)
+        self.data = load_dataset(
+            cfg.dataset,
+            data_dir=cfg.data_dir,
+            download=cfg.download,
+            train_limit=cfg.train_limit,
+            test_limit=cfg.test_limit,
+            seed=cfg.seed,
+        )
         d = self.data
-        self.train_loader = GpuLoader(d.train_x, d.train_y, d.mean, d.std, self.device,
-                                      augment=cfg.augment != "none", flip=cfg.augment == "crop_flip",
-                                      channels_last=self.channels_last)
-        self.test_loader = GpuLoader(d.test_x, d.test_y, d.mean, d.std, self.device, augment=False,
-                                     channels_last=self.channels_last)
+        self.train_loader = GpuLoader(
+            d.train_x,
+            d.train_y,
+            d.mean,
+            d.std,
+            self.device,
+            augment=cfg.augment != "none",
+            flip=cfg.augment == "crop_flip",
+            channels_last=self.channels_last,
+        )
+        self.test_loader = GpuLoader(
+            d.test_x, d.test_y, d.mean, d.std, self.device, augment=False, channels_last=self.channels_last
+        )
         self.n_train, self.n_test = int(d.train_y.shape[0]), int(d.test_y.shape[0])
         if self.n_train == 0 or self.n_test == 0:
             raise ValueError(f"dataset {cfg['dataset']!r}: empty train or test split")
@@ -135,15 +157,18 @@ class TrialLoop:
             mode = {} if cfg.compile is True else {"mode": cfg.compile}
             self.net = torch.compile(self.model, **mode)
         self._fused = fused or None
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                         weight_decay=cfg.weight_decay, fused=self._fused)
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=self._fused
+        )
         # The one policy of the trial, from the options the config already checked.
         self.policy = POLICIES[cfg.method](arch=cfg.arch, dataset=cfg.dataset, options=cfg.options)
         self.params = trainable_params(self.model.parameters())
         self._numel = sum(p.numel() for p in self.params)
-        self.accumulator = (EpochGradAccumulator(self.params)
-                            if self.policy.signal_source == "epoch_mean" or cfg.record_epoch_mean
-                            else None)
+        self.accumulator = (
+            EpochGradAccumulator(self.params)
+            if self.policy.signal_source == "epoch_mean" or cfg.record_epoch_mean
+            else None
+        )
 
         self.epochs_done = 0
         self.status = "running"
@@ -176,9 +201,10 @@ class TrialLoop:
         if missing:
             raise NotImplementedError(
                 f"policy {self.config.method!r} requests measurement(s) {', '.join(missing)} for epoch {epoch}, "
-                f"which the epoch loop does not implement yet (implemented: {', '.join(sorted(MEASUREMENTS)) or 'none'})")
-        ctx = MeasureContext(model=self.model, params=self.params, settings=self.policy.measure_settings(),
-                             epoch=epoch)
+                "which the epoch loop does not implement yet "
+                f"(implemented: {', '.join(sorted(MEASUREMENTS)) or 'none'})"
+            )
+        ctx = MeasureContext(model=self.model, params=self.params, settings=self.policy.measure_settings(), epoch=epoch)
         return {name: MEASUREMENTS[name](ctx) for name in requested}
 
     def loss_and_logits(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,8 +214,7 @@ class TrialLoop:
             loss = F.cross_entropy(out, y)
         return loss, out
 
-    def _train(self, batch_size: int,
-               collectors: dict[str, Measurement]) -> tuple[torch.Tensor, int, float, float]:
+    def _train(self, batch_size: int, collectors: dict[str, Measurement]) -> tuple[torch.Tensor, int, float, float]:
         """Train one epoch; returns ([loss sum, correct, then [count, sum, sumsq] of the last step's
         gradient and, when accumulated, of the epoch's summed gradient] on device, steps, seconds,
         seconds of it spent in measurements)."""
@@ -295,22 +320,41 @@ class TrialLoop:
         diverged = not all(math.isfinite(v) for v in (train_loss, grad_var, grad_norm))
         if diverged:
             nan = float("nan")
-            prec = {"decision": "hold", "batch_size": batch_size, "confidence": nan, "grad_norm_variation": nan,
-                    "loss_variation": nan, "in_cooldown": False,
-                    "lr_gain": None if self.policy.lr_scaling == "none" else float(self.policy.lr_scale)}
+            prec = {
+                "decision": "hold",
+                "batch_size": batch_size,
+                "confidence": nan,
+                "grad_norm_variation": nan,
+                "loss_variation": nan,
+                "in_cooldown": False,
+                "lr_gain": None if self.policy.lr_scaling == "none" else float(self.policy.lr_scale),
+            }
         else:
-            prec = self.policy.step(epoch=epoch, train_loss=train_loss, grad_var=grad_var, grad_norm=grad_norm,
-                                    **measured)
-        peak = (torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda"
-                else _max_rss_mb())
+            prec = self.policy.step(
+                epoch=epoch, train_loss=train_loss, grad_var=grad_var, grad_norm=grad_norm, **measured
+            )
+        peak = torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda" else _max_rss_mb()
         values = {
-            "arch": cfg.arch, "dataset": cfg.dataset, "seed": cfg.seed, "method": cfg.method,
-            "variant": cfg.variant, "epoch": epoch, "batch_size": batch_size,
-            "next_batch_size": int(prec["batch_size"]), "lr": lr, "train_loss": train_loss,
-            "train_acc": correct / (steps * batch_size), "test_loss": test_loss_sum / self.n_test,
-            "test_acc": test_correct / self.n_test, "epoch_time_s": epoch_time, "eval_time_s": eval_time,
-            "wall_time_s": self.wall_time(), "samples_per_s": steps * batch_size / epoch_time,
-            "grad_var": grad_var, "grad_norm": grad_norm, "peak_mem_mb": peak,
+            "arch": cfg.arch,
+            "dataset": cfg.dataset,
+            "seed": cfg.seed,
+            "method": cfg.method,
+            "variant": cfg.variant,
+            "epoch": epoch,
+            "batch_size": batch_size,
+            "next_batch_size": int(prec["batch_size"]),
+            "lr": lr,
+            "train_loss": train_loss,
+            "train_acc": correct / (steps * batch_size),
+            "test_loss": test_loss_sum / self.n_test,
+            "test_acc": test_correct / self.n_test,
+            "epoch_time_s": epoch_time,
+            "eval_time_s": eval_time,
+            "wall_time_s": self.wall_time(),
+            "samples_per_s": steps * batch_size / epoch_time,
+            "grad_var": grad_var,
+            "grad_norm": grad_norm,
+            "peak_mem_mb": peak,
         }
         for key in ("grad_norm_variation", "loss_variation", "confidence", "decision", "in_cooldown"):
             values[key] = prec[key]
@@ -362,11 +406,15 @@ class TrialLoop:
         mine = self.config.to_dict()
         for key in IDENTITY_FIELDS:
             if state["config"].get(key) != mine[key]:
-                raise ValueError(f"checkpoint belongs to another trial: config field {key!r} is "
-                                 f"{state['config'].get(key)!r} there and {mine[key]!r} here")
+                raise ValueError(
+                    f"checkpoint belongs to another trial: config field {key!r} is "
+                    f"{state['config'].get(key)!r} there and {mine[key]!r} here"
+                )
         if state["device_type"] != self.device.type:
-            raise ValueError(f"checkpoint was written on {state['device_type']}, this loop runs on "
-                             f"{self.device.type}: the RNG states cannot carry over; use device={state['device_type']!r}")
+            raise ValueError(
+                f"checkpoint was written on {state['device_type']}, this loop runs on "
+                f"{self.device.type}: the RNG states cannot carry over; use device={state['device_type']!r}"
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         for group in self.optimizer.param_groups:  # the checkpoint's param_groups carry its own setting
@@ -402,8 +450,14 @@ class TrialLoop:
         meta = os.path.join(directory, CHECKPOINT_META_FILE)
         cfg = self.config
         with open(meta + ".tmp", "w", encoding="utf-8") as f:
-            json.dump({"epoch": self.epochs_done, "status": self.status,
-                       "trial": {k: getattr(cfg, k) for k in ("arch", "dataset", "seed", "method", "variant")}}, f)
+            json.dump(
+                {
+                    "epoch": self.epochs_done,
+                    "status": self.status,
+                    "trial": {k: getattr(cfg, k) for k in ("arch", "dataset", "seed", "method", "variant")},
+                },
+                f,
+            )
         os.replace(meta + ".tmp", meta)
         return path
 
@@ -417,8 +471,10 @@ class TrialLoop:
             # CPU first: RNG states must be CPU tensors; load_state_dict moves weights to the device.
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # a truncated zip, a foreign pickle: torch raises several types
-            raise ValueError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); it is damaged "
-                             "(a copy cut short?) or not a checkpoint of this tool") from exc
+            raise ValueError(
+                f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); it is damaged "
+                "(a copy cut short?) or not a checkpoint of this tool"
+            ) from exc
 
     def load_checkpoint(self, directory: str | os.PathLike[str]) -> None:
         """Restore from <directory>/state.pt (written by save_checkpoint); ValueError when it is damaged

@@ -46,11 +46,14 @@ class Measurement(Protocol):
 
 
 class PerSampleDiversity:
-    """"per_sample_diversity": DiveBatch's gradient diversity from a per-sample pass after each backward."""
+    """ "per_sample_diversity": DiveBatch's gradient diversity from a per-sample pass after each backward."""
 
     def __init__(self, ctx: MeasureContext) -> None:
-        self.meter = DiversityMeter(ctx.model, chunk_size=int(ctx.settings.get("per_sample_chunk", 32)),
-                                    diversity_sum=str(ctx.settings.get("diversity_sum", "training")))
+        self.meter = DiversityMeter(
+            ctx.model,
+            chunk_size=int(ctx.settings.get("per_sample_chunk", 32)),
+            diversity_sum=str(ctx.settings.get("diversity_sum", "training")),
+        )
         self.estimator = self.meter.estimator
 
     def on_step(self, step: int, x: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> None:
@@ -63,7 +66,7 @@ class PerSampleDiversity:
 
 
 class TwoBatchNoise:
-    """"two_batch": McCandlish's estimates from k micro-batches of every step (replaces the backward)."""
+    """ "two_batch": McCandlish's estimates from k micro-batches of every step (replaces the backward)."""
 
     estimator = "noise_scale"
 

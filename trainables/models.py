@@ -146,24 +146,40 @@ _CIFAR_STEM = "3x3 stride-1 stem convolution and no max-pool (the usual CIFAR va
 ARCHITECTURES: dict[str, ArchSpec] = {
     spec.name: spec
     for spec in (
-        ArchSpec("resnet18", "resnet", "ResNet-18 (torchvision) with a " + _CIFAR_STEM,
-                 functools.partial(_build_resnet, tvm.resnet18)),
-        ArchSpec("resnet50", "resnet", "ResNet-50 (torchvision) with a " + _CIFAR_STEM,
-                 functools.partial(_build_resnet, tvm.resnet50)),
-        ArchSpec("densenet121", "densenet", "DenseNet-121 (torchvision) with a " + _CIFAR_STEM,
-                 _build_densenet121),
-        ArchSpec("efficientnet_b0", "efficientnet",
-                 "EfficientNet-B0 (torchvision) with its stem convolution at stride 1 instead of 2 "
-                 "(weights unchanged), so the final feature map is 2x2 instead of 1x1.",
-                 _build_efficientnet_b0),
-        ArchSpec("mobilenetv3", "mobilenet",
-                 "MobileNetV3-Large (torchvision) with its stem convolution at stride 1 instead of 2 "
-                 "(weights unchanged), so the final feature map is 2x2 instead of 1x1.",
-                 _build_mobilenetv3),
-        ArchSpec("vit_b16", "vit",
-                 "Standard ViT-B/16 (torchvision, 224x224, 196 patches); the 32x32 input is resized "
-                 "to 224x224 bilinearly inside the model.",
-                 _build_vit_b16),
+        ArchSpec(
+            "resnet18",
+            "resnet",
+            "ResNet-18 (torchvision) with a " + _CIFAR_STEM,
+            functools.partial(_build_resnet, tvm.resnet18),
+        ),
+        ArchSpec(
+            "resnet50",
+            "resnet",
+            "ResNet-50 (torchvision) with a " + _CIFAR_STEM,
+            functools.partial(_build_resnet, tvm.resnet50),
+        ),
+        ArchSpec("densenet121", "densenet", "DenseNet-121 (torchvision) with a " + _CIFAR_STEM, _build_densenet121),
+        ArchSpec(
+            "efficientnet_b0",
+            "efficientnet",
+            "EfficientNet-B0 (torchvision) with its stem convolution at stride 1 instead of 2 "
+            "(weights unchanged), so the final feature map is 2x2 instead of 1x1.",
+            _build_efficientnet_b0,
+        ),
+        ArchSpec(
+            "mobilenetv3",
+            "mobilenet",
+            "MobileNetV3-Large (torchvision) with its stem convolution at stride 1 instead of 2 "
+            "(weights unchanged), so the final feature map is 2x2 instead of 1x1.",
+            _build_mobilenetv3,
+        ),
+        ArchSpec(
+            "vit_b16",
+            "vit",
+            "Standard ViT-B/16 (torchvision, 224x224, 196 patches); the 32x32 input is resized "
+            "to 224x224 bilinearly inside the model.",
+            _build_vit_b16,
+        ),
         ArchSpec("tiny_cnn", "test", "Tiny test CNN built for 32x32 (global average pooling).", TinyCNN),
         ArchSpec("tiny_mlp", "test", "Tiny test MLP: 4x4 average pooling to 3x8x8, then flatten.", TinyMLP),
     )
@@ -180,8 +196,10 @@ def check_arch(arch: str) -> None:
         return
     close = difflib.get_close_matches(str(arch), list(ARCHITECTURES), n=3, cutoff=0.6)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
-    raise ValueError(f"arch={arch!r} is not allowed; expected one of the known architectures: "
-                     f"{', '.join(ARCHITECTURES)}, or timm/<name> for any timm model{hint}")
+    raise ValueError(
+        f"arch={arch!r} is not allowed; expected one of the known architectures: "
+        f"{', '.join(ARCHITECTURES)}, or timm/<name> for any timm model{hint}"
+    )
 
 
 def get_arch(arch: str) -> ArchSpec:

@@ -12,8 +12,9 @@ K-th epoch and on the epoch that ends the trial (completed or diverged). A retri
 from `tune.get_checkpoint()`, a trial of a new experiment from the first of its `init_checkpoints`
 that loads (a damaged one is passed over and named in the `checkpoints_skipped` metric), and
 re-reports the epochs after it, which the driver's sink stores over the abandoned attempt's rows;
-the loop restores every RNG state, so their values equal an uninterrupted run's. Each report also carries the Ray overhead of the previous epoch
-(checkpoint save, 0 without one, + report time) so the driver can measure it.
+the loop restores every RNG state, so their values equal an uninterrupted run's. Each report also
+carries the Ray overhead of the previous epoch (checkpoint save, 0 without one, + report time) so
+the driver can measure it.
 
 Test hook (used by tests/test_ray_study.py): hooks {"fail_at_epoch": k,
 "fail_marker_dir": "/abs/dir"} make the trial's process die (`os._exit(1)`) right after reporting
@@ -54,10 +55,19 @@ class TrialGauges:
     def __init__(self, study: str, trial_id: str, config: dict[str, Any]) -> None:
         from ray.util.metrics import Gauge
 
-        self.tags = {"study": study, "trial_id": trial_id, "arch": config["arch"], "dataset": config["dataset"],
-                     "seed": str(config["seed"]), "method": config["method"], "variant": config["variant"]}
-        self.gauges = {name: Gauge(f"deba_trial_{name}", description=desc, tag_keys=GAUGE_TAGS)
-                       for name, desc in self.METRICS.items()}
+        self.tags = {
+            "study": study,
+            "trial_id": trial_id,
+            "arch": config["arch"],
+            "dataset": config["dataset"],
+            "seed": str(config["seed"]),
+            "method": config["method"],
+            "variant": config["variant"],
+        }
+        self.gauges = {
+            name: Gauge(f"deba_trial_{name}", description=desc, tag_keys=GAUGE_TAGS)
+            for name, desc in self.METRICS.items()
+        }
 
     def update(self, rec: dict[str, Any] | None, epochs_done: int, epochs_total: int, finished: bool) -> None:
         """Set the gauges from one epoch record (None: only progress, e.g. at a trial's start); the
@@ -65,8 +75,12 @@ class TrialGauges:
         trial (reused actors) and keep exporting these values: dashboards drop it by `finished`."""
         values: dict[str, Any] = {"epoch": epochs_done, "epochs_total": epochs_total, "finished": int(finished)}
         if rec is not None:
-            values.update(batch_size=rec.get("next_batch_size"), test_acc=rec.get("test_acc"),
-                          epoch_time_s=rec.get("epoch_time_s"), confidence=rec.get("confidence"))
+            values.update(
+                batch_size=rec.get("next_batch_size"),
+                test_acc=rec.get("test_acc"),
+                epoch_time_s=rec.get("epoch_time_s"),
+                confidence=rec.get("confidence"),
+            )
         for name, value in values.items():
             if value is not None:
                 self.gauges[name].set(float(value), tags=self.tags)
@@ -136,11 +150,17 @@ def train_trial(config: dict[str, Any], payloads: dict[str, dict[str, Any]]) -> 
     resumed_from, skipped = resume(loop, tune.get_checkpoint(), payload.get("init_checkpoints") or [])
     gauges = TrialGauges(payload["study"], trial_id, loop_cfg)
     gauges.update(None, loop.epochs_done, loop.config.epochs, loop.done)
-    static = {"study": payload["study"], "device": loop.device_name, "node_id": ray.get_runtime_context().get_node_id(),
-              "torch_version": torch.__version__, "python_version": platform.python_version(),
-              "resumed_from_epoch": loop.epochs_done if resumed_from is not None else None,
-              "resumed_from": resumed_from, "checkpoints_skipped": "; ".join(skipped) or None,
-              "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+    static = {
+        "study": payload["study"],
+        "device": loop.device_name,
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "resumed_from_epoch": loop.epochs_done if resumed_from is not None else None,
+        "resumed_from": resumed_from,
+        "checkpoints_skipped": "; ".join(skipped) or None,
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+    }
     every = int(payload.get("checkpoint_every", 1))
     report_prev_s = None
     while not loop.done:

@@ -89,8 +89,16 @@ CHECKPOINT_META_FILE = "checkpoint.json"
 DECISIONS: tuple[str, ...] = ("increase", "rollback", "hold")
 RUN_STATUSES: tuple[str, ...] = ("completed", "failed", "diverged")
 NULLABLE_EPOCH_COLUMNS: frozenset[str] = frozenset(
-    {"grad_diversity", "noise_scale", "lr_gain", "estimator", "measure_time_s", "grad_var_epoch_mean",
-     "grad_norm_epoch_mean"})
+    {
+        "grad_diversity",
+        "noise_scale",
+        "lr_gain",
+        "estimator",
+        "measure_time_s",
+        "grad_var_epoch_mean",
+        "grad_norm_epoch_mean",
+    }
+)
 
 
 def epoch_column_names() -> list[str]:
@@ -127,21 +135,24 @@ def resolve_uri(location: str, field: str = "results") -> tuple[Any, str]:
     import pyarrow.fs as pafs
 
     if not isinstance(location, str) or not location.strip():
-        raise ValueError(f"{field}={location!r} is not allowed; expected a directory path or a URI "
-                         "(s3://bucket/dir)")
+        raise ValueError(f"{field}={location!r} is not allowed; expected a directory path or a URI (s3://bucket/dir)")
     if "://" in location:
         try:
             return pafs.FileSystem.from_uri(location)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
-            raise ValueError(f"{field}={location!r} is not allowed; expected a path or a URI pyarrow.fs can "
-                             f"open ({exc})") from exc
+            raise ValueError(
+                f"{field}={location!r} is not allowed; expected a path or a URI pyarrow.fs can open ({exc})"
+            ) from exc
     if _SCHEME_LIKE.match(location):
-        raise ValueError(f"{field}={location!r} is not allowed; it looks like a URI but is malformed: write "
-                         "SCHEME://BUCKET/PATH (e.g. s3://my-bucket/results), or ./NAME for a local folder")
+        raise ValueError(
+            f"{field}={location!r} is not allowed; it looks like a URI but is malformed: write "
+            "SCHEME://BUCKET/PATH (e.g. s3://my-bucket/results), or ./NAME for a local folder"
+        )
     return pafs.LocalFileSystem(), os.path.abspath(location)
 
 
 # ----------------------------------------------------------------------------- one trial, summarised
+
 
 def trial_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
     """The runs-table figures of a trial from its epoch records (in epoch order): epochs_done,
@@ -151,8 +162,10 @@ def trial_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
     accs = [r["test_acc"] for r in records if r.get("test_acc") is not None and math.isfinite(r["test_acc"])]
     train_times = [r["epoch_time_s"] for r in records if r.get("epoch_time_s") is not None]
     return {
-        "epochs_done": len(records), "final_test_acc": last.get("test_acc"),
-        "best_test_acc": max(accs) if accs else None, "train_time_s": sum(train_times) if records else None,
+        "epochs_done": len(records),
+        "final_test_acc": last.get("test_acc"),
+        "best_test_acc": max(accs) if accs else None,
+        "train_time_s": sum(train_times) if records else None,
         "wall_time_s": last.get("wall_time_s"),
         "n_increase": sum(r.get("decision") == "increase" for r in records),
         "n_rollback": sum(r.get("decision") == "rollback" for r in records),
@@ -166,8 +179,10 @@ def _num(x: Any, fmt: str) -> str:
 
 def progress_line(rec: dict[str, Any], epochs: int, prefix: str = "") -> str:
     """The one-line progress report of an epoch record (trainables.run and run_grid print it)."""
-    return (f"{prefix}epoch {rec['epoch']:>3}/{epochs}  bs {rec['batch_size']:>4} -> {str(rec['next_batch_size']):<4} "
-            f"{str(rec.get('decision')):<8}{'(cooldown) ' if rec.get('in_cooldown') else ''} "
-            f"loss {_num(rec.get('train_loss'), '.4f')}  train acc {_num(rec.get('train_acc'), '.4f')}  "
-            f"test acc {_num(rec.get('test_acc'), '.4f')}  {_num(rec.get('epoch_time_s'), '.2f')}s  "
-            f"{_num(rec.get('samples_per_s'), '.0f')} samples/s")
+    return (
+        f"{prefix}epoch {rec['epoch']:>3}/{epochs}  bs {rec['batch_size']:>4} -> {str(rec['next_batch_size']):<4} "
+        f"{str(rec.get('decision')):<8}{'(cooldown) ' if rec.get('in_cooldown') else ''} "
+        f"loss {_num(rec.get('train_loss'), '.4f')}  train acc {_num(rec.get('train_acc'), '.4f')}  "
+        f"test acc {_num(rec.get('test_acc'), '.4f')}  {_num(rec.get('epoch_time_s'), '.2f')}s  "
+        f"{_num(rec.get('samples_per_s'), '.0f')} samples/s"
+    )

@@ -48,10 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m trainables.run", description="Train one trial without Ray.")
     add_arguments(p, TrialConfig, skip=_MANUAL, group="trial settings (trainables/config.py)")
     g = p.add_argument_group("policy, outputs, compatibility")
-    g.add_argument("--policy-opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="policy option (repeatable), e.g. cooldown=5 or thresholds=universal; "
-                        "`python -c \"from trainables.policies import policy_options; "
-                        "print(policy_options('deba'))\"` lists them")
+    g.add_argument(
+        "--policy-opt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="policy option (repeatable), e.g. cooldown=5 or thresholds=universal; "
+        '`python -c "from trainables.policies import policy_options; '
+        "print(policy_options('deba'))\"` lists them",
+    )
     g.add_argument("--batch-size", metavar="B", help="the policy's first batch size (policy option b0)")
     g.add_argument("--no-augment", action="store_true", help="same as --augment none")
     g.add_argument("--no-download", action="store_true", help="same as --download false")
@@ -122,15 +127,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.checkpoint_dir and os.path.exists(os.path.join(args.checkpoint_dir, CHECKPOINT_FILE)):
             loop.load_checkpoint(args.checkpoint_dir)
             if loop.epochs_done > cfg.epochs:
-                raise ValueError(f"--checkpoint-dir {args.checkpoint_dir!r} holds {loop.epochs_done} trained epochs, more "
-                                 f"than --epochs {cfg.epochs}: give --epochs {loop.epochs_done} or more to continue "
-                                 "it, or another --checkpoint-dir")
+                raise ValueError(
+                    f"--checkpoint-dir {args.checkpoint_dir!r} holds {loop.epochs_done} trained epochs, more "
+                    f"than --epochs {cfg.epochs}: give --epochs {loop.epochs_done} or more to continue "
+                    "it, or another --checkpoint-dir"
+                )
             print(f"resumed from {args.checkpoint_dir} after epoch {loop.epochs_done}", flush=True)
     except (ValueError, FileNotFoundError) as err:  # bad config, missing dataset, damaged or foreign checkpoint
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"{cfg.arch} on {cfg.dataset} ({loop.n_train} train / {loop.n_test} test), method {cfg.method}, "
-          f"seed {cfg.seed}, device {loop.device_name}", flush=True)
+    print(
+        f"{cfg.arch} on {cfg.dataset} ({loop.n_train} train / {loop.n_test} test), method {cfg.method}, "
+        f"seed {cfg.seed}, device {loop.device_name}",
+        flush=True,
+    )
     for rec in loop.history:
         print(progress_line(rec, cfg.epochs), flush=True)
     while not loop.done:

@@ -24,10 +24,21 @@ MISSING = dataclasses.MISSING
 KINDS = ("int", "float", "bool", "choice", "str", "path", "mapping")
 
 
-def setting(default: Any = MISSING, help: str = "", *, kind: str, choices: tuple[Any, ...] | None = None,
-            minimum: float | None = None, maximum: float | None = None, strict: bool = False,
-            below: float | None = None, nullable: bool = False, execution: bool = False,
-            flag: str | None = None, const: str | None = None) -> Any:
+def setting(
+    default: Any = MISSING,
+    help: str = "",
+    *,
+    kind: str,
+    choices: tuple[Any, ...] | None = None,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    strict: bool = False,
+    below: float | None = None,
+    nullable: bool = False,
+    execution: bool = False,
+    flag: str | None = None,
+    const: str | None = None,
+) -> Any:
     """A dataclass field with its metadata.
 
     kind: int | float | bool | choice (one of `choices`, compared with their types) | str (non-empty)
@@ -39,9 +50,19 @@ def setting(default: Any = MISSING, help: str = "", *, kind: str, choices: tuple
     """
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r} is not allowed; expected one of {', '.join(KINDS)}")
-    meta = {"help": help, "kind": kind, "choices": choices, "minimum": minimum, "maximum": maximum,
-            "strict": strict, "below": below, "nullable": nullable, "execution": execution, "flag": flag,
-            "const": const}
+    meta = {
+        "help": help,
+        "kind": kind,
+        "choices": choices,
+        "minimum": minimum,
+        "maximum": maximum,
+        "strict": strict,
+        "below": below,
+        "nullable": nullable,
+        "execution": execution,
+        "flag": flag,
+        "const": const,
+    }
     if isinstance(default, (dict, list)):
         value = default
         return dataclasses.field(default_factory=lambda: type(value)(value), metadata=meta)
@@ -85,12 +106,18 @@ def check(name: str, value: Any, meta: Mapping[str, Any]) -> Any:
         return None
     kind = meta["kind"]
     if kind in ("int", "float"):
-        ok = (isinstance(value, int) if kind == "int" else isinstance(value, (int, float))) \
-            and not isinstance(value, bool) and math.isfinite(value)
+        ok = (
+            (isinstance(value, int) if kind == "int" else isinstance(value, (int, float)))
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+        )
         if ok:
             low, high, below = meta["minimum"], meta["maximum"], meta["below"]
-            ok = (low is None or (value > low if meta["strict"] else value >= low)) \
-                and (high is None or value <= high) and (below is None or value < below)
+            ok = (
+                (low is None or (value > low if meta["strict"] else value >= low))
+                and (high is None or value <= high)
+                and (below is None or value < below)
+            )
         if not ok:
             fail(name, value, expected(meta))
         return float(value) if kind == "float" else value
@@ -191,8 +218,9 @@ def flag_of(f: dataclasses.Field) -> str:
     return f.metadata["flag"] or "--" + f.name.replace("_", "-")
 
 
-def add_arguments(parser: Any, cls: Any, skip: set[str] = frozenset(), group: str | None = None,
-                  dest_prefix: str = "") -> dict[str, str]:
+def add_arguments(
+    parser: Any, cls: Any, skip: set[str] = frozenset(), group: str | None = None, dest_prefix: str = ""
+) -> dict[str, str]:
     """Add `--<field>` for each setting of `cls` (not in `skip`) to an argparse parser, the field's
     help as help and its allowed values as metavar; values stay text (None when not given) for
     `parse_text`. Returns dest -> field name."""
@@ -202,13 +230,17 @@ def add_arguments(parser: Any, cls: Any, skip: set[str] = frozenset(), group: st
         if f.name in skip:
             continue
         meta = f.metadata
-        metavar = ("{" + ",".join(str(c) for c in meta["choices"]) + "}") if meta["kind"] == "choice" \
+        metavar = (
+            ("{" + ",".join(str(c) for c in meta["choices"]) + "}")
+            if meta["kind"] == "choice"
             else meta["kind"].upper()
+        )
         dest = dest_prefix + f.name
         default = defaults(cls).get(f.name, MISSING)
         shown = "" if default is MISSING or default is None else f" (default: {default})"
         optional = {"nargs": "?", "const": meta["const"]} if meta["const"] is not None else {}
-        target.add_argument(flag_of(f), dest=dest, default=None, metavar=metavar,
-                            help=(meta["help"] or f.name) + shown, **optional)
+        target.add_argument(
+            flag_of(f), dest=dest, default=None, metavar=metavar, help=(meta["help"] or f.name) + shown, **optional
+        )
         dests[dest] = f.name
     return dests

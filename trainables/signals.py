@@ -66,7 +66,7 @@ def moments_to_stats(moments: torch.Tensor | Sequence[float], scale: float = 1.0
     mean = total / count
     # Clamp at zero: rounding can leave a tiny negative value when all components are equal.
     variance = max(sumsq / count - mean * mean, 0.0)
-    return variance, sumsq ** 0.5
+    return variance, sumsq**0.5
 
 
 def grad_stats(params: Iterable[torch.Tensor]) -> tuple[float, float]:
@@ -90,8 +90,9 @@ class EpochGradAccumulator:
     def __init__(self, params: Iterable[torch.Tensor]) -> None:
         self.params = trainable_params(params)
         self.numel = sum(p.numel() for p in self.params)
-        self.buffers = [torch.zeros_like(p, dtype=torch.float32, memory_format=torch.preserve_format)
-                        for p in self.params]
+        self.buffers = [
+            torch.zeros_like(p, dtype=torch.float32, memory_format=torch.preserve_format) for p in self.params
+        ]
         self.steps = 0
 
     def reset(self) -> None:

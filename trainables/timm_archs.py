@@ -53,15 +53,17 @@ def timm_names() -> frozenset[str]:
 
 def model_name(arch: str) -> str:
     """`timm/<name>` -> `<name>`; ValueError (with close names) unless timm knows it."""
-    name = arch[len(PREFIX):]
+    name = arch[len(PREFIX) :]
     if name in timm_names():
         return name
     hint = ""
     if ":" not in name and "/" not in name:
         close = difflib.get_close_matches(name, sorted(timm_names()), n=5, cutoff=0.6)
         hint = f"; close timm names: {', '.join(PREFIX + c for c in close)}" if close else ""
-    raise ValueError(f"arch={arch!r} is not allowed; expected timm/<a name of timm.list_models()> (only timm's own "
-                     f"registry: no hf-hub:, local-dir: or pretrained sources){hint}")
+    raise ValueError(
+        f"arch={arch!r} is not allowed; expected timm/<a name of timm.list_models()> (only timm's own "
+        f"registry: no hf-hub:, local-dir: or pretrained sources){hint}"
+    )
 
 
 @contextlib.contextmanager
@@ -72,17 +74,23 @@ def _quiet() -> Iterator[None]:
 
 
 def parse_input(text: str) -> dict[str, Any]:
-    """"img_size=32,patch_size=4" -> {"img_size": 32, "patch_size": 4}; "native" -> {};
+    """ "img_size=32,patch_size=4" -> {"img_size": 32, "patch_size": 4}; "native" -> {};
     "resize=224" -> {"resize": 224}; ValueError naming timm_input otherwise."""
     if text == "native":
         return {}
     out: dict[str, Any] = {}
     for part in text.split(","):
         key, sep, value = part.partition("=")
-        if not sep or key not in ("img_size", "patch_size", "window_size", "resize") or not value.isdigit() \
-                or int(value) < 1:
-            raise ValueError(f"timm_input={text!r} is not allowed; expected auto, native, resize=N, or "
-                             "img_size=32[,patch_size=P][,window_size=W]")
+        if (
+            not sep
+            or key not in ("img_size", "patch_size", "window_size", "resize")
+            or not value.isdigit()
+            or int(value) < 1
+        ):
+            raise ValueError(
+                f"timm_input={text!r} is not allowed; expected auto, native, resize=N, or "
+                "img_size=32[,patch_size=P][,window_size=W]"
+            )
         out[key] = int(value)
     if "resize" in out and len(out) > 1:
         raise ValueError(f"timm_input={text!r} is not allowed; expected resize=N alone")
@@ -103,7 +111,7 @@ def _create(name: str, num_classes: int, kwargs: dict[str, Any], device: str | N
     from trainables.models import ResizeInput
 
     build = {k: v for k, v in kwargs.items() if k != "resize"}
-    with _quiet(), (torch.device(device) if device else contextlib.nullcontext()):
+    with _quiet(), torch.device(device) if device else contextlib.nullcontext():
         model = timm.create_model(name, pretrained=False, num_classes=num_classes, **build)
     return ResizeInput(model, kwargs["resize"]) if "resize" in kwargs else model
 
@@ -168,8 +176,10 @@ def resolve_input(arch: str, num_classes: int, choice: str = "auto") -> str:
         kwargs = parse_input(choice)
         why = probe(name, num_classes, kwargs)
         if why is not None:
-            raise ValueError(f"timm_input={choice!r} is not allowed for {arch}: the model does not run with it "
-                             f"at {INPUT_SIZE}x{INPUT_SIZE} ({why}); try auto or resize=224")
+            raise ValueError(
+                f"timm_input={choice!r} is not allowed for {arch}: the model does not run with it "
+                f"at {INPUT_SIZE}x{INPUT_SIZE} ({why}); try auto or resize=224"
+            )
         return format_input(kwargs)
     tried = []
     for kwargs in [*_candidates(name), {}]:
@@ -177,8 +187,10 @@ def resolve_input(arch: str, num_classes: int, choice: str = "auto") -> str:
         if why is None:
             return format_input(kwargs)
         tried.append(f"{format_input(kwargs)}: {why}")
-    raise ValueError(f"timm_input='auto' is not allowed for {arch}: it runs at {INPUT_SIZE}x{INPUT_SIZE} neither with "
-                     f"timm's img_size nor with its native stem ({'; '.join(tried)}); pass --timm-input resize=224")
+    raise ValueError(
+        f"timm_input='auto' is not allowed for {arch}: it runs at {INPUT_SIZE}x{INPUT_SIZE} neither with "
+        f"timm's img_size nor with its native stem ({'; '.join(tried)}); pass --timm-input resize=224"
+    )
 
 
 def describe(arch: str, choice: str) -> str:

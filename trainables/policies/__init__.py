@@ -63,6 +63,18 @@ def policy_options(name: str) -> dict[str, Any]:
     return defaults(_policy(name).Options)
 
 
-__all__ = ["ARCH_THRESHOLDS", "LR_SCALINGS", "MEASUREMENT_NAMES", "MEASURE_PER_SAMPLE", "MEASURE_TWO_BATCH",
-           "POLICIES", "POLICY_NAMES", "BatchSizePolicy", "PolicyOptions", "make_policy", "policy_context_check",
-           "policy_options", "policy_options_object"]
+__all__ = [
+    "ARCH_THRESHOLDS",
+    "LR_SCALINGS",
+    "MEASUREMENT_NAMES",
+    "MEASURE_PER_SAMPLE",
+    "MEASURE_TWO_BATCH",
+    "POLICIES",
+    "POLICY_NAMES",
+    "BatchSizePolicy",
+    "PolicyOptions",
+    "make_policy",
+    "policy_context_check",
+    "policy_options",
+    "policy_options_object",
+]

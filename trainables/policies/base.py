@@ -58,8 +58,9 @@ class BatchSizePolicy:
     # False for a policy whose batch size never leaves b0 (its adascale gain is always 1).
     can_change_batch: ClassVar[bool] = True
 
-    def __init__(self, arch: str | None = None, dataset: str | None = None,
-                 options: PolicyOptions | None = None) -> None:
+    def __init__(
+        self, arch: str | None = None, dataset: str | None = None, options: PolicyOptions | None = None
+    ) -> None:
         self.arch = arch
         self.dataset = dataset
         self.options = opts = options if options is not None else self.Options()
@@ -111,8 +112,7 @@ class BatchSizePolicy:
             return adascale_gain(self.noise.trace, self.noise.sqnorm, batch_size, self.options.b0)
         return 1.0
 
-    def step(self, epoch: int, train_loss: float, grad_var: float, grad_norm: float,
-             **measured: Any) -> dict[str, Any]:
+    def step(self, epoch: int, train_loss: float, grad_var: float, grad_norm: float, **measured: Any) -> dict[str, Any]:
         """Consume one finished epoch's signals; return the record with the next batch size."""
         if epoch != self.epoch + 1:
             raise ValueError(f"epoch={epoch} out of order: policy expected epoch {self.epoch + 1}")
@@ -131,8 +131,9 @@ class BatchSizePolicy:
             "noise_scale": None,
             "lr_gain": None if self.lr_scaling == "none" else self.lr_scale,
         }
-        rec.update(self.decide(epoch, signals, train_loss=train_loss, grad_var=grad_var,
-                               grad_norm=grad_norm, **measured))
+        rec.update(
+            self.decide(epoch, signals, train_loss=train_loss, grad_var=grad_var, grad_norm=grad_norm, **measured)
+        )
         self._batch_size = rec["batch_size"]
         self.lr_scale = self.next_lr_scale(self._batch_size)
         return rec
@@ -143,9 +144,15 @@ class BatchSizePolicy:
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-serialisable dynamic state (options are construction-time and not included)."""
-        return {"policy": self.name, "batch_size": self._batch_size, "lr_scale": self.lr_scale,
-                "epoch": self.epoch, "tracker": self.tracker.state_dict(), "noise": self.noise.state_dict(),
-                **self.extra_state()}
+        return {
+            "policy": self.name,
+            "batch_size": self._batch_size,
+            "lr_scale": self.lr_scale,
+            "epoch": self.epoch,
+            "tracker": self.tracker.state_dict(),
+            "noise": self.noise.state_dict(),
+            **self.extra_state(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what state_dict() returned (exact round trip)."""
@@ -176,8 +183,9 @@ class CooldownPolicy(BatchSizePolicy):
     Options: ClassVar[type[PolicyOptions]] = CooldownOptions
     options: CooldownOptions
 
-    def __init__(self, arch: str | None = None, dataset: str | None = None,
-                 options: PolicyOptions | None = None) -> None:
+    def __init__(
+        self, arch: str | None = None, dataset: str | None = None, options: PolicyOptions | None = None
+    ) -> None:
         super().__init__(arch, dataset, options)
         self.t_last = 0  # epoch of the last change
 

@@ -40,7 +40,8 @@ class DiveBatchPolicy(BatchSizePolicy):
     - diversity_sum ("training"): the per_sample estimator's denominator |sum_i g_i|^2 [choice].
       "training" = the sum of the training-step gradients (authors' code; under BatchNorm it mixes
       train-mode sums with eval-mode per-sample norms: one check, tiny_cnn on digits after 2 epochs
-      at fixed weights, gave n*Delta = 553 against 33 eval-consistent and 73 from two batches); "per_sample" = the sum of the per-sample pass's own gradients
+      at fixed weights, gave n*Delta = 553 against 33 eval-consistent and 73 from two batches);
+      "per_sample" = the sum of the per-sample pass's own gradients
       (numerator and denominator from the same eval-mode network). Identical without BatchNorm.
     - per_sample_chunk (32): samples per torch.func chunk, bounding memory to chunk x parameters.
     - lr_scaling="linear" is the paper's optional linear lr scaling at each resize.
@@ -52,12 +53,14 @@ class DiveBatchPolicy(BatchSizePolicy):
     Options = DiveBatchOptions
     options: DiveBatchOptions
 
-    def __init__(self, arch: str | None = None, dataset: str | None = None,
-                 options: PolicyOptions | None = None) -> None:
+    def __init__(
+        self, arch: str | None = None, dataset: str | None = None, options: PolicyOptions | None = None
+    ) -> None:
         super().__init__(arch, dataset, options)
         opts = self.options
-        self.delta: float = float(opts.delta if opts.delta is not None
-                                  else DATASET_DELTA.get(dataset or "", DEFAULT_DELTA))
+        self.delta: float = float(
+            opts.delta if opts.delta is not None else DATASET_DELTA.get(dataset or "", DEFAULT_DELTA)
+        )
 
     def is_resize_epoch(self, epoch: int) -> bool:
         """Whether `epoch` measures the diversity and resizes after it (epochs T, 2T, ...)."""
@@ -71,8 +74,11 @@ class DiveBatchPolicy(BatchSizePolicy):
 
     def measure_settings(self) -> dict[str, int]:
         """Adds the per-sample chunk size and the diversity denominator."""
-        return {**super().measure_settings(), "per_sample_chunk": int(self.options.per_sample_chunk),
-                "diversity_sum": self.options.diversity_sum}
+        return {
+            **super().measure_settings(),
+            "per_sample_chunk": int(self.options.per_sample_chunk),
+            "diversity_sum": self.options.diversity_sum,
+        }
 
     def _n_delta(self, epoch: int, inputs: dict[str, Any]) -> tuple[float, float, float]:
         """(Delta, n*Delta, B_simple) from the measured inputs of a resize epoch."""
@@ -97,5 +103,9 @@ class DiveBatchPolicy(BatchSizePolicy):
             return {"decision": "hold", "batch_size": batch}
         diversity, n_delta, b_simple = self._n_delta(epoch, inputs)
         new_batch = divebatch_update(batch, n_delta, self.delta, self.options.b_max)
-        return {"decision": "increase" if new_batch > batch else "hold", "batch_size": new_batch,
-                "grad_diversity": diversity, "noise_scale": b_simple}
+        return {
+            "decision": "increase" if new_batch > batch else "hold",
+            "batch_size": new_batch,
+            "grad_diversity": diversity,
+            "noise_scale": b_simple,
+        }

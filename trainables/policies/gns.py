@@ -33,6 +33,7 @@ class GnsPolicy(CooldownPolicy):
 
     name = "gns"
     Options = GnsOptions
+
     def method_measurements(self, epoch: int) -> frozenset[str]:
         """Two-batch statistics every epoch (the EMA needs every epoch, cooldown included)."""
         return frozenset({MEASURE_TWO_BATCH})
@@ -40,8 +41,9 @@ class GnsPolicy(CooldownPolicy):
     def decide(self, epoch: int, signals: Any, **inputs: Any) -> dict[str, Any]:
         """Move B to the clamped noise scale outside cooldown."""
         if inputs.get("noise_trace") is None or inputs.get("noise_sqnorm") is None:
-            raise ValueError(f"gns at epoch {epoch} needs noise_trace and noise_sqnorm "
-                             f"(measurement {MEASURE_TWO_BATCH!r})")
+            raise ValueError(
+                f"gns at epoch {epoch} needs noise_trace and noise_sqnorm (measurement {MEASURE_TWO_BATCH!r})"
+            )
         batch = self.batch_size
         b_simple = self.noise.noise_scale()
         rec: dict[str, Any] = {"decision": "hold", "batch_size": batch, "noise_scale": b_simple}

@@ -27,18 +27,30 @@ class PolicyOptions:
     """Options every policy accepts (policies/base.py describes the lr co-adaptation rules)."""
 
     b0: int = setting(64, "batch size of the first epoch (B_0)", kind="int", minimum=1)
-    window: int = setting(15, "how many epochs of gradient variance the confidence's median sees (W)",
-                          kind="int", minimum=1)
-    full_history: bool = setting(False, "median over every epoch instead of the window (the paper's ablation)",
-                                 kind="bool")
-    signal_source: str = setting("last_step", "gradient of the signals: the epoch's last step, or the mean "
-                                 "of all its steps", kind="choice", choices=SIGNAL_SOURCES)
-    lr_scaling: str = setting("none", "lr co-adaptation with the batch size: none (the paper), linear, sqrt, "
-                              "adascale", kind="choice", choices=LR_SCALINGS)
-    ema_decay: float = setting(0.5, "decay of the EMAs of the two-batch statistics (gns, adascale)", kind="float",
-                               minimum=0.0, below=1.0)
-    micro_batches: int = setting(2, "micro-batches per step when the two-batch statistics are measured",
-                                 kind="int", minimum=2)
+    window: int = setting(
+        15, "how many epochs of gradient variance the confidence's median sees (W)", kind="int", minimum=1
+    )
+    full_history: bool = setting(
+        False, "median over every epoch instead of the window (the paper's ablation)", kind="bool"
+    )
+    signal_source: str = setting(
+        "last_step",
+        "gradient of the signals: the epoch's last step, or the mean of all its steps",
+        kind="choice",
+        choices=SIGNAL_SOURCES,
+    )
+    lr_scaling: str = setting(
+        "none",
+        "lr co-adaptation with the batch size: none (the paper), linear, sqrt, adascale",
+        kind="choice",
+        choices=LR_SCALINGS,
+    )
+    ema_decay: float = setting(
+        0.5, "decay of the EMAs of the two-batch statistics (gns, adascale)", kind="float", minimum=0.0, below=1.0
+    )
+    micro_batches: int = setting(
+        2, "micro-batches per step when the two-batch statistics are measured", kind="int", minimum=2
+    )
 
     def __post_init__(self) -> None:
         validate(self)
@@ -66,8 +78,7 @@ class CooldownOptions(PolicyOptions):
 
     b_min: int = setting(32, "smallest batch size", kind="int", minimum=1)
     b_max: int = setting(1024, "largest batch size", kind="int", minimum=1)
-    cooldown: int = setting(10, "epochs after a change during which every decision is hold (C)", kind="int",
-                            minimum=0)
+    cooldown: int = setting(10, "epochs after a change during which every decision is hold (C)", kind="int", minimum=0)
 
     def check(self) -> None:
         """b_min <= b0 <= b_max."""
@@ -78,20 +89,42 @@ class CooldownOptions(PolicyOptions):
 class DebaOptions(CooldownOptions):
     """DEBA (SPEC §1-2): every reconstructed choice of the lost equations is a field."""
 
-    theta_stab: float | None = setting(None, "stability threshold on dN and dL (None: the arch's Table 1 value)",
-                                       kind="float", minimum=0.0, strict=True, nullable=True)
-    theta_conf: float | None = setting(None, "confidence threshold (None: the arch's Table 1 value)",
-                                       kind="float", minimum=0.0, strict=True, nullable=True)
-    thresholds: str = setting("arch", "where missing thresholds come from: the arch's Table 1 row, or the "
-                              "universal (0.3, 0.5) of the ablation", kind="choice", choices=THRESHOLD_SOURCES)
+    theta_stab: float | None = setting(
+        None,
+        "stability threshold on dN and dL (None: the arch's Table 1 value)",
+        kind="float",
+        minimum=0.0,
+        strict=True,
+        nullable=True,
+    )
+    theta_conf: float | None = setting(
+        None,
+        "confidence threshold (None: the arch's Table 1 value)",
+        kind="float",
+        minimum=0.0,
+        strict=True,
+        nullable=True,
+    )
+    thresholds: str = setting(
+        "arch",
+        "where missing thresholds come from: the arch's Table 1 row, or the universal (0.3, 0.5) of the ablation",
+        kind="choice",
+        choices=THRESHOLD_SOURCES,
+    )
     alpha: float = setting(1.5, "growth factor of an increase", kind="float", minimum=1.0, strict=True)
     beta: float = setting(0.8, "shrink factor of a rollback", kind="float", minimum=0.0, strict=True, below=1.0)
-    decision_rule: str = setting("both", "roll back on both symptoms (c > theta_conf and unstable gradients) "
-                                 "or on either", kind="choice", choices=DECISION_RULES)
-    confidence_eps: float = setting(EPS, "eps of the confidence's denominator (0: scale-free; a zero median "
-                                    "then holds)", kind="float", minimum=0.0)
-    cooldown_on_noop: bool = setting(False, "a decision that leaves B unchanged (at a bound) keeps its label "
-                                     "and starts a cooldown", kind="bool")
+    decision_rule: str = setting(
+        "both",
+        "roll back on both symptoms (c > theta_conf and unstable gradients) or on either",
+        kind="choice",
+        choices=DECISION_RULES,
+    )
+    confidence_eps: float = setting(
+        EPS, "eps of the confidence's denominator (0: scale-free; a zero median then holds)", kind="float", minimum=0.0
+    )
+    cooldown_on_noop: bool = setting(
+        False, "a decision that leaves B unchanged (at a bound) keeps its label and starts a cooldown", kind="bool"
+    )
 
 
 @dataclass(frozen=True)
@@ -104,8 +137,7 @@ class ResizeOptions(PolicyOptions):
     """A policy that resizes B every `resize_every` epochs, never above b_max (AdaBatch, DiveBatch)."""
 
     resize_every: int = setting(20, "epochs between resizes (T)", kind="int", minimum=1)
-    b_max: int = setting(2048, "largest batch size (DiveBatch's cap; AdaBatch is its baseline)", kind="int",
-                         minimum=1)
+    b_max: int = setting(2048, "largest batch size (DiveBatch's cap; AdaBatch is its baseline)", kind="int", minimum=1)
 
     def check(self) -> None:
         """b0 <= b_max."""
@@ -123,12 +155,25 @@ class AdaBatchOptions(ResizeOptions):
 class DiveBatchOptions(ResizeOptions):
     """DiveBatch (SPEC §5): grow B from the gradient diversity measured every `resize_every` epochs."""
 
-    delta: float | None = setting(None, "scale of the diversity bound (None: 0.1 for cifar10, 0.01 for cifar100, "
-                                  "0.1 otherwise)", kind="float", minimum=0.0, strict=True, nullable=True)
-    estimator: str = setting("per_sample", "per-sample gradient norms, or the two-batch noise scale "
-                             "(n*Delta = 1 + B_simple)", kind="choice", choices=ESTIMATORS)
-    diversity_sum: str = setting("training", "denominator of the per-sample estimator: the training steps' "
-                                 "gradient sum (authors) or the per-sample pass's own", kind="choice",
-                                 choices=DIVERSITY_SUMS)
-    per_sample_chunk: int = setting(32, "samples per torch.func chunk of the per-sample pass", kind="int",
-                                    minimum=1)
+    delta: float | None = setting(
+        None,
+        "scale of the diversity bound (None: 0.1 for cifar10, 0.01 for cifar100, 0.1 otherwise)",
+        kind="float",
+        minimum=0.0,
+        strict=True,
+        nullable=True,
+    )
+    estimator: str = setting(
+        "per_sample",
+        "per-sample gradient norms, or the two-batch noise scale (n*Delta = 1 + B_simple)",
+        kind="choice",
+        choices=ESTIMATORS,
+    )
+    diversity_sum: str = setting(
+        "training",
+        "denominator of the per-sample estimator: the training steps' "
+        "gradient sum (authors) or the per-sample pass's own",
+        kind="choice",
+        choices=DIVERSITY_SUMS,
+    )
+    per_sample_chunk: int = setting(32, "samples per torch.func chunk of the per-sample pass", kind="int", minimum=1)
