@@ -8,7 +8,7 @@ OUT="${1:-benchmarks/out/cpu}"
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled
 status=0
-for bench in bench_signals bench_data bench_batch bench_speedups bench_orchestration; do
+for bench in bench_signals bench_data bench_batch bench_speedups bench_orchestration bench_schedule; do
   echo "=== $bench ($(date -u +%H:%M:%S), load $(cut -d' ' -f1-3 /proc/loadavg))"
   extra=()
   [ "$bench" = bench_orchestration ] && extra=(--batch-curve-json latest)

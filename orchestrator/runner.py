@@ -82,14 +82,17 @@ def make_plan(study: StudySpec, results: str, write: bool = True, storage: str |
         for name, doc in read_plans(storage_root(results, study.name, storage)).items()
         if doc.get("study") == study.name
     }
-    check_one_configuration(study, trials, runs, plans, store.trials_with_epochs())
+    with_rows = store.trials_with_epochs()
+    check_one_configuration(study, trials, runs, plans, with_rows)
     finished = store.finished(study.epochs) & set(ids)
+    # Costs from the epoch times stored so far (any trial of the study), for the epochs left.
+    started = with_rows & set(ids)
     return Plan(
         study=study,
         trials=trials,
         finished=frozenset(finished),
         waiting=tuple(waiting_for_calibration(study, calibration)),
-        estimate=estimate_costs(trials, store.epoch_seconds(finished)),
+        estimate=estimate_costs(trials, store.epoch_seconds(started), store.stored_epochs(started - finished)),
     )
 
 

@@ -4,8 +4,8 @@ Tune starts a study's trials in the order of its grid (FIFO, whenever a GPU free
 100-epoch ViT trial that starts last sets the makespan. Launching the longest first (LPT list
 scheduling) keeps the cluster busy: its makespan is at most 4/3 of the optimum.
 
-A trial's cost, in seconds when the store has measurements, else in FLOPs:
-- measured: the mean train + eval time per epoch of the finished trials of the same (arch,
+A trial's cost, for the epochs it has left, in seconds when the store has measurements, else in FLOPs:
+- measured: the mean train + eval time per epoch stored for the trials of the same (arch,
   dataset) in this study's store, times the trial's epochs;
 - estimated: forward FLOPs per sample x (3 x train samples + test samples) x epochs (a training
   step costs about three forwards, evaluation one), converted to seconds with the median
@@ -43,26 +43,25 @@ def flop_cost(config: dict[str, Any]) -> float:
     return flops * (3 * n_train + n_test) * config["epochs"]
 
 
-def estimate_costs(trials: Sequence[Any], measured: dict[tuple[str, str], float]) -> CostEstimate:
-    """Costs of `trials` (TrialSpecs); `measured` maps (arch, dataset) -> seconds per epoch."""
-    flops = {t.trial_id: flop_cost(t.config) for t in trials}
-    rates = [
-        measured[(t.arch, t.dataset)] * t.config["epochs"] / flops[t.trial_id]
+def estimate_costs(
+    trials: Sequence[Any], measured: dict[tuple[str, str], float], done: dict[str, int] | None = None
+) -> CostEstimate:
+    """Costs of `trials` (TrialSpecs) for the epochs they have left (`done`: trial_id -> epochs
+    already stored); `measured` maps (arch, dataset) -> seconds per epoch."""
+    done = done or {}
+    left = {t.trial_id: max(t.config["epochs"] - done.get(t.trial_id, 0), 0) / t.config["epochs"] for t in trials}
+    flops = {t.trial_id: flop_cost(t.config) for t in trials}  # whole trial
+    seconds = {
+        t.trial_id: measured[(t.arch, t.dataset)] * t.config["epochs"]
         for t in trials
-        if (t.arch, t.dataset) in measured and flops[t.trial_id] > 0
-    ]
-    if not measured or not rates:
-        return CostEstimate(costs=flops, unit="FLOP", measured=0)
-    rate = statistics.median(rates)
-    costs = {}
-    n = 0
-    for t in trials:
-        if (t.arch, t.dataset) in measured:
-            costs[t.trial_id] = measured[(t.arch, t.dataset)] * t.config["epochs"]
-            n += 1
-        else:
-            costs[t.trial_id] = flops[t.trial_id] * rate
-    return CostEstimate(costs=costs, unit="s", measured=n)
+        if (t.arch, t.dataset) in measured
+    }
+    rates = [seconds[i] / flops[i] for i in seconds if flops[i] > 0]
+    if not rates:
+        return CostEstimate(costs={i: flops[i] * left[i] for i in flops}, unit="FLOP", measured=0)
+    rate = statistics.median(rates)  # seconds per FLOP on this cluster
+    costs = {i: seconds.get(i, flops[i] * rate) * left[i] for i in flops}
+    return CostEstimate(costs=costs, unit="s", measured=len(seconds))
 
 
 def longest_first(ids: Iterable[str], costs: dict[str, float]) -> list[str]:

@@ -155,3 +155,13 @@ def test_orchestration_quick_run_on_ray_records_the_packing(tmp_path):
     assert doc["numbers"]["runs_table_records_packing"] is True
     assert set(doc["numbers"]["packing"]) == {"gpu0_cpu2", "gpu0_cpu1"}
     assert doc["numbers"]["ray_overhead_study"]["completed"] == 1
+
+
+def test_schedule_benchmark_replays_the_paper_grid(tmp_path):
+    from benchmarks import bench_schedule
+
+    assert bench_schedule.main(["--quick", "--gpus", "8", "--out", str(tmp_path)]) == 0
+    (doc,) = [json.load(open(p)) for p in glob.glob(os.path.join(tmp_path, "schedule_*.json"))]
+    (row,) = doc["numbers"]["efficiency"]
+    assert row["gpus"] == 8 and row["random_worst"] <= row["random_median"] <= row["bound"] <= 1.0
+    assert doc["ratios"]["longest_first_efficiency_8_gpus"]["met"] is True
