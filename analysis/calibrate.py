@@ -26,10 +26,7 @@ PAPER_THRESHOLDS: dict[str, tuple[float, float]] = paper.THRESHOLDS
 
 
 def calibrate(
-    epochs: pd.DataFrame,
-    summary: pd.DataFrame,
-    fixed_method: str = "fixed",
-    stab_percentile: float = 75.0,
+    epochs: pd.DataFrame, summary: pd.DataFrame, fixed_method: str = "fixed", stab_percentile: float = 75.0
 ) -> pd.DataFrame:
     """Per arch: n_runs, n_epochs (rows used), theta_stab, theta_conf, paper values."""
     if not 0.0 <= stab_percentile <= 100.0:
@@ -140,10 +137,7 @@ def thresholds(cal: pd.DataFrame) -> dict[str, dict[str, float]]:
     out = {}
     for row in cal.itertuples():
         if math.isfinite(row.theta_stab) and math.isfinite(row.theta_conf):
-            out[str(row.arch)] = {
-                "theta_stab": float(row.theta_stab),
-                "theta_conf": float(row.theta_conf),
-            }
+            out[str(row.arch)] = {"theta_stab": float(row.theta_stab), "theta_conf": float(row.theta_conf)}
     return out
 
 

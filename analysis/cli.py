@@ -30,20 +30,13 @@ and calibration pools the fixed runs of all of them.
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the analysis CLI."""
     p = argparse.ArgumentParser(
-        prog="python -m analysis",
-        description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="python -m analysis", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("results_dir", metavar="RESULTS_DIR")
     p.add_argument(
-        "--study",
-        action="append",
-        help="study to analyse (repeat or comma-separate for several; default: all)",
+        "--study", action="append", help="study to analyse (repeat or comma-separate for several; default: all)"
     )
-    p.add_argument(
-        "--out",
-        help="report directory (default: ./reports/<study names joined by '+'>)",
-    )
+    p.add_argument("--out", help="report directory (default: ./reports/<study names joined by '+'>)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots (faster)")
     return p

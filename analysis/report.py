@@ -14,17 +14,13 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from analysis import markdown as md
-from analysis.calibrate import (
-    calibrate,
-    calibrated_study_command,
-    thresholds,
-    write_calibration,
-)
+from analysis.calibrate import calibrate, calibrated_study_command, thresholds, write_calibration
 from analysis.compare import Comparison, ablation_summary, compare
 from analysis.load import list_studies, load_store
 from analysis.reconstruction import reading_table
@@ -54,9 +50,7 @@ class Analysis:
 
 
 def analyse(
-    results_dir: str,
-    study: str | Sequence[str] | None = None,
-    options: TaxonomyOptions | None = None,
+    results_dir: str, study: str | Sequence[str] | None = None, options: TaxonomyOptions | None = None
 ) -> Analysis:
     """Load the store and compute comparison, ablations, taxonomy, dynamics and calibration.
 
@@ -120,8 +114,7 @@ def _partner_summaries(
         return None
     stores = [load_store(results_dir, s) for s in others]
     return trial_summary(
-        pd.concat([s.epochs for s in stores], ignore_index=True),
-        pd.concat([s.runs for s in stores], ignore_index=True),
+        pd.concat([s.epochs for s in stores], ignore_index=True), pd.concat([s.runs for s in stores], ignore_index=True)
     )
 
 
@@ -251,18 +244,20 @@ def taxonomy_markdown(a: Analysis) -> str:
     return md.table(head, rows, align)
 
 
+RUN_HEAD = ["Study", "Arch", "Dataset", "Variant", "Seed", "Status"]
+
+
+def _run_cells(r: Any) -> list[str]:
+    """The cells of RUN_HEAD for one run (a row of a per-run table)."""
+    return [r.study, r.arch, r.dataset, r.variant, str(r.seed), r.status]
+
+
 def dynamics_markdown(a: Analysis) -> str:
     """Per adaptive run: decisions, aggressiveness, convergence stability, S."""
-    head = ["Study", "Arch", "Dataset", "Variant", "Seed", "Status", "Incr", "Rollb",
-            "Decisions", "Aggressiveness", "Conv. stability", "S", "Final BS"]  # fmt: skip
+    head = RUN_HEAD + ["Incr", "Rollb", "Decisions", "Aggressiveness", "Conv. stability", "S", "Final BS"]
     rows = [
-        [
-            r.study,
-            r.arch,
-            r.dataset,
-            r.variant,
-            str(r.seed),
-            r.status,
+        _run_cells(r)
+        + [
             md.num(r.n_increase, 0),
             md.num(r.n_rollback, 0),
             md.num(r.n_decisions, 0),
@@ -296,16 +291,10 @@ def calibration_markdown(a: Analysis) -> str:
 
 def trajectory_markdown(a: Analysis) -> str:
     """Per DEBA run: distance to the paper's batch-size path and its landmarks (SPEC §4)."""
-    head = ["Study", "Arch", "Dataset", "Variant", "Seed", "Status", "Distance (oct)",
-            f"Epoch B≥{LARGE_BATCH}", "Final BS", "Incr", "Rollb"]  # fmt: skip
+    head = RUN_HEAD + ["Distance (oct)", f"Epoch B≥{LARGE_BATCH}", "Final BS", "Incr", "Rollb"]
     rows = [
-        [
-            r.study,
-            r.arch,
-            r.dataset,
-            r.variant,
-            str(r.seed),
-            r.status,
+        _run_cells(r)
+        + [
             md.num(r.distance_oct, 3),
             md.num(r.epoch_reach_729, 0),
             str(r.final_bs),
@@ -404,10 +393,7 @@ def to_markdown(a: Analysis, calibration_path: str | None = None) -> str:
             f"the first epoch trained at B ≥ {LARGE_BATCH}, the final batch size and the decisions taken.",
             trajectory_markdown(a),
         ]
-    parts += [
-        "## Runs not averaged in",
-        left_out_markdown(a),
-    ]
+    parts += ["## Runs not averaged in", left_out_markdown(a)]
     if a.notes:
         parts += ["## Notes", "\n".join(f"- {n}" for n in a.notes)]
     return "\n\n".join(parts) + "\n"

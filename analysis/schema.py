@@ -13,6 +13,7 @@ from trainables.records import (  # noqa: F401  (re-exported: the analysis's vie
     DECISIONS,
     EPOCH_COLUMNS,
     ID_COLUMNS,
+    ID_NAMES,
     NULLABLE_EPOCH_COLUMNS,
     RUN_COLUMNS,
     RUN_STATUSES,
@@ -23,32 +24,11 @@ _CONTRACT_TYPES = ("string", "int64", "float64", "bool")
 
 # The columns the analysis uses; any other contract column may be missing from a file (a store
 # written before the column existed) and is read as null, with a note naming it.
-REQUIRED_EPOCH_COLUMNS: frozenset[str] = frozenset(
-    {
-        "study",
-        "trial_id",
-        "arch",
-        "dataset",
-        "seed",
-        "method",
-        "variant",
-        "epoch",
-        "batch_size",
-        "train_loss",
-        "test_acc",
-        "epoch_time_s",
-        "wall_time_s",
-        "grad_var",
-        "grad_norm_variation",
-        "loss_variation",
-        "confidence",
-        "decision",
-        "in_cooldown",
-    }
-)
-REQUIRED_RUN_COLUMNS: frozenset[str] = frozenset(
-    {"study", "trial_id", "arch", "dataset", "seed", "method", "variant", "status"}
-)
+REQUIRED_EPOCH_COLUMNS: frozenset[str] = frozenset(ID_NAMES) | {
+    "epoch", "batch_size", "train_loss", "test_acc", "epoch_time_s", "wall_time_s", "grad_var",
+    "grad_norm_variation", "loss_variation", "confidence", "decision", "in_cooldown",
+}  # fmt: skip
+REQUIRED_RUN_COLUMNS: frozenset[str] = frozenset(ID_NAMES) | {"status"}
 
 
 def _is_string(t: pa.DataType) -> bool:

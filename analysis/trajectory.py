@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from trainables import paper
+from trainables.records import ID_NAMES
 
 LARGE_BATCH = paper.LARGE_BATCH
 
@@ -62,23 +63,8 @@ def _configured_epochs(runs: pd.DataFrame) -> dict[tuple[str, str], int]:
     return out
 
 
-TRAJECTORY_COLUMNS = [
-    "study",
-    "trial_id",
-    "arch",
-    "dataset",
-    "seed",
-    "method",
-    "variant",
-    "status",
-    "n_epochs",
-    "epochs_planned",
-    "distance_oct",
-    "epoch_reach_729",
-    "final_bs",
-    "n_increase",
-    "n_rollback",
-]
+TRAJECTORY_COLUMNS = [*ID_NAMES, "status", "n_epochs", "epochs_planned", "distance_oct", "epoch_reach_729",
+                      "final_bs", "n_increase", "n_rollback"]  # fmt: skip
 
 
 def trajectory_table(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -34,11 +35,7 @@ def _table(rows: pd.DataFrame | Sequence[Mapping], schema: pa.Schema) -> pa.Tabl
 
 
 def write_trial(
-    root: str,
-    study: str,
-    trial_id: str,
-    epochs: pd.DataFrame | Sequence[Mapping] | None,
-    run: Mapping | None,
+    root: str, study: str, trial_id: str, epochs: pd.DataFrame | Sequence[Mapping] | None, run: Mapping | None
 ) -> None:
     """Write one trial's epochs file and runs file (either may be None = not written)."""
     if epochs is not None:
@@ -86,6 +83,15 @@ def trial_rows(
         if name not in df:
             df[name] = None
     return df[EPOCH_SCHEMA.names + [c for c in df.columns if c not in EPOCH_SCHEMA.names]]
+
+
+def spec_rows(spec: Any, epochs: int, **columns: Any) -> list[dict]:
+    """Epoch rows 1..`epochs` of a TrialSpec as the sink stores them, with made-up values (each keyword
+    a scalar for every row): batch size 64, test_acc 0.5, losses and gradient signals 1, 1 s epochs."""
+    base = {"batch_size": 64, "next_batch_size": 64, "test_acc": 0.5, "train_loss": 1.0, "grad_var": 1.0,
+            "grad_norm": 1.0, "epoch_time_s": 1.0, "decision": "hold", "in_cooldown": False}  # fmt: skip
+    return [{**spec.identifiers(), **base, "epoch": e, "wall_time_s": float(e), **columns}
+            for e in range(1, epochs + 1)]  # fmt: skip
 
 
 def run_row(
@@ -140,14 +146,7 @@ def _trajectory(rng: np.random.Generator, n_epochs: int, cooldown: int) -> tuple
 
 
 def synthetic_trial(
-    rng: np.random.Generator,
-    study: str,
-    arch: str,
-    dataset: str,
-    seed: int,
-    method: str,
-    variant: str,
-    n_epochs: int,
+    rng: np.random.Generator, study: str, arch: str, dataset: str, seed: int, method: str, variant: str, n_epochs: int
 ) -> tuple[str, pd.DataFrame, dict]:
     """One synthetic trial: (trial_id, epochs rows, runs row)."""
     trial_id = f"{arch}-{dataset}-{method}-{variant}-s{seed}"

@@ -145,15 +145,7 @@ class ParquetSink(tune.Callback):
         trial_id = _trial_key(trial)
         spec = self.specs[trial_id]
         row = {name: result.get(name) for name in epoch_column_names()}
-        row.update(
-            study=self.study,
-            trial_id=trial_id,
-            arch=spec.arch,
-            dataset=spec.dataset,
-            seed=spec.seed,
-            method=spec.method,
-            variant=spec.variant,
-        )
+        row.update(spec.identifiers(), study=self.study)
         epoch = int(row["epoch"])
         buf = self._buffer(trial_id)
         for stale in [e for e in buf if e > epoch]:

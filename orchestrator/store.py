@@ -233,18 +233,6 @@ class ResultsStore:
                     out[row["trial_id"]] = row
         return out
 
-    def run_mtimes(self) -> dict[str, float]:
-        """trial_id -> modification time (epoch seconds) of its runs file."""
-        infos = self.fs.get_file_info(pafs.FileSelector(posixpath.join(self.study_path, "runs"), allow_not_found=True))
-        return {
-            i.base_name[: -len(".parquet")]: i.mtime.timestamp()
-            for i in infos
-            if i.type == pafs.FileType.File
-            and i.base_name.endswith(".parquet")
-            and not i.base_name.startswith((".", "_"))
-            and i.mtime is not None
-        }
-
     def ledger(self) -> dict[str, str]:
         """trial_id -> status of every trial with a runs row."""
         return {tid: row["status"] for tid, row in self.read_runs().items()}
@@ -268,13 +256,7 @@ def run_row(
     `extra` fills the columns that the epochs do not determine (device, host, resources, versions).
     """
     row = {
-        "study": spec.study,
-        "trial_id": spec.trial_id,
-        "arch": spec.arch,
-        "dataset": spec.dataset,
-        "seed": spec.seed,
-        "method": spec.method,
-        "variant": spec.variant,
+        **spec.identifiers(),
         "config_json": spec.config_json,
         "status": status,
         "error": error,

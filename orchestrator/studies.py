@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 from trainables import paper
 from trainables.config import EXECUTION_FIELDS, TrialConfig, canonical_json, identity_of
 from trainables.policies.deba import TEST_ARCH_THRESHOLDS
+from trainables.records import ID_NAMES
 
 PAPER_ARCHS, PAPER_SEEDS, PROFILE_SEEDS = paper.ARCHS, paper.SEEDS, paper.PROFILE_SEEDS
 
@@ -106,6 +107,10 @@ class TrialSpec:
     def config(self) -> dict[str, Any]:
         """The TrialLoop config as a fresh dict."""
         return json.loads(self.config_json)
+
+    def identifiers(self) -> dict[str, Any]:
+        """The identifier columns of the results tables (trainables/records.py ID_COLUMNS)."""
+        return {name: getattr(self, name) for name in ID_NAMES}
 
     @property
     def label(self) -> str:

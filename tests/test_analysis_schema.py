@@ -1,4 +1,4 @@
-"""The analysis's copy of the column contract matches trainables/records.py, and type checks."""
+"""The analysis reads the store's contract without torch or Ray, and checks physical types."""
 
 from __future__ import annotations
 
@@ -6,15 +6,6 @@ import pyarrow as pa
 import pytest
 
 from analysis import schema
-
-
-def test_contract_copy_matches_records():
-    records = pytest.importorskip("trainables.records")
-    assert schema.EPOCH_COLUMNS == records.EPOCH_COLUMNS
-    assert schema.RUN_COLUMNS == records.RUN_COLUMNS
-    assert schema.DECISIONS == records.DECISIONS
-    assert schema.RUN_STATUSES == records.RUN_STATUSES
-    assert schema.NULLABLE_EPOCH_COLUMNS == records.NULLABLE_EPOCH_COLUMNS
 
 
 def test_analysis_does_not_import_torch_or_ray():
@@ -65,10 +56,7 @@ def test_schema_problems_name_columns():
     cols = (("seed", "int64"), ("arch", "string"), ("lr_gain", "float64"))
     physical = pa.schema([("seed", pa.string()), ("extra", pa.int8())])
     problems = schema.schema_problems(physical, cols, optional=frozenset({"lr_gain"}))
-    assert problems == [
-        "column 'seed' has type string, expected int64",
-        "missing column 'arch' (string)",
-    ]
+    assert problems == ["column 'seed' has type string, expected int64", "missing column 'arch' (string)"]
     full = pa.schema([("seed", pa.int64()), ("arch", pa.string()), ("lr_gain", pa.null())])
     assert schema.schema_problems(full, cols) == []
 

@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 
+from benchmarks.synthetic_store import spec_rows
 from orchestrator.calibration import CALIBRATION_FILE, signal_reading
 from orchestrator.runner import make_plan
 from orchestrator.store import ResultsStore, run_row
@@ -66,37 +67,16 @@ def test_calibrating_study_refuses_what_it_would_ignore(overrides, field):
         expand(with_overrides(_small(), **overrides))
 
 
+SIGNALS = ("grad_var", "grad_norm", "grad_var_epoch_mean", "grad_norm_epoch_mean")
+
+
 def _store_fixed_runs(results, study, specs, seed=0):
     """Completed fixed runs with made-up signals (both sources), as the sink would store them."""
     store = ResultsStore(results, study.name)
     rng = np.random.default_rng(seed)
     for spec in specs:
-        rows = []
-        for epoch in range(1, 5):
-            rows.append(
-                {
-                    "study": study.name,
-                    "trial_id": spec.trial_id,
-                    "arch": spec.arch,
-                    "dataset": spec.dataset,
-                    "seed": spec.seed,
-                    "method": spec.method,
-                    "variant": spec.variant,
-                    "epoch": epoch,
-                    "batch_size": 64,
-                    "next_batch_size": 64,
-                    "train_loss": 1.0 / epoch,
-                    "test_acc": 0.5,
-                    "grad_var": float(rng.uniform(1, 2)),
-                    "grad_norm": float(rng.uniform(1, 2)),
-                    "grad_var_epoch_mean": float(rng.uniform(1, 2)),
-                    "grad_norm_epoch_mean": float(rng.uniform(1, 2)),
-                    "decision": "hold",
-                    "in_cooldown": False,
-                    "epoch_time_s": 1.0,
-                    "wall_time_s": float(epoch),
-                }
-            )
+        rows = [{**row, "train_loss": 1.0 / row["epoch"], **{k: float(rng.uniform(1, 2)) for k in SIGNALS}}
+                for row in spec_rows(spec, 4)]  # fmt: skip
         store.write_epochs(spec.trial_id, rows)
         store.write_run(run_row(spec, rows, status="completed"))
 

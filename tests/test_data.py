@@ -11,14 +11,7 @@ import pytest
 import torch
 import torchvision.transforms.functional as TF
 
-from trainables.data import (
-    DATASETS,
-    DatasetNotFoundError,
-    GpuLoader,
-    channel_stats,
-    default_data_dir,
-    load_dataset,
-)
+from trainables.data import DATASETS, DatasetNotFoundError, GpuLoader, channel_stats, default_data_dir, load_dataset
 
 
 # ----------------------------------------------------------------------------- tiny CIFAR files

@@ -15,7 +15,7 @@ import pytest
 
 from analysis.load import load_store
 from benchmarks.synthetic_store import run_row as synthetic_run_row
-from benchmarks.synthetic_store import trial_rows, write_trial
+from benchmarks.synthetic_store import spec_rows, trial_rows, write_trial
 from orchestrator.checkpoints import find_checkpoints, intact, prune, resume_points
 from orchestrator.cli import build_parser, study_from_args
 from orchestrator.lock import StudyLock, StudyLocked
@@ -36,28 +36,7 @@ def _study(argv):
 def _store_trial(results, spec, epochs, status="completed", rows=None):
     """Rows and a runs row of `spec` as the sink stores them (made-up numbers)."""
     store = ResultsStore(results, spec.study)
-    rows = rows or [
-        {
-            "study": spec.study,
-            "trial_id": spec.trial_id,
-            "arch": spec.arch,
-            "dataset": spec.dataset,
-            "seed": spec.seed,
-            "method": spec.method,
-            "variant": spec.variant,
-            "epoch": e,
-            "batch_size": 64,
-            "test_acc": 0.5,
-            "train_loss": 1.0,
-            "grad_var": 1.0,
-            "grad_norm": 1.0,
-            "epoch_time_s": 1.0,
-            "wall_time_s": float(e),
-            "decision": "hold",
-            "in_cooldown": False,
-        }
-        for e in range(1, epochs + 1)
-    ]
+    rows = rows or spec_rows(spec, epochs)
     store.write_epochs(spec.trial_id, rows)
     store.write_run(run_row(spec, rows, status=status))
     return store
@@ -282,22 +261,7 @@ def test_summary_averages_only_completed_trials(tmp_path):
     specs = expand(with_overrides(preset("demo"), seeds=[0, 1], archs=["tiny_cnn"], methods=["fixed"]))
 
     def rows(spec, acc, n):
-        return [
-            {
-                "study": spec.study,
-                "trial_id": spec.trial_id,
-                "arch": spec.arch,
-                "dataset": spec.dataset,
-                "seed": spec.seed,
-                "method": spec.method,
-                "variant": spec.variant,
-                "epoch": e,
-                "test_acc": acc,
-                "epoch_time_s": 1.0,
-                "batch_size": 64,
-            }
-            for e in range(1, n + 1)
-        ]
+        return spec_rows(spec, n, test_acc=acc)
 
     _store_trial(results, specs[0], 12, rows=rows(specs[0], 0.9, 12))
     _store_trial(results, specs[1], 2, status="failed", rows=rows(specs[1], 0.1, 2))

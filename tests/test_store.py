@@ -97,7 +97,6 @@ def test_runs_and_ledger(tmp_path, as_uri):
     assert store.finished() == {"t1", "t2", "t3"}
     table = pq.read_table(tmp_path / "s" / "runs" / "t2.parquet")
     assert table.schema.equals(RUN_SCHEMA) and table.num_rows == 1
-    assert set(store.run_mtimes()) == {"t1", "t2", "t3"}
 
 
 def test_bad_uri_names_the_field():
@@ -167,3 +166,22 @@ def test_status_of_a_trial_that_reported_nothing_this_session(tmp_path, rows, st
     sink.on_trial_complete(0, [], _Trial(spec.trial_id))
     row = ResultsStore(str(tmp_path), "s").read_runs()[spec.trial_id]
     assert (row["status"], row["error"], row["epochs_done"]) == (status, error, len(rows))
+
+
+def test_a_damaged_epochs_file_of_a_running_trial_fails_that_trial_only(tmp_path, capsys):
+    sink, spec = _sink(tmp_path)
+    other = TrialSpec(**{**SPEC.__dict__, "trial_id": "other", "config_json": '{"epochs":3}'})
+    sink.specs[other.trial_id] = other
+    ResultsStore(str(tmp_path), "s").write_epochs(spec.trial_id, [_row(1)])
+    path = tmp_path / "s" / "epochs" / f"{spec.trial_id}.parquet"
+    path.write_bytes(path.read_bytes()[:40])  # truncated while the driver was away
+    trial, trial2 = _Trial(spec.trial_id), _Trial("other")
+    sink.on_trial_result(0, [], trial, {**_row(2), "loop_status": "running"})  # no exception reaches Tune
+    sink.on_trial_result(0, [], trial2, {**_row(1), "loop_status": "running"})
+    assert "is damaged" in capsys.readouterr().err
+    assert len(list((tmp_path / "s" / "_quarantine").iterdir())) == 1
+    sink.on_trial_result(0, [], trial, {**_row(3), "loop_status": "completed"})
+    sink.on_trial_complete(0, [], trial)
+    row = ResultsStore(str(tmp_path), "s").read_runs()[spec.trial_id]
+    assert row["status"] == "failed" and "was damaged and was moved to" in row["error"]
+    assert [r["epoch"] for r in ResultsStore(str(tmp_path), "s").read_epochs("other")] == [1]

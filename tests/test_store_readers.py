@@ -10,6 +10,7 @@ import duckdb
 import pandas as pd
 import polars as pl
 
+from benchmarks.synthetic_store import spec_rows
 from orchestrator.store import ResultsStore, run_row
 from orchestrator.studies import expand, preset, with_overrides
 
@@ -19,21 +20,7 @@ def _store(root: str) -> int:
     n = 0
     for name in ("demo", "other"):
         for spec in expand(with_overrides(preset("demo"), name=name, seeds=[0])):
-            rows = [
-                {
-                    "study": name,
-                    "trial_id": spec.trial_id,
-                    "arch": spec.arch,
-                    "dataset": spec.dataset,
-                    "seed": spec.seed,
-                    "method": spec.method,
-                    "variant": spec.variant,
-                    "epoch": e,
-                    "batch_size": 64,
-                    "test_acc": 0.5,
-                }
-                for e in (1, 2, 3)
-            ]
+            rows = spec_rows(spec, 3)
             store = ResultsStore(root, name)
             store.write_epochs(spec.trial_id, rows)
             store.write_run(run_row(spec, rows, status="completed"))

@@ -25,6 +25,8 @@ ID_COLUMNS: tuple[tuple[str, str], ...] = (
     ("variant", "string"),
 )
 
+ID_NAMES: tuple[str, ...] = tuple(name for name, _ in ID_COLUMNS)
+
 # One row per (trial_id, epoch). Every policy fills the DEBA signal columns (SPEC §4) so
 # that fixed runs can profile; the method extras are null where a method does not measure them.
 EPOCH_COLUMNS: tuple[tuple[str, str], ...] = ID_COLUMNS + (

@@ -75,11 +75,7 @@ class SignalTracker:
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-serialisable state."""
-        return {
-            "variances": list(self.variances),
-            "prev_norm": self.prev_norm,
-            "prev_loss": self.prev_loss,
-        }
+        return {"variances": list(self.variances), "prev_norm": self.prev_norm, "prev_loss": self.prev_loss}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what state_dict() returned."""
