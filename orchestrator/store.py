@@ -256,7 +256,7 @@ def run_row(
     `extra` fills the columns that the epochs do not determine (device, host, resources, versions).
     """
     row = {
-        **spec.identifiers(),
+        **{name: getattr(spec, name) for name in ID_NAMES},  # any object with these attributes
         "config_json": spec.config_json,
         "status": status,
         "error": error,
