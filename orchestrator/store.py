@@ -22,7 +22,15 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from trainables.records import EPOCH_COLUMNS, RUN_COLUMNS, arrow_schema, epoch_column_names, resolve_uri, trial_summary
+from trainables.records import (
+    EPOCH_COLUMNS,
+    ID_NAMES,
+    RUN_COLUMNS,
+    arrow_schema,
+    epoch_column_names,
+    resolve_uri,
+    trial_summary,
+)
 
 __all__ = [
     "EPOCH_SCHEMA",
