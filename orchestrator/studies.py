@@ -16,9 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from trainables import paper
-from trainables.config import EXECUTION_FIELDS, TrialConfig, canonical_json, identity_of
+from trainables.config import EXECUTION_FIELDS, TrialConfig, canonical_json, identity_of, trial_id_of
 from trainables.policies.deba import TEST_ARCH_THRESHOLDS
 from trainables.records import ID_NAMES
+
+__all__ = ["EXECUTION_KEYS", "PRESETS", "StudySpec", "TrialSpec", "canonical_json", "expand", "identity_of",
+           "preset", "trial_id_of", "validate_study", "waiting_for_calibration", "with_overrides"]  # fmt: skip
 
 PAPER_ARCHS, PAPER_SEEDS, PROFILE_SEEDS = paper.ARCHS, paper.SEEDS, paper.PROFILE_SEEDS
 

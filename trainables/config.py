@@ -180,6 +180,19 @@ class TrialConfig:
             for f in fields_of(self)
         }
 
+    def __getitem__(self, name: str) -> Any:
+        """Read a field by name (`cfg["lr"]`), as configs read when they were plain dicts."""
+        if not isinstance(name, str) or name.startswith("_") or not hasattr(self, name):
+            raise KeyError(name)
+        return getattr(self, name)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """`cfg[name]`, or `default` for a name that is no field."""
+        try:
+            return self[name]
+        except KeyError:
+            return default
+
     def replace(self, **changes: Any) -> TrialConfig:
         """A copy with some fields changed (checked again)."""
         return dataclasses.replace(self, **changes)
