@@ -9,14 +9,16 @@ statistics are replayed with the reading's options), and phase 2 trains them.
 
 The thresholds are pinned in `<results>/<study>/calibration.json` the first time they are
 computed: the DEBA trial ids depend on them, so extending the study later (more seeds) keeps the
-thresholds, and the ids, of the trials already run. Delete the file to recalibrate.
+thresholds, and the ids, of the trials already run. To recalibrate (from other fixed runs, say),
+run the study under a new name: with the file gone, the store's DEBA trials would no longer match
+the thresholds computed again, and the study would be refused as holding other settings.
 """
 
 from __future__ import annotations
 
 import json
 import posixpath
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -54,25 +56,37 @@ def _significant(x: float) -> float:
     return float(f"{x:.6g}")
 
 
-def study_calibration(study: Any, results: str, finished: dict[str, str], write: bool = True) -> Any:
-    """The `calibration(arch, method, options)` lookup `studies.expand` takes for a calibrating study:
-    pinned thresholds, else thresholds computed (and pinned) once every fixed trial of the arch in
-    the study's grid has finished (`finished`: the ledger, trial_id -> status); else None."""
-    from orchestrator.studies import expand
+def study_calibration(study: Any, results: str, finished: Collection[str], write: bool = True) -> CalibrationLookup:
+    """The `calibration(arch, method, options)` lookup `studies.expand` takes for a calibrating study
+    (`finished`: ids of the trials that need no more work, with the study's epochs)."""
+    return CalibrationLookup(study, StudyCalibration(results, study.name, write=write), finished)
 
-    calibration = StudyCalibration(results, study.name, write=write)
-    fixed = [t for t in expand(study) if t.method == "fixed"]
 
-    def lookup(arch: str, method: str, options: dict[str, Any]) -> dict[str, float] | None:
+class CalibrationLookup:
+    """Pinned thresholds, else thresholds computed (and pinned) once every fixed trial of the arch in
+    the study's grid has finished with the study's epochs; else None. When the finished fixed runs
+    give no thresholds (all diverged, say), None too, and `problems[arch]` says why."""
+
+    def __init__(self, study: Any, calibration: StudyCalibration, finished: Collection[str]) -> None:
+        from orchestrator.studies import expand
+
+        self.calibration = calibration
+        self.finished = set(finished)
+        self.fixed = [t for t in expand(study) if t.method == "fixed"]
+        self.problems: dict[str, str] = {}
+
+    def __call__(self, arch: str, method: str, options: dict[str, Any]) -> dict[str, float] | None:
         reading = signal_reading(method, options)
-        found = calibration.thresholds(arch, reading)
-        ids = [t.trial_id for t in fixed if t.arch == arch]
-        if found is None and ids and all(finished.get(i) in ("completed", "diverged") for i in ids):
-            calibration.calibrate(arch, [reading], ids)
-            found = calibration.thresholds(arch, reading)
+        found = self.calibration.thresholds(arch, reading)
+        ids = [t.trial_id for t in self.fixed if t.arch == arch]
+        if found is None and ids and arch not in self.problems and set(ids) <= self.finished:
+            try:
+                self.calibration.calibrate(arch, [reading], ids)
+            except ValueError as exc:
+                self.problems[arch] = f"the fixed runs of {arch} give no thresholds: {exc}"
+                return None
+            found = self.calibration.thresholds(arch, reading)
         return found
-
-    return lookup
 
 
 class StudyCalibration:
@@ -133,7 +147,7 @@ class StudyCalibration:
     def _write(self) -> None:
         doc = {
             "about": "DEBA thresholds calibrated from this study's fixed runs (the rule of SPEC section 2) per "
-            "arch and signal reading; pinned: delete this file to recalibrate",
+            "arch and signal reading; pinned: the study's DEBA trials were planned with these values",
             "entries": [self.entries[k] for k in sorted(self.entries)],
         }
         self.store.fs.create_dir(self.store.study_path, recursive=True)

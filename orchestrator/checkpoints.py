@@ -24,6 +24,7 @@ import json
 import posixpath
 import re
 import zipfile
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import pyarrow.fs as pafs
@@ -55,12 +56,15 @@ def _uri(root: str, path: str) -> str:
     return f"{scheme}://{path}"
 
 
-def find_checkpoints(root: str, trial_ids: set[str]) -> dict[str, list[StoredCheckpoint]]:
-    """trial_id -> its checkpoints under the experiments of `root`, newest first (epoch, then time)."""
+def find_checkpoints(
+    root: str, trial_ids: set[str], experiments: Collection[str] | None = None
+) -> dict[str, list[StoredCheckpoint]]:
+    """trial_id -> its checkpoints under the experiments of `root` (only those named in `experiments`
+    when given), newest first (epoch, then time)."""
     fs, base = resolve_uri(root, field="storage")
     out: dict[str, list[StoredCheckpoint]] = {tid: [] for tid in trial_ids}
     for exp in fs.get_file_info(pafs.FileSelector(base, allow_not_found=True)):
-        if exp.type != pafs.FileType.Directory:
+        if exp.type != pafs.FileType.Directory or (experiments is not None and exp.base_name not in experiments):
             continue
         for trial_dir in fs.get_file_info(pafs.FileSelector(exp.path, allow_not_found=True)):
             tid = trial_dir.base_name.rsplit("-", 1)[-1]
@@ -140,21 +144,25 @@ def resume_points(
 
 
 def prune(found: dict[str, list[StoredCheckpoint]], points: dict[str, ResumePoint]) -> list[str]:
-    """Delete the intact checkpoints of these trials that are not resume candidates (older ones, or
-    ones the store's rows do not cover); returns the deleted URIs. Damaged checkpoints stay where they
-    are for inspection (the plan names them).
+    """Delete the intact checkpoints of these trials that are older than their resume point and not
+    its candidates; returns the deleted URIs. Kept: every checkpoint of a trial that resumes from
+    scratch, checkpoints newer than the resume point (the store lost those epochs' rows: the
+    checkpoint may still be wanted to recover them), and damaged ones (the plan names them).
 
     Safe while no driver runs the study (the study lock): no trial is writing or reading them.
     """
     deleted = []
     for tid, checkpoints in found.items():
-        keep = set(points[tid].candidates) if tid in points else {c.uri for c in checkpoints}
+        point = points.get(tid)
+        if point is None or not point.candidates:
+            continue
         for c in checkpoints:
-            if c.uri not in keep and intact(c) is None:
-                fs, path = resolve_uri(c.uri, field="storage")
-                try:
-                    fs.delete_dir(path)
-                    deleted.append(c.uri)
-                except OSError:
-                    pass  # already gone, or not ours to delete: harmless
+            if c.uri in point.candidates or c.epoch is None or c.epoch > point.epoch or intact(c) is not None:
+                continue
+            fs, path = resolve_uri(c.uri, field="storage")
+            try:
+                fs.delete_dir(path)
+                deleted.append(c.uri)
+            except OSError:
+                pass  # already gone, or not ours to delete: harmless
     return deleted

@@ -15,7 +15,7 @@ import json
 import os
 from typing import Any
 
-from orchestrator.studies import PRESETS, StudySpec, load_thresholds, preset, with_overrides
+from orchestrator.studies import PRESETS, RESERVED_LOOP_KEYS, StudySpec, load_thresholds, preset, with_overrides
 from trainables.config import TrialConfig
 from trainables.settings import add_arguments, fields_of, parse_text
 
@@ -66,7 +66,7 @@ def _number(field: str, text: str | None, kind: type = float) -> Any:
 
 
 # TrialConfig fields the study grid sets (or --data-dir): no per-setting flag for them.
-GRID_FIELDS = frozenset({"arch", "dataset", "seed", "method", "variant", "policy", "epochs", "data_dir"})
+GRID_FIELDS = RESERVED_LOOP_KEYS
 LOOP_PREFIX = "loop_setting_"
 
 

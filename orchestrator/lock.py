@@ -1,15 +1,20 @@
-"""One driver per study: a lock file in the study's folder, with its owner and a heartbeat.
+"""One driver per study: a lock file in the study's folder that names its owner.
 
 `<results>/<study>/_driver.lock` holds {"owner": "host:pid", "token", "started", "heartbeat",
-"command"}. A second driver on the same study is refused with the owner named; a lock whose
-heartbeat is older than `STALE_AFTER_S` (its driver was killed, or its machine died), or whose
-owner is a dead process of this host, is taken over. On a local filesystem the lock is created
-atomically (O_EXCL); object stores (s3://, gs://) have no such primitive, so there the lock is
-written and read back after a short wait: two drivers started within that moment can both pass.
+"command"}. A second driver on the same study is refused with the owner named.
+
+On a local (or NFS-mounted) filesystem the lock is an exclusive `flock` on that file: the kernel
+drops it when the driver's process ends, however it ends, so a lock is never stale and never taken
+from a live driver that is merely slow. Object stores (s3://, gs://) have no lock primitive: there
+the file carries a heartbeat, renewed every `HEARTBEAT_S`, and a lock without one for
+`STALE_AFTER_S` is taken over; the lock is written and read back after a short wait, so two drivers
+started within that moment can both pass (best effort). A driver that finds its remote lock taken
+over calls `on_lost` (run_grid: a graceful stop).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import posixpath
@@ -18,6 +23,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -33,25 +39,16 @@ class StudyLocked(RuntimeError):
     """Another live driver runs this study."""
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class StudyLock:
-    """Take with `acquire()` (raises StudyLocked), keep fresh with a heartbeat thread, `release()`."""
+    """Take with `acquire()` (raises StudyLocked) and `release()`; also a context manager."""
 
-    def __init__(self, results: str, study: str) -> None:
+    def __init__(self, results: str, study: str, on_lost: Callable[[], None] | None = None) -> None:
         store = ResultsStore(results, study)
         self.fs, self.dir = store.fs, store.study_path
         self.path = posixpath.join(self.dir, LOCK_FILE)
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
         self.token = uuid.uuid4().hex
+        self.on_lost = on_lost
         self.doc = {
             "owner": f"{socket.gethostname()}:{os.getpid()}",
             "token": self.token,
@@ -59,104 +56,160 @@ class StudyLock:
             "heartbeat": time.time(),
             "command": " ".join(sys.argv),
         }
+        self._fd: int | None = None  # local: the open, flocked lock file
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ reading
     def holder(self) -> dict[str, Any] | None:
-        """The current lock document, or None when the study is not locked (or the lock is unreadable)."""
+        """The lock document of the live driver that holds the study, or None when none does."""
+        if self.local:
+            return self._local_holder()
+        doc, age = self._read()
+        if doc is None and age is None:
+            return None
+        if doc is None:  # unreadable or half written: held, unless the file itself is old
+            return None if age > STALE_AFTER_S else {"owner": "unknown (lock file unreadable)"}
+        return None if time.time() - float(doc.get("heartbeat", 0)) > STALE_AFTER_S else doc
+
+    def _read(self) -> tuple[dict[str, Any] | None, float | None]:
+        """(document or None when unreadable, age of the file in seconds); (None, None) when absent."""
+        info = self.fs.get_file_info(self.path)
+        if info.type != pafs.FileType.File:
+            return None, None
+        age = time.time() - info.mtime.timestamp() if info.mtime else 0.0
         try:
             with self.fs.open_input_stream(self.path) as f:
-                return json.loads(f.read().decode())
+                doc = json.loads(f.read().decode())
+            return (doc if isinstance(doc, dict) else None), age
         except (OSError, ValueError):
+            return None, age
+
+    def _local_holder(self) -> dict[str, Any] | None:
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
             return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            doc, _ = self._read()
+            return doc or {"owner": "unknown (lock file unreadable)"}
+        finally:
+            os.close(fd)  # also drops the shared lock, if taken
+        return None
 
-    def stale(self, doc: dict[str, Any]) -> bool:
-        """Whether a lock document belongs to a driver that is gone."""
-        age = time.time() - float(doc.get("heartbeat", 0))
-        host, _, pid = str(doc.get("owner", "")).rpartition(":")
-        if host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid)):
-            return True
-        return age > STALE_AFTER_S
-
-    def describe(self, doc: dict[str, Any]) -> str:
+    @staticmethod
+    def describe(doc: dict[str, Any]) -> str:
         """One line naming the lock's owner."""
-        age = time.time() - float(doc.get("heartbeat", 0))
-        started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(doc.get("started", 0))))
-        return (
-            f"driver {doc.get('owner')} (started {started}, last heartbeat {age:.0f} s ago, "
-            f"command: {doc.get('command', '?')})"
-        )
+        if "started" not in doc:
+            return f"driver {doc.get('owner')}"
+        started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(doc["started"])))
+        age = time.time() - float(doc.get("heartbeat", doc["started"]))
+        beat = f", last heartbeat {age:.0f} s ago" if doc.get("remote") else ""
+        return f"driver {doc.get('owner')} (started {started}{beat}, command: {doc.get('command', '?')})"
 
     # ------------------------------------------------------------------ taking it
     def acquire(self) -> StudyLock:
-        """Take the lock or raise StudyLocked naming its holder; a stale lock is taken over."""
+        """Take the lock or raise StudyLocked naming its holder."""
         self.fs.create_dir(self.dir, recursive=True)
+        if self.local:
+            self._acquire_local()
+        else:
+            self._acquire_remote()
+        return self
+
+    def _refuse(self, doc: dict[str, Any]) -> StudyLocked:
+        stale = f" (a lock without a heartbeat for {STALE_AFTER_S:.0f} s is taken over)" if not self.local else ""
+        return StudyLocked(
+            f"study folder {self.dir} is in use by {self.describe(doc)}. Two drivers on one study would run "
+            f"every trial twice: wait for it to finish or stop it{stale}."
+        )
+
+    def _acquire_local(self) -> None:
+        while True:
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                doc, _ = self._read()
+                raise self._refuse(doc or {"owner": "unknown (lock file unreadable)"}) from None
+            # The holder before us may have unlinked the file between our open and our flock: then
+            # we hold a lock on a name nobody sees; start again on the current file.
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps(self.doc).encode())
+        os.fsync(fd)
+        self._fd = fd
+
+    def _acquire_remote(self) -> None:
+        self.doc["remote"] = True
         for _ in range(2):
-            if self._create():
-                self._start_heartbeat()
-                return self
-            doc = self.holder()
-            if doc is None or self.stale(doc):
-                self._remove()
-                continue
-            raise StudyLocked(
-                f"study folder {self.dir} is in use by {self.describe(doc)}. Two drivers on one "
-                "study would run every trial twice: wait for it to finish or stop it (a lock "
-                f"without a heartbeat for {STALE_AFTER_S:.0f} s is taken over)."
-            )
+            held = self.holder()
+            if held is not None:
+                raise self._refuse(held)
+            self._write_doc()
+            time.sleep(1.0)  # another driver writing at the same moment: the last write wins
+            doc, _ = self._read()
+            if doc is not None and doc.get("token") == self.token:
+                self._thread = threading.Thread(target=self._beat, name="study-lock-heartbeat", daemon=True)
+                self._thread.start()
+                return
         raise StudyLocked(f"could not take the lock {self.path}: another driver keeps taking it")
 
-    def _create(self) -> bool:
-        data = json.dumps(self.doc).encode()
-        if self.local:
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                return False
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            return True
-        if self.holder() is not None:
-            return False
-        with self.fs.open_output_stream(self.path) as out:
-            out.write(data)
-        time.sleep(1.0)  # another driver writing at the same moment: the last write wins
-        doc = self.holder()
-        return doc is not None and doc.get("token") == self.token
-
-    def _remove(self) -> None:
-        try:
-            self.fs.delete_file(self.path)
-        except OSError:
-            pass
-
-    def _start_heartbeat(self) -> None:
-        self._thread = threading.Thread(target=self._beat, name="study-lock-heartbeat", daemon=True)
-        self._thread.start()
+    def _write_doc(self) -> None:
+        tmp = self.path + f".{self.token}.tmp"
+        with self.fs.open_output_stream(tmp) as out:
+            out.write(json.dumps(self.doc).encode())
+        self.fs.move(tmp, self.path)
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
-            doc = self.holder()
+            doc, _ = self._read()
             if doc is not None and doc.get("token") != self.token:
-                return  # taken over by another driver (ours looked dead): stop touching it
+                # Another driver took the study over (ours looked dead to it): stop running it.
+                print(
+                    f"study lock {self.path} was taken over by {self.describe(doc)}; stopping this driver",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                if self.on_lost is not None:
+                    self.on_lost()
+                return
             self.doc["heartbeat"] = time.time()
-            tmp = self.path + f".{self.token}.tmp"
             try:
-                with self.fs.open_output_stream(tmp) as out:
-                    out.write(json.dumps(self.doc).encode())
-                self.fs.move(tmp, self.path)
+                self._write_doc()
             except OSError:
                 pass  # a storage hiccup: the next beat tries again
 
     def release(self) -> None:
-        """Stop the heartbeat and remove the lock if it is still ours."""
+        """Give the lock up (and remove the file if it is still ours)."""
+        if self._fd is not None:
+            # Unlink while still holding it: a waiter that opened the old file sees it is gone.
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+            os.close(self._fd)
+            self._fd = None
+            return
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        doc = self.holder()
-        if doc is not None and doc.get("token") == self.token:
-            self._remove()
+            self._thread = None
+            doc, _ = self._read()
+            if doc is not None and doc.get("token") == self.token:
+                try:
+                    self.fs.delete_file(self.path)
+                except OSError:
+                    pass
 
     def __enter__(self) -> StudyLock:
         return self.acquire()

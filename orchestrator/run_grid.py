@@ -13,6 +13,7 @@ or a study another driver is running, 128 + the signal number when a signal stop
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import os
 import signal
@@ -39,7 +40,7 @@ from orchestrator.runner import (  # noqa: E402
 )
 from orchestrator.schedule import format_duration, makespan  # noqa: E402
 from orchestrator.store import ResultsStore, check_location  # noqa: E402
-from orchestrator.studies import StudySpec  # noqa: E402
+from orchestrator.studies import StudySpec, expand  # noqa: E402
 
 
 def format_plan(plan: Plan, results: str, resources: str, storage: str | None = None, slots: int | None = None) -> str:
@@ -96,6 +97,7 @@ def format_plan(plan: Plan, results: str, resources: str, storage: str | None = 
             "fixed runs (they run once every fixed run of their arch has finished):"
         )
         lines += [f"    {'-' * 12}  {label:<52} wait" for label in plan.waiting]
+    lines += [f"  calibration: {note}" for note in plan.notes]
     return "\n".join(lines)
 
 
@@ -145,10 +147,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.storage:
             check_location(args.storage, "storage")  # Tune would only fail on it after Ray started
         study = study_from_args(args)
-        plan = make_plan(study, args.results, write=not args.dry_run, storage=args.storage)
+        if args.dry_run:  # reads only: no lock, no file written or moved
+            plan = make_plan(study, args.results, write=False, storage=args.storage)
+        else:
+            expand(study)  # every trial's settings checked before the lock creates the study folder
     except ValueError as exc:
         print(f"run_grid: invalid study: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the store cannot be read now (permissions, an unreachable bucket)
+        print(f"run_grid: cannot read the results: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     lock = StudyLock(args.results, study.name)
     if args.dry_run:
         g = study.gpus_per_trial
@@ -159,39 +167,49 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
         holder = lock.holder()
-        if holder is not None and not lock.stale(holder):
+        if holder is not None:
             print(f"note: the study is being run now by {lock.describe(holder)}")
         return 0
-    if not plan.pending:
-        print(format_plan(plan, args.results, "n/a (nothing to run)", args.storage))
-        if plan.waiting:
-            print(
-                f"{len(plan.waiting)} trial(s) wait for a calibration that the study's fixed runs cannot give "
-                "(some failed); see the runs above",
-                file=sys.stderr,
-            )
-            return 1
-        print(f"all {len(plan.trials)} trial(s) of study {study.name!r} are finished; nothing to run")
-        print(format_summary(args.results, study.name))
-        return 0
+    # The lock comes before the plan: planning may pin a calibration and set damaged files aside.
     try:
         lock.acquire()
     except StudyLocked as exc:
         print(f"run_grid: {exc}", file=sys.stderr)
         return 2
     try:
-        return _run(args, study, plan, t0)
+        try:
+            plan = make_plan(study, args.results, storage=args.storage)
+        except ValueError as exc:
+            print(f"run_grid: invalid study: {exc}", file=sys.stderr)
+            return 2
+        except OSError as exc:
+            print(f"run_grid: cannot read the results: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 1
+        if not plan.pending:
+            print(format_plan(plan, args.results, "n/a (nothing to run)", args.storage))
+            if plan.waiting:
+                print(
+                    f"{len(plan.waiting)} trial(s) wait for a calibration that the study's fixed runs cannot give "
+                    "(some failed, or gave no thresholds); see above",
+                    file=sys.stderr,
+                )
+                return 1
+            print(f"all {len(plan.trials)} trial(s) of study {study.name!r} are finished; nothing to run")
+            print(format_summary(args.results, study.name))
+            return 0
+        return _run(args, study, plan, lock, t0)
     finally:
         lock.release()
 
 
-def _run(args: argparse.Namespace, study: StudySpec, plan: Plan, t0: float) -> int:
+def _run(args: argparse.Namespace, study: StudySpec, plan: Plan, lock: StudyLock, t0: float) -> int:
     """Start or attach to Ray and run the plan (both phases of a calibrating study), holding the lock."""
     from orchestrator.interrupt import GracefulStop
 
     how = connect(args.address, args.dashboard)
     print(how, flush=True)
     stop = GracefulStop().install()  # after ray.init, which replaces the SIGTERM handler
+    lock.on_lost = functools.partial(os.kill, os.getpid(), signal.SIGTERM)  # another driver took the study
     gpus = cluster_gpus()
     attached = how.startswith("attached")
     try:
@@ -226,17 +244,26 @@ def _run(args: argparse.Namespace, study: StudySpec, plan: Plan, t0: float) -> i
     )
     report = run(plan)
     if plan.waiting and not report.interrupted:  # a calibrating study: phase 2 with the thresholds phase 1 gave
-        plan = make_plan(study, args.results, storage=args.storage)
+        ran = {t.trial_id for t in plan.pending}
+        try:
+            phase2 = make_plan(study, args.results, storage=args.storage)
+        except ValueError as exc:
+            print(f"run_grid: phase 2 cannot be planned: {exc}", file=sys.stderr)
+            return 1
+        # Phase-1 trials that failed just now wait for the next invocation, like any failed trial.
+        phase2 = dataclasses.replace(phase2, finished=phase2.finished | ran)
         print(
-            f"[{study.name}] phase 2: {len(plan.pending)} trial(s) with thresholds calibrated from the fixed "
+            f"[{study.name}] phase 2: {len(phase2.pending)} trial(s) with thresholds calibrated from the fixed "
             f"runs ({ResultsStore(args.results, study.name).study_path}/calibration.json)",
             flush=True,
         )
-        more = run(plan)
+        for note in phase2.notes:
+            print(f"[{study.name}] phase 2: {note}", file=sys.stderr, flush=True)
+        more = run(phase2)
         report.experiments.update(more.experiments)
         report.grids.extend(more.grids)
         report.interrupted = more.interrupted
-    if report.interrupted:
+    if report.interrupted or stop.requested:
         print(
             f"run_grid: stopped by signal {stop.signal}; the trials' checkpoints and rows are stored. Re-run the "
             "same command to resume.",
@@ -260,7 +287,11 @@ def _run(args: argparse.Namespace, study: StudySpec, plan: Plan, t0: float) -> i
     )
     if not args.no_analysis:
         print(summarize(args.results, study.name))
-    final = make_plan(study, args.results, storage=args.storage)
+    try:
+        final = make_plan(study, args.results, storage=args.storage)
+    except ValueError as exc:
+        print(f"run_grid: the study cannot be re-planned: {exc}", file=sys.stderr)
+        return 1
     unfinished = final.pending + final.waiting
     if unfinished:
         print(f"{len(unfinished)} trial(s) not finished; re-run the same command to retry them", file=sys.stderr)

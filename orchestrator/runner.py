@@ -22,7 +22,9 @@ import hashlib
 import json
 import os
 import posixpath
+import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +50,7 @@ class Plan:
     finished: frozenset[str]
     waiting: tuple[str, ...] = ()
     estimate: CostEstimate | None = None  # cost per trial (orchestrator/schedule.py)
+    notes: tuple[str, ...] = ()  # why waiting trials cannot be calibrated, when they cannot
 
     def launch_order(self) -> list[TrialSpec]:
         """The pending trials, longest first (the order Tune starts them in)."""
@@ -68,11 +71,14 @@ def make_plan(study: StudySpec, results: str, write: bool = True, storage: str |
     (pinned in the store unless `write` is False, as for a dry run). A study keeps one
     configuration per (arch, dataset, seed, method, variant): a trial stored with other settings
     is refused (ValueError naming them), except more epochs, which extend it.
+
+    `write` False also leaves damaged result files where they are (reported, not moved): a dry run
+    changes nothing, and a driver moves files only while it holds the study lock.
     """
-    store = ResultsStore(results, study.name)
+    store = ResultsStore(results, study.name, fix_damage=write)
     runs = store.read_runs()
-    ledger = {tid: row["status"] for tid, row in runs.items()}
-    calibration = study_calibration(study, results, ledger, write=write) if study.calibrate else None
+    done = store.finished(study.epochs)
+    calibration = study_calibration(study, results, done, write=write) if study.calibrate else None
     trials = tuple(expand(study, calibration))
     ids = [t.trial_id for t in trials]
     if len(set(ids)) != len(ids):
@@ -84,7 +90,7 @@ def make_plan(study: StudySpec, results: str, write: bool = True, storage: str |
     }
     with_rows = store.trials_with_epochs()
     check_one_configuration(study, trials, runs, plans, with_rows)
-    finished = store.finished(study.epochs) & set(ids)
+    finished = done & set(ids)
     # Costs from the epoch times stored so far (any trial of the study), for the epochs left.
     started = with_rows & set(ids)
     return Plan(
@@ -93,6 +99,7 @@ def make_plan(study: StudySpec, results: str, write: bool = True, storage: str |
         finished=frozenset(finished),
         waiting=tuple(waiting_for_calibration(study, calibration)),
         estimate=estimate_costs(trials, store.epoch_seconds(started), store.stored_epochs(started - finished)),
+        notes=tuple(sorted(calibration.problems.values())) if calibration is not None else (),
     )
 
 
@@ -170,6 +177,13 @@ def resolve_resources(study: StudySpec, cluster_gpus: float, autoscaling: bool =
             f"gpus_per_trial={gpus:g} is not allowed: this Ray has {cluster_gpus:g} GPU(s); "
             "give --gpus-per-trial 0 for CPU-only trials"
         )
+    if gpus == 0 and study.loop.get("device") == "cuda":
+        # A CPU-only trial runs on the CPU whatever its config says: refuse rather than ignore it.
+        raise ValueError(
+            "device=cuda is not allowed: trials get no GPU here (gpus_per_trial=0"
+            + ("" if study.gpus_per_trial == 0 else f", this Ray has {cluster_gpus:g} GPU(s)")
+            + "); give --gpus-per-trial 1 on a GPU cluster, or device=auto"
+        )
     return {"cpu": float(study.cpus_per_trial), "gpu": float(gpus)}
 
 
@@ -219,24 +233,36 @@ def _join(root: str, *parts: str) -> str:
 
 
 def write_plan(root: str, name: str, plan_doc: dict[str, Any]) -> None:
-    """Write an experiment's plan file (trial payloads and resources)."""
+    """Write an experiment's plan file (trial payloads and resources), whole or not at all."""
     fs, path = resolve_uri(_join(root, name))
     fs.create_dir(path, recursive=True)
-    with fs.open_output_stream(posixpath.join(path, PLAN_FILE)) as out:
+    target = posixpath.join(path, PLAN_FILE)
+    tmp = f"{target}.{uuid.uuid4().hex}.tmp"
+    with fs.open_output_stream(tmp) as out:
         out.write(json.dumps(plan_doc, indent=1, sort_keys=True).encode())
+    fs.move(tmp, target)
 
 
 def read_plans(root: str) -> dict[str, dict[str, Any]]:
-    """experiment name -> plan document, for every experiment under `root`."""
+    """experiment name -> plan document, for every experiment under `root` whose plan reads (an
+    unreadable one is named on stderr and left out: its experiment's trials are re-planned)."""
     fs, path = resolve_uri(root)
     plans = {}
     for info in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)):
         if info.type != pafs.FileType.Directory:
             continue
         plan_path = posixpath.join(info.path, PLAN_FILE)
-        if fs.get_file_info(plan_path).type == pafs.FileType.File:
+        if fs.get_file_info(plan_path).type != pafs.FileType.File:
+            continue
+        try:
             with fs.open_input_stream(plan_path) as f:
-                plans[info.base_name] = json.loads(f.read().decode())
+                doc = json.loads(f.read().decode())
+            if not isinstance(doc, dict):
+                raise ValueError(f"a JSON {type(doc).__name__}, not an object")
+        except (OSError, ValueError) as exc:
+            print(f"experiment plan {plan_path} cannot be read ({exc}); left out", file=sys.stderr, flush=True)
+            continue
+        plans[info.base_name] = doc
     return plans
 
 
@@ -382,8 +408,11 @@ def run_plan(
         return RunReport(experiments={}, grids=[])
     root = storage_root(results, study.name, storage)
     specs = {t.trial_id: t for t in plan.trials}
-    store = ResultsStore(results, study.name)
-    found = find_checkpoints(root, set(ids))
+    store = ResultsStore(results, study.name, fix_damage=True)
+    plans = read_plans(root)
+    # Only this study's experiments: another study sharing --storage may hold the same trial ids.
+    ours = {name for name, doc in plans.items() if doc.get("study") == study.name}
+    found = find_checkpoints(root, set(ids), experiments=ours)
     starts = resume_points(found, store.stored_epochs(ids))
     pruned = prune(found, starts)
     for tid in ids:  # printed even with echo off (--quiet drops the per-epoch lines only)
@@ -395,7 +424,6 @@ def run_plan(
                 f"[{study.name}] {specs[tid].label}: resumes after epoch {point.epoch} ({point.candidates[0]})",
                 flush=True,
             )
-    plans = read_plans(root)
     name = experiment_name(ids)
     while name in plans:
         name = experiment_name(ids + [name])  # same trials as an earlier experiment: a fresh directory

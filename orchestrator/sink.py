@@ -91,6 +91,9 @@ class ParquetSink(tune.Callback):
         self._rows: dict[str, dict[int, dict[str, Any]]] = {}
         self._meta: dict[str, dict[str, Any]] = {}
         self._damaged: dict[str, str] = {}  # trial_id -> why its stored rows cannot be trusted
+        # trial_id -> the last write that failed; cleared when a later write of its rows succeeds
+        # (the buffer holds every row, so that write stores the missed one too).
+        self._unwritten: dict[str, str] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k in ("results", "study", "specs", "resources", "echo")}
@@ -103,7 +106,7 @@ class ParquetSink(tune.Callback):
     def store(self) -> ResultsStore:
         """The study's results store (opened on first use)."""
         if self._store is None:
-            self._store = ResultsStore(self.results, self.study)
+            self._store = ResultsStore(self.results, self.study, fix_damage=True)  # the driver holds the lock
         return self._store
 
     def _buffer(self, trial_id: str) -> dict[int, dict[str, Any]]:
@@ -127,9 +130,8 @@ class ParquetSink(tune.Callback):
             fn(*args)
         except Exception as exc:
             trial_id = _trial_key(trial)
-            self._damaged.setdefault(
-                trial_id,
-                f"the driver could not store its {what} ({type(exc).__name__}: {exc}); the trial runs again next time",
+            self._unwritten[trial_id] = (
+                f"the driver could not store its {what} ({type(exc).__name__}: {exc}); the trial runs again next time"
             )
             print(
                 f"[{self.study}] error storing the {what} of trial {trial_id}: {type(exc).__name__}: {exc}",
@@ -152,6 +154,7 @@ class ParquetSink(tune.Callback):
             del buf[stale]  # left by an attempt that died after a later checkpoint was lost
         buf[epoch] = row
         self.store.write_epochs(trial_id, buf.values())
+        self._unwritten.pop(trial_id, None)
         self._meta[trial_id] = {
             "loop_status": result.get("loop_status"),
             "device": result.get("device"),
@@ -172,8 +175,9 @@ class ParquetSink(tune.Callback):
         spec = self.specs[trial_id]
         rows = [self._buffer(trial_id)[e] for e in sorted(self._buffer(trial_id))]
         meta = self._meta.get(trial_id, {})
-        if trial_id in self._damaged:
-            status, error = "failed", self._damaged[trial_id] + (f"\n{error}" if error else "")
+        why = self._damaged.get(trial_id) or self._unwritten.get(trial_id)
+        if why is not None:
+            status, error = "failed", why + (f"\n{error}" if error else "")
         if status is None:
             status = meta.get("loop_status")
             if status not in ("completed", "diverged"):

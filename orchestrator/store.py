@@ -110,15 +110,21 @@ def to_table(rows: Iterable[dict[str, Any]], columns: tuple[tuple[str, str], ...
     return pa.Table.from_pydict(data, schema=schema)
 
 
+_NAMED: set[str] = set()  # damaged files already named on stderr (and left in place)
+
+
 class ResultsStore:
     """Read and write one study's epochs and runs tables."""
 
-    def __init__(self, results: str, study: str) -> None:
+    def __init__(self, results: str, study: str, fix_damage: bool = False) -> None:
         self.results = results
         self.study = study
         self.fs, root = resolve_uri(results)
         self.study_path = posixpath.join(root, study)
-        self.quarantined: list[tuple[str, str, str]] = []  # (path, where it went, why)
+        # False (readers): damaged files are named and skipped but left where they are; True (only a
+        # driver that holds the study lock): moved aside (see `quarantine`).
+        self.fix_damage = fix_damage
+        self.quarantined: list[tuple[str, str, str]] = []  # (path, where it went or "" when left, why)
 
     def _path(self, table: str, trial_id: str) -> str:
         return posixpath.join(self.study_path, table, f"{trial_id}.parquet")
@@ -133,26 +139,42 @@ class ResultsStore:
         self.fs.move(tmp, path)
 
     def _read(self, path: str) -> pa.Table | None:
-        """The table in `path`; None when absent, or damaged (then moved aside, see `quarantine`)."""
-        if self.fs.get_file_info(path).type != pafs.FileType.File:
-            return None
+        """The table in `path`; None when absent, or damaged (then set aside, see `quarantine`).
+
+        Reading the bytes and parsing them are kept apart: an error reading (permissions, a network
+        filesystem's hiccup) is raised, since the file may be fine; only bytes that do not parse
+        as Parquet mark the file damaged."""
         try:
             with self.fs.open_input_file(path) as f:
-                return pq.read_table(f)
-        except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
+                data = f.read()
+        except FileNotFoundError:
+            return None  # absent, or just moved aside by another reader
+        try:
+            return pq.read_table(pa.BufferReader(data))
+        except (pa.ArrowInvalid, OSError) as exc:  # bad magic, bad footer, corrupt pages
             self.quarantine(path, f"{type(exc).__name__}: {exc}")
             return None
 
     def quarantine(self, path: str, reason: str) -> str:
         """Move a damaged file to `<study>/_quarantine/` (never deleted) and say so on stderr; returns
-        where it went. The trial it belonged to then has no rows (or no runs row) and runs again."""
+        where it went. The trial it belonged to then has no rows (or no runs row) and runs again.
+        Without `fix_damage` the file is only named (returns "")."""
+        if not self.fix_damage:
+            self.quarantined.append((path, "", reason))
+            if path not in _NAMED:  # once per process: a plan and its summary read the same files
+                _NAMED.add(path)
+                print(f"results store: {path} is damaged ({reason[:300]}); skipped", file=sys.stderr, flush=True)
+            return ""
         rel = posixpath.relpath(path, self.study_path)
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         dest = posixpath.join(
             self.study_path, "_quarantine", f"{rel.replace('/', '__')}.{stamp}.{uuid.uuid4().hex[:6]}"
         )
         self.fs.create_dir(posixpath.dirname(dest), recursive=True)
-        self.fs.move(path, dest)
+        try:
+            self.fs.move(path, dest)
+        except FileNotFoundError:
+            return ""  # another reader moved it first
         self.quarantined.append((path, dest, reason))
         print(
             f"results store: {path} is damaged ({reason[:300]}); moved it to {dest}. The trial it belongs to "

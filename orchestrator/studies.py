@@ -49,8 +49,10 @@ DEMO_THRESHOLDS: dict[str, dict[str, float]] = {
 # Loop-config keys that change how a trial runs but not what it computes (TrialConfig's execution
 # fields): left out of trial_id, so moving a study to other hardware keeps its finished trials.
 EXECUTION_KEYS: frozenset[str] = EXECUTION_FIELDS
-# Keys the orchestrator owns; a study's loop overrides may not set them.
-RESERVED_LOOP_KEYS: frozenset[str] = frozenset({"arch", "dataset", "seed", "method", "variant", "policy", "epochs"})
+# TrialConfig fields a study sets itself, never through `loop`: the grid's, and data_dir (--data-dir).
+RESERVED_LOOP_KEYS: frozenset[str] = frozenset(
+    {"arch", "dataset", "seed", "method", "variant", "policy", "epochs", "data_dir"}
+)
 # Test hooks: a trial process dying after an epoch (trainables.ray_trainable), and the driver pausing
 # right after Tune registered a checkpoint, before its experiment snapshot (runner.PauseAfterSave),
 # which widens the window a random kill lands in.
@@ -121,9 +123,18 @@ class TrialSpec:
         return f"{self.arch}-{self.dataset}-s{self.seed}-{self.method}-{self.variant}"
 
 
+def _normalized(config: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return TrialConfig.from_dict(config).to_dict()
+    except (ValueError, TypeError):  # a config of an older version of the tool: compared as stored
+        return config
+
+
 def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """ "field: old -> new" for each identity field (policy options one by one) that differs."""
-    a, b = identity_of(old), identity_of(new)
+    """ "field: old -> new" for each identity field (policy options one by one) that differs. Both
+    configs are read as TrialConfigs first when they validate, so that spellings of one setting
+    (an explicit default, 2 for 2.0) are no difference."""
+    a, b = identity_of(_normalized(old)), identity_of(_normalized(new))
     a = {**{k: v for k, v in a.items() if k != "policy"}, **{f"policy.{k}": v for k, v in a.get("policy", {}).items()}}
     b = {**{k: v for k, v in b.items() if k != "policy"}, **{f"policy.{k}": v for k, v in b.get("policy", {}).items()}}
     missing = "(unset)"
@@ -448,7 +459,12 @@ def validate_study(study: StudySpec) -> None:
         _fail("checkpoint_every", k, "expected an integer >= 1 (1: a checkpoint every epoch)")
     reserved = sorted(RESERVED_LOOP_KEYS & set(study.loop))
     if reserved:
-        _fail("loop", reserved, "arch, dataset, seed, method, variant, policy and epochs come from the study grid")
+        _fail(
+            "loop",
+            reserved,
+            "arch, dataset, seed, method, variant, policy and epochs come from the study grid, data_dir from "
+            "the study's data_dir (--data-dir)",
+        )
     _check_thresholds(study.thresholds)
     if study.calibrate:
         _check_calibrating(study)

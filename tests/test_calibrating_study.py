@@ -107,3 +107,25 @@ def test_make_plan_calibrates_once_the_fixed_runs_finished_and_pins_it(tmp_path)
     entry = next(e for e in doc["entries"] if e["signal_source"] == "epoch_mean")
     deba = next(t for t in plan.pending if t.variant == "epoch_mean_signals")
     assert deba.config["policy"]["theta_stab"] == entry["theta_stab"]
+
+
+def test_fixed_runs_that_give_no_thresholds_leave_phase_two_waiting_with_the_reason(tmp_path):
+    results, study = str(tmp_path), _small()
+    store = ResultsStore(results, study.name)
+    for spec in make_plan(study, results).trials:  # both fixed runs diverged in epoch 1: no signal after it
+        rows = [{**spec_rows(spec, 1)[0], "train_loss": float("nan"), **{k: float("nan") for k in SIGNALS}}]
+        store.write_epochs(spec.trial_id, rows)
+        store.write_run(run_row(spec, rows, status="diverged"))
+    plan = make_plan(study, results)
+    assert plan.pending == () and len(plan.waiting) == 10
+    assert len(plan.notes) == 1 and plan.notes[0].startswith("the fixed runs of tiny_cnn give no thresholds: ")
+    assert not os.path.exists(os.path.join(results, study.name, CALIBRATION_FILE))
+
+
+def test_fixed_runs_with_fewer_epochs_than_the_study_do_not_calibrate_it(tmp_path):
+    results, study = str(tmp_path), _small()
+    _store_fixed_runs(results, study, make_plan(study, results).trials)  # 4 epochs each
+    longer = with_overrides(study, epochs=6)  # extends the fixed runs first
+    plan = make_plan(longer, results)
+    assert {t.method for t in plan.pending} == {"fixed"} and len(plan.waiting) == 10
+    assert not os.path.exists(os.path.join(results, study.name, CALIBRATION_FILE))

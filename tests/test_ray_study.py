@@ -283,6 +283,20 @@ def test_reconstruction_runs_both_phases_in_one_command(tmp_path, capsys):
     assert "nothing to run" in capsys.readouterr().out
 
 
+def test_phase_two_does_not_rerun_the_fixed_runs_that_just_failed(tmp_path, capsys):
+    results = str(tmp_path / "results")
+    argv = ["--study", "reconstruction", "--datasets", "digits", "--seeds", "0", "--epochs", "2",
+            "--variants", "baseline", "--results", results, "--loop-opt", "train_limit=64", "--loop-opt",
+            "test_limit=32", "--loop-opt", "threads=1", "--gpus-per-trial", "0", "--max-failures", "0",
+            "--test-hook", "fail_at_epoch=1", "--test-hook", f"fail_marker_dir={tmp_path / 'markers'}",
+            "--quiet", "--verbose", "0", "--no-analysis"]  # fmt: skip
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert "phase 2: 0 trial(s)" in captured.out and "not finished; re-run" in captured.err
+    (row,) = ResultsStore(results, "reconstruction").read_runs().values()
+    assert (row["method"], row["status"], row["epochs_done"]) == ("fixed", "failed", 1)  # one attempt, not two
+
+
 def test_trials_launch_longest_first_and_tune_shows_their_identifiers(tmp_path):
     from ray import tune
 

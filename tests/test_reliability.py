@@ -12,6 +12,7 @@ import time
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from analysis.load import load_store
 from benchmarks.synthetic_store import run_row as synthetic_run_row
@@ -170,18 +171,81 @@ def test_a_second_driver_is_refused_and_a_dead_ones_lock_taken_over(tmp_path, ca
     finally:
         first.release()
     assert not os.path.exists(first.path)
-    # A lock left by a process that no longer exists is taken over at once.
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    # A lock file left by a driver that is gone (killed: the kernel dropped its lock) is taken at once,
+    # whatever its heartbeat says.
     lock = StudyLock(results, "demo")
-    doc = {**lock.doc, "owner": f"{lock.doc['owner'].rsplit(':', 1)[0]}:{dead.stdout.strip()}", "token": "old"}
-    os.makedirs(lock.dir, exist_ok=True)
-    open(lock.path, "w").write(json.dumps(doc))
+    open(lock.path, "w").write(json.dumps({**lock.doc, "owner": "elsewhere:1", "token": "old"}))
+    assert lock.holder() is None
     lock.acquire()
     assert lock.holder()["token"] == lock.token
     lock.release()
-    # One whose heartbeat stopped long ago (another machine) too.
-    open(lock.path, "w").write(json.dumps({**doc, "owner": "elsewhere:1", "heartbeat": time.time() - 3600}))
-    StudyLock(results, "demo").acquire().release()
+
+
+def test_a_live_driver_keeps_its_study_however_long_it_is_silent_and_loses_it_when_killed(tmp_path):
+    results = str(tmp_path)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from orchestrator.lock import StudyLock; "
+            f"StudyLock({results!r}, 'demo').acquire(); print('held', flush=True); time.sleep(600)",
+        ],  # fmt: skip
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        lock = StudyLock(results, "demo")
+        doc = json.load(open(lock.path))
+        doc["heartbeat"] = doc["started"] = time.time() - 3600  # silent for an hour: still alive, still held
+        open(lock.path, "w").write(json.dumps(doc))
+        with pytest.raises(StudyLocked, match=f":{holder.pid} "):
+            lock.acquire()
+        holder.kill()
+        holder.wait()
+        lock.acquire()  # no waiting for a heartbeat to go stale
+        lock.release()
+    finally:
+        holder.kill()
+
+
+def test_a_remote_lock_goes_stale_and_a_driver_that_lost_it_stops(tmp_path, monkeypatch):
+    import pyarrow.fs as pafs
+
+    from orchestrator import lock as lock_mod
+
+    def remote(name):  # an object store stand-in: no flock, so the heartbeat rules apply
+        lk = StudyLock(str(tmp_path), "demo")
+        lk.fs, lk.local = pafs.SubTreeFileSystem(str(tmp_path), pafs.LocalFileSystem()), False
+        lk.dir, lk.path = "demo", "demo/_driver.lock"
+        return lk
+
+    monkeypatch.setattr(lock_mod, "HEARTBEAT_S", 0.05)
+    monkeypatch.setattr(time, "sleep", lambda s: None)  # the read-back wait
+    lost = []
+    a = remote("a")
+    a.on_lost = lambda: lost.append(True)
+    a.acquire()
+    with pytest.raises(StudyLocked, match="last heartbeat"):
+        remote("b").acquire()
+    os.makedirs(tmp_path / "demo", exist_ok=True)
+    a._stop.set()
+    a._thread.join()
+    # a half-written lock file is held while it is new
+    (tmp_path / "demo" / "_driver.lock").write_text("{")
+    with pytest.raises(StudyLocked, match="unknown"):
+        remote("b").acquire()
+    # a's heartbeat stopped an hour ago: taken over; a, still running, sees that and stops itself
+    doc = {**a.doc, "heartbeat": time.time() - 3600}
+    (tmp_path / "demo" / "_driver.lock").write_text(json.dumps(doc))
+    b = remote("b").acquire()
+    a._stop.clear()
+    a._beat()
+    assert lost == [True]
+    assert json.load(open(tmp_path / "demo" / "_driver.lock"))["token"] == b.token
+    b.release()
+    assert not (tmp_path / "demo" / "_driver.lock").exists()
 
 
 # ------------------------------------------------------------------ item 1: resume points across experiments
@@ -215,6 +279,10 @@ def test_resume_points_skip_damaged_and_uncovered_checkpoints_and_prune_old_ones
     # The store holds rows only up to epoch 2: a later checkpoint would skip rows, so it is no resume point.
     assert resume_points(found, {"t1": 2})["t1"].candidates == (paths[2], paths[1])
     assert resume_points(found, {"t1": 0})["t1"].candidates == ()
+    # Checkpoints newer than the resume point (rows lost) are kept, and nothing goes without a resume point.
+    assert prune(found, resume_points(found, {"t1": 2})) == []
+    assert prune(found, resume_points(found, {"t1": 0})) == []
+    assert all(os.path.exists(p) for p in paths.values())
     deleted = prune(found, points)
     assert deleted == [paths[1]] and os.path.exists(paths[4]) and os.path.exists(paths[2])
 
@@ -230,11 +298,28 @@ def test_the_trial_falls_back_when_a_candidate_does_not_load(tmp_path):
     bad = str(tmp_path / "bad")
     os.makedirs(bad)
     open(os.path.join(bad, "state.pt"), "wb").write(b"PK\x03\x04 truncated")
-    fresh = TrialLoop(cfg)
-    where, skipped = resume(fresh, None, [bad, good])
-    assert where == good and fresh.epochs_done == 1 and "cannot be read" in skipped[0]
-    again = TrialLoop(cfg)
-    assert resume(again, None, [bad]) == (None, [skipped[0]]) and again.epochs_done == 0
+    made = []
+
+    def make_loop():
+        made.append(TrialLoop(cfg))
+        return made[-1]
+
+    fresh, where, skipped = resume(make_loop, None, [bad, good])
+    assert where == good and fresh.epochs_done == 1 and "cannot be read" in skipped[0] and len(made) == 1
+    again, where, skipped_again = resume(make_loop, None, [bad])
+    assert where is None and skipped_again == [skipped[0]] and again.epochs_done == 0
+    # A state that fails half way through loading (here: the policy's part) leaves no half-restored loop.
+    state = TrialLoop.read_checkpoint(good)
+    state["policy"] = "not a policy state"
+    half = str(tmp_path / "half")
+    os.makedirs(half)
+    torch.save(state, os.path.join(half, "state.pt"))
+    made.clear()
+    loop, where, skipped = resume(make_loop, None, [half])
+    assert where is None and len(made) == 2 and loop is made[1] and loop.epochs_done == 0
+    assert made[0].epochs_done == 0 and "half" in skipped[0]
+    first_param = next(made[0].model.parameters()).detach()
+    assert not torch.equal(first_param, next(loop.model.parameters()).detach())  # made[0] took the weights
 
 
 # ------------------------------------------------------------------ item 7: older stores in the analysis
@@ -292,3 +377,60 @@ def test_trainables_run_refuses_damaged_and_shorter_checkpoints_before_training(
     assert trial_main(base + ["--epochs", "3", "--checkpoint-dir", ck]) == 2
     out, err = capsys.readouterr()
     assert "cannot be read" in err and "state.pt" in err and "epoch   3/" not in out
+
+
+# ------------------------------------------------------------------ review: nothing moved or deleted without the lock
+
+
+def test_a_dry_run_or_a_refused_driver_moves_no_damaged_file(tmp_path, capsys):
+    results = str(tmp_path)
+    study = with_overrides(preset("demo"), seeds=[0], epochs=2, archs=["tiny_cnn"])
+    specs = expand(study)
+    for spec in specs:
+        store = _store_trial(results, spec, 2)
+    path = os.path.join(store.study_path, "runs", f"{specs[0].trial_id}.parquet")
+    open(path, "wb").write(b"PAR1 cut short")
+    argv = ["--results", results, "--seeds", "0", "--epochs", "2", "--archs", "tiny_cnn"]
+    assert grid_main([*argv, "--dry-run"]) == 0
+    assert os.path.exists(path) and "is damaged" in capsys.readouterr().err
+    with StudyLock(results, "demo"):
+        assert grid_main(argv) == 2  # refused before it plans: the running driver owns the files
+    assert os.path.exists(path) and not os.path.exists(os.path.join(store.study_path, "_quarantine"))
+
+
+def test_checkpoints_of_another_study_sharing_the_storage_are_left_alone(tmp_path):
+    from orchestrator.runner import read_plans, write_plan
+
+    root = str(tmp_path / "shared")
+    loop = TrialLoop({"arch": "tiny_mlp", "dataset": "digits", "train_limit": 64, "test_limit": 32, "epochs": 2})
+    loop.run_epoch()
+    mine = _checkpoint(root, "exp-mine", "t1", 0, loop)
+    theirs = _checkpoint(root, "exp-theirs", "t1", 0, loop)  # the same trial id in another study
+    write_plan(root, "exp-mine", {"study": "a", "trials": {}})
+    write_plan(root, "exp-theirs", {"study": "b", "trials": {}})
+    os.makedirs(os.path.join(root, "exp-broken"))
+    open(os.path.join(root, "exp-broken", "orchestrator_plan.json"), "w").write('{"study": "a", "tri')
+    plans = read_plans(root)  # the unreadable plan is named and left out
+    assert sorted(plans) == ["exp-mine", "exp-theirs"]
+    ours = {name for name, doc in plans.items() if doc["study"] == "a"}
+    found = find_checkpoints(root, {"t1"}, experiments=ours)
+    assert [c.uri for c in found["t1"]] == [mine]
+    prune(found, resume_points(found, {"t1": 1}))
+    assert os.path.exists(theirs)
+    assert not [f for f in os.listdir(os.path.join(root, "exp-mine")) if f.endswith(".tmp")]
+
+
+def test_spellings_of_one_policy_are_one_trial(tmp_path):
+    from orchestrator.studies import config_differences
+    from trainables.config import TrialConfig
+
+    base = {"arch": "tiny_cnn", "dataset": "digits", "method": "deba"}
+    plain = TrialConfig(**base, policy={"cooldown": 3})
+    spelled = TrialConfig(**base, policy={"cooldown": 3, "alpha": 1.5, "decision_rule": "both", "b0": 64})
+    assert spelled.policy == {"cooldown": 3} and spelled.trial_id() == plain.trial_id()
+    assert TrialConfig(**base, policy={"alpha": 2}).trial_id() == TrialConfig(**base, policy={"alpha": 2.0}).trial_id()
+    stored = {**plain.to_dict(), "policy": {"cooldown": 3, "alpha": 1.5}}  # as an older version stored it
+    assert config_differences(stored, plain.to_dict()) == []
+    assert config_differences(stored, TrialConfig(**base, policy={"cooldown": 4}).to_dict()) == [
+        "policy.cooldown: 3 -> 4"
+    ]

@@ -185,3 +185,49 @@ def test_a_damaged_epochs_file_of_a_running_trial_fails_that_trial_only(tmp_path
     row = ResultsStore(str(tmp_path), "s").read_runs()[spec.trial_id]
     assert row["status"] == "failed" and "was damaged and was moved to" in row["error"]
     assert [r["epoch"] for r in ResultsStore(str(tmp_path), "s").read_epochs("other")] == [1]
+
+
+def test_a_failed_write_is_forgiven_when_a_later_write_stores_the_rows(tmp_path, monkeypatch, capsys):
+    sink, spec = _sink(tmp_path)
+    trial = _Trial(spec.trial_id)
+    sink.on_trial_result(0, [], trial, {**_row(1), "loop_status": "running"})
+    real = ResultsStore.write_epochs
+    monkeypatch.setattr(ResultsStore, "write_epochs", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
+    sink.on_trial_result(0, [], trial, {**_row(2), "loop_status": "running"})  # lost for now, not for good
+    assert "disk full" in capsys.readouterr().err
+    monkeypatch.setattr(ResultsStore, "write_epochs", real)
+    sink.on_trial_result(0, [], trial, {**_row(3), "loop_status": "completed"})
+    sink.on_trial_complete(0, [], trial)
+    row = ResultsStore(str(tmp_path), "s").read_runs()[spec.trial_id]
+    assert (row["status"], row["epochs_done"], row["error"]) == ("completed", 3, None)
+    # A write that fails last stays a failure: the trial runs again.
+    sink2, spec2 = _sink(tmp_path / "b")
+    sink2.on_trial_result(0, [], _Trial(spec2.trial_id), {**_row(1), "loop_status": "running"})
+    monkeypatch.setattr(ResultsStore, "write_epochs", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
+    sink2.on_trial_result(0, [], _Trial(spec2.trial_id), {**_row(2), "loop_status": "running"})
+    sink2.on_trial_complete(0, [], _Trial(spec2.trial_id))
+    row = ResultsStore(str(tmp_path / "b"), "s").read_runs()[spec2.trial_id]
+    assert row["status"] == "failed" and "could not store its epoch row (OSError: disk full)" in row["error"]
+
+
+def test_only_bytes_that_do_not_parse_are_damage(tmp_path, monkeypatch, capsys):
+    store = ResultsStore(str(tmp_path), "s", fix_damage=True)  # as a driver holding the study lock
+    store.write_epochs(SPEC.trial_id, [_row(1), _row(2)])
+    path = tmp_path / "s" / "epochs" / f"{SPEC.trial_id}.parquet"
+    good = path.read_bytes()
+    # A file that cannot be read now (permissions, a network hiccup) is an error, never set aside.
+    path.chmod(0)
+    try:
+        if os.geteuid() != 0:  # root reads it anyway
+            with pytest.raises(PermissionError):
+                store.read_epochs(SPEC.trial_id)
+            assert path.exists() and not store.quarantined
+    finally:
+        path.chmod(0o644)
+    # Corrupt pages in the middle (snappy says OSError) are damage; a reader without the lock only names it.
+    path.write_bytes(good[:8] + bytes(len(good) - 16) + good[-8:])
+    reader = ResultsStore(str(tmp_path), "s", fix_damage=False)
+    assert reader.read_epochs(SPEC.trial_id) == [] and path.exists()
+    assert reader.quarantined[0][:2] == (str(path), "") and "skipped" in capsys.readouterr().err
+    assert store.read_epochs(SPEC.trial_id) == [] and not path.exists()
+    assert store.quarantined[0][1].startswith(str(tmp_path / "s" / "_quarantine"))

@@ -294,3 +294,17 @@ def test_resources_default_to_one_gpu_per_trial_when_the_cluster_has_gpus():
         resolve_resources(one, cluster_gpus=0)
     # attached to an autoscaling cluster, GPU workers may not be up yet
     assert resolve_resources(one, cluster_gpus=0, autoscaling=True) == {"cpu": 1.0, "gpu": 1.0}
+
+
+def test_device_cuda_is_refused_when_trials_get_no_gpu():
+    cuda = with_overrides(preset("demo"), loop={"device": "cuda"})
+    with pytest.raises(ValueError, match="device=cuda is not allowed: trials get no GPU here .*0 GPU"):
+        resolve_resources(cuda, cluster_gpus=0)
+    with pytest.raises(ValueError, match=r"gpus_per_trial=0\)"):
+        resolve_resources(with_overrides(cuda, gpus_per_trial=0), cluster_gpus=8)
+    assert resolve_resources(cuda, cluster_gpus=8) == {"cpu": 1.0, "gpu": 1.0}
+
+
+def test_data_dir_comes_from_the_study_not_loop():
+    with pytest.raises(ValueError, match=r"loop.*data_dir.*--data-dir"):
+        expand(with_overrides(preset("demo"), loop={"data_dir": "/data"}))

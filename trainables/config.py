@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from trainables.settings import MISSING, build, defaults, fail, fields_of, setting, validate
+from trainables.settings import MISSING, build, changed, defaults, fail, fields_of, setting, validate
 
 # Values of the `compile` field: off, torch.compile's default mode, or a torch.compile mode name.
 COMPILE_MODES: tuple[Any, ...] = (False, True, "reduce-overhead", "max-autotune")
@@ -161,6 +161,9 @@ class TrialConfig:
         options = policy_options_object(self.method, self.policy)
         policy_context_check(self.method, options, arch=self.arch, dataset=self.dataset)
         object.__setattr__(self, "_options", options)
+        # The policy as its options' non-default values: `{"alpha": 1.5}` (the default) and `{}`, or
+        # `alpha=2` and `alpha=2.0`, are one trial with one id.
+        object.__setattr__(self, "policy", changed(options))
 
     # ------------------------------------------------------------------ conversions
     @classmethod

@@ -478,5 +478,6 @@ class TrialLoop:
 
     def load_checkpoint(self, directory: str | os.PathLike[str]) -> None:
         """Restore from <directory>/state.pt (written by save_checkpoint); ValueError when it is damaged
-        or belongs to another trial (nothing is changed then)."""
+        or belongs to another trial (refused before anything changes). A state that fails later, half
+        way through, leaves this loop half restored: build a new loop then."""
         self.load_state_dict(self.read_checkpoint(directory))

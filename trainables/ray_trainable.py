@@ -30,6 +30,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 import ray
@@ -105,21 +106,31 @@ def _maybe_fail(hooks: dict[str, Any], trial_id: str, epoch: int) -> None:
     os._exit(1)
 
 
-def resume(loop: Any, own: tune.Checkpoint | None, seeds: list[str]) -> tuple[str | None, list[str]]:
-    """Load the first checkpoint that reads: Tune's own (this experiment's, after a retry), else the
-    seeds the orchestrator found in earlier experiments (newest first). Returns where the loop
-    resumed from (None: from scratch) and "where: why" for each checkpoint passed over."""
+def resume(
+    make_loop: Callable[[], Any], own: tune.Checkpoint | None, seeds: list[str]
+) -> tuple[Any, str | None, list[str]]:
+    """A loop (from `make_loop`) restored from the first checkpoint that loads: Tune's own (this
+    experiment's, after a retry), else the seeds the orchestrator found in earlier experiments
+    (newest first). Returns the loop, where it resumed from (None: from scratch) and "where: why"
+    for each checkpoint passed over. A checkpoint that fails half way through loading leaves the
+    loop half restored, so the next candidate (or scratch) gets a fresh loop."""
     candidates = ([own] if own is not None else []) + [tune.Checkpoint(uri) for uri in seeds]
     skipped = []
+    loop = make_loop()
     for checkpoint in candidates:
         try:
             with checkpoint.as_directory() as directory:
                 state = loop.read_checkpoint(directory)
-            loop.load_state_dict(state)
-            return checkpoint.path, skipped
-        except (ValueError, OSError) as exc:  # damaged, missing or foreign: try the next one
+        except Exception as exc:  # damaged, missing, unreachable: try the next one
             skipped.append(f"{checkpoint.path}: {exc}")
-    return None, skipped
+            continue
+        try:
+            loop.load_state_dict(state)
+            return loop, checkpoint.path, skipped
+        except Exception as exc:  # foreign, or a state this code cannot take
+            skipped.append(f"{checkpoint.path}: {type(exc).__name__}: {exc}")
+            loop = make_loop()
+    return loop, None, skipped
 
 
 def checkpoint_due(epoch: int, every: int, done: bool) -> bool:
@@ -146,8 +157,9 @@ def train_trial(config: dict[str, Any], payloads: dict[str, dict[str, Any]]) -> 
 
     from trainables.loop import TrialLoop
 
-    loop = TrialLoop(loop_cfg)
-    resumed_from, skipped = resume(loop, tune.get_checkpoint(), payload.get("init_checkpoints") or [])
+    loop, resumed_from, skipped = resume(
+        lambda: TrialLoop(loop_cfg), tune.get_checkpoint(), payload.get("init_checkpoints") or []
+    )
     gauges = TrialGauges(payload["study"], trial_id, loop_cfg)
     gauges.update(None, loop.epochs_done, loop.config.epochs, loop.done)
     static = {

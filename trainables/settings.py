@@ -162,6 +162,17 @@ def defaults(cls: Any) -> dict[str, Any]:
     return out
 
 
+def changed(instance: Any) -> dict[str, Any]:
+    """name -> value of the settings of `instance` that differ from their defaults (checked values:
+    `alpha=2` reads 2.0): equal settings give equal dicts, however they were spelled."""
+    base = defaults(type(instance))
+    return {
+        f.name: getattr(instance, f.name)
+        for f in fields_of(instance)
+        if f.name not in base or getattr(instance, f.name) != base[f.name]
+    }
+
+
 def required(cls: Any) -> list[str]:
     """Names of the settings without a default."""
     return [f.name for f in fields_of(cls) if f.default is MISSING and f.default_factory is MISSING]
