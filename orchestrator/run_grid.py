@@ -97,7 +97,7 @@ def format_plan(plan: Plan, results: str, resources: str, storage: str | None = 
             "fixed runs (they run once every fixed run of their arch has finished):"
         )
         lines += [f"    {'-' * 12}  {label:<52} wait" for label in plan.waiting]
-    lines += [f"  calibration: {note}" for note in plan.notes]
+    lines += [f"  note: {note}" for note in plan.notes]
     return "\n".join(lines)
 
 
@@ -258,7 +258,7 @@ def _run(args: argparse.Namespace, study: StudySpec, plan: Plan, lock: StudyLock
             flush=True,
         )
         for note in phase2.notes:
-            print(f"[{study.name}] phase 2: {note}", file=sys.stderr, flush=True)
+            print(f"[{study.name}] phase 2: note: {note}", file=sys.stderr, flush=True)
         more = run(phase2)
         report.experiments.update(more.experiments)
         report.grids.extend(more.grids)

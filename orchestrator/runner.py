@@ -32,6 +32,7 @@ import pyarrow.fs as pafs
 
 from orchestrator.calibration import study_calibration
 from orchestrator.checkpoints import find_checkpoints, prune, resume_points
+from orchestrator.migrate import rename_trials, renamed_ids, stored_configs
 from orchestrator.schedule import CostEstimate, estimate_costs, longest_first
 from orchestrator.store import ResultsStore, resolve_uri, storage_uri
 from orchestrator.studies import StudySpec, TrialSpec, config_differences, expand, waiting_for_calibration
@@ -50,7 +51,7 @@ class Plan:
     finished: frozenset[str]
     waiting: tuple[str, ...] = ()
     estimate: CostEstimate | None = None  # cost per trial (orchestrator/schedule.py)
-    notes: tuple[str, ...] = ()  # why waiting trials cannot be calibrated, when they cannot
+    notes: tuple[str, ...] = ()  # what the user should know: why waiting trials cannot be calibrated, ...
 
     def launch_order(self) -> list[TrialSpec]:
         """The pending trials, longest first (the order Tune starts them in)."""
@@ -77,18 +78,29 @@ def make_plan(study: StudySpec, results: str, write: bool = True, storage: str |
     """
     store = ResultsStore(results, study.name, fix_damage=write)
     runs = store.read_runs()
-    done = store.finished(study.epochs)
-    calibration = study_calibration(study, results, done, write=write) if study.calibrate else None
-    trials = tuple(expand(study, calibration))
-    ids = [t.trial_id for t in trials]
-    if len(set(ids)) != len(ids):
-        raise ValueError("two trials of the study have the same configuration (duplicate trial_id)")
     plans = {
         name: doc
         for name, doc in read_plans(storage_root(results, study.name, storage)).items()
         if doc.get("study") == study.name
     }
     with_rows = store.trials_with_epochs()
+    notes: list[str] = []
+    renames = renamed_ids(stored_configs(runs, plans, with_rows))
+    if renames and write:
+        for line in rename_trials(store, renames, set(runs)):
+            print(f"[{study.name}] {line}", flush=True)
+        runs, with_rows = store.read_runs(), store.trials_with_epochs()
+    elif renames:
+        notes.append(
+            f"{len(renames)} stored trial(s) carry the ids of an older version of the tool: the run renames "
+            "them first, and those finished then count as finished (here they show as pending)"
+        )
+    done = store.finished(study.epochs)
+    calibration = study_calibration(study, results, done, write=write) if study.calibrate else None
+    trials = tuple(expand(study, calibration))
+    ids = [t.trial_id for t in trials]
+    if len(set(ids)) != len(ids):
+        raise ValueError("two trials of the study have the same configuration (duplicate trial_id)")
     check_one_configuration(study, trials, runs, plans, with_rows)
     finished = done & set(ids)
     # Costs from the epoch times stored so far (any trial of the study), for the epochs left.
@@ -99,7 +111,7 @@ def make_plan(study: StudySpec, results: str, write: bool = True, storage: str |
         finished=frozenset(finished),
         waiting=tuple(waiting_for_calibration(study, calibration)),
         estimate=estimate_costs(trials, store.epoch_seconds(started), store.stored_epochs(started - finished)),
-        notes=tuple(sorted(calibration.problems.values())) if calibration is not None else (),
+        notes=tuple(notes + (sorted(calibration.problems.values()) if calibration is not None else [])),
     )
 
 

@@ -126,7 +126,8 @@ class ResultsStore:
         self.fix_damage = fix_damage
         self.quarantined: list[tuple[str, str, str]] = []  # (path, where it went or "" when left, why)
 
-    def _path(self, table: str, trial_id: str) -> str:
+    def table_path(self, table: str, trial_id: str) -> str:
+        """Where the trial's file of `table` ("epochs" or "runs") lives."""
         return posixpath.join(self.study_path, table, f"{trial_id}.parquet")
 
     def _write(self, table: pa.Table, path: str) -> None:
@@ -184,6 +185,23 @@ class ResultsStore:
         )
         return dest
 
+    def rename_trial(self, old: str, new: str) -> None:
+        """Store trial `old`'s epochs and runs rows under the id `new`, then remove `old`'s files
+        (new files first: a stop in between leaves both, and renaming again overwrites the new)."""
+        moved = []
+        for table in ("epochs", "runs"):
+            path = self.table_path(table, old)
+            data = self._read(path)
+            if data is None:
+                continue
+            if "trial_id" in data.column_names:
+                column = pa.array([new] * data.num_rows, data.schema.field("trial_id").type)
+                data = data.set_column(data.schema.get_field_index("trial_id"), "trial_id", column)
+            self._write(data, self.table_path(table, new))
+            moved.append(path)
+        for path in moved:
+            self.fs.delete_file(path)
+
     # epochs ---------------------------------------------------------------------------------------
     def write_epochs(self, trial_id: str, rows: Iterable[dict[str, Any]]) -> None:
         """Replace the trial's epoch rows with `rows`, one per epoch (the last row of an epoch wins)."""
@@ -191,7 +209,7 @@ class ResultsStore:
         for r in rows:
             by_epoch[int(r["epoch"])] = r
         ordered = [by_epoch[e] for e in sorted(by_epoch)]
-        self._write(to_table(ordered, EPOCH_COLUMNS, EPOCH_SCHEMA), self._path("epochs", trial_id))
+        self._write(to_table(ordered, EPOCH_COLUMNS, EPOCH_SCHEMA), self.table_path("epochs", trial_id))
 
     def trials_with_epochs(self) -> set[str]:
         """Ids of the trials that have an epochs file."""
@@ -230,7 +248,7 @@ class ResultsStore:
 
     def read_epochs(self, trial_id: str) -> list[dict[str, Any]]:
         """The trial's stored epoch rows, in epoch order (empty when none)."""
-        table = self._read(self._path("epochs", trial_id))
+        table = self._read(self.table_path("epochs", trial_id))
         if table is None:
             return []
         names = [n for n in epoch_column_names() if n in table.column_names]
@@ -239,7 +257,7 @@ class ResultsStore:
     # runs -----------------------------------------------------------------------------------------
     def write_run(self, row: dict[str, Any]) -> None:
         """Store (or replace) the trial's runs row."""
-        self._write(to_table([row], RUN_COLUMNS, RUN_SCHEMA), self._path("runs", row["trial_id"]))
+        self._write(to_table([row], RUN_COLUMNS, RUN_SCHEMA), self.table_path("runs", row["trial_id"]))
 
     def read_runs(self) -> dict[str, dict[str, Any]]:
         """trial_id -> runs row, for every stored trial of the study."""

@@ -3,6 +3,7 @@ aside, one driver per study, resume points across experiments, older stores in t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -434,3 +435,28 @@ def test_spellings_of_one_policy_are_one_trial(tmp_path):
     assert config_differences(stored, TrialConfig(**base, policy={"cooldown": 4}).to_dict()) == [
         "policy.cooldown: 3 -> 4"
     ]
+
+
+def test_trials_stored_under_the_ids_of_an_older_version_are_renamed_not_run_again(tmp_path, capsys):
+    results = str(tmp_path)
+    study = with_overrides(preset("demo"), seeds=[0], epochs=2, archs=["tiny_cnn"])
+    fixed, deba = expand(study)
+    assert (fixed.method, deba.method) == ("fixed", "deba")
+    # As an older version stored them: other ids (epochs were part of the identity), the same configs.
+    old = {fixed.trial_id: "0ld0ld0ld0f1", deba.trial_id: "0ld0ld0ld0d1"}
+    for spec in (fixed, deba):
+        _store_trial(results, dataclasses.replace(spec, trial_id=old[spec.trial_id]), 2)
+    dry = make_plan(study, results, write=False)
+    assert len(dry.pending) == 2 and "2 stored trial(s) carry the ids of an older version" in dry.notes[0]
+    assert grid_main(["--results", results, "--seeds", "0", "--epochs", "2", "--archs", "tiny_cnn"]) == 0
+    out = capsys.readouterr().out
+    assert f"trial 0ld0ld0ld0f1 (an id of an older version) is now {fixed.trial_id}" in out and "nothing to run" in out
+    runs = ResultsStore(results, "demo").read_runs()
+    assert sorted(runs) == sorted([fixed.trial_id, deba.trial_id])
+    assert [r["trial_id"] for r in ResultsStore(results, "demo").read_epochs(deba.trial_id)] == [deba.trial_id] * 2
+    assert len(load_store(results, "demo").epochs) == 4  # no trial twice
+    # The same trial stored under both ids (run again by a version that did not rename): the old copy is set aside.
+    _store_trial(results, dataclasses.replace(fixed, trial_id="0ld0ld0ld0f1"), 2)
+    assert make_plan(study, results).pending == ()
+    assert len(os.listdir(os.path.join(results, "demo", "_quarantine"))) == 2
+    assert len(load_store(results, "demo").runs) == 2
