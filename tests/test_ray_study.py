@@ -56,6 +56,12 @@ def tiny(name: str, seeds=(0,), methods=("fixed", "deba"), epochs=3, datasets=("
     )
 
 
+def cpu_args(results: str, train_limit: int = 128, test_limit: int = 64) -> list[str]:
+    """run_grid flags of a quick CPU-only call: results, a small split, one thread, quiet."""
+    return ["--results", results, "--loop-opt", f"train_limit={train_limit}", "--loop-opt", f"test_limit={test_limit}",
+            "--loop-opt", "threads=1", "--gpus-per-trial", "0", "--quiet", "--verbose", "0"]  # fmt: skip
+
+
 def run(study: StudySpec, results: str):
     plan = make_plan(study, results)
     return plan, run_plan(plan, results, CPU, echo=False, verbose=0)
@@ -125,32 +131,8 @@ def test_study_end_to_end_then_rerun_and_extend(tmp_path):
 
 def test_cli_rerun_of_finished_study_starts_nothing(tmp_path, capsys):
     results = str(tmp_path)
-    argv = [
-        "--study",
-        "cli",
-        "--archs",
-        "tiny_cnn",
-        "--seeds",
-        "0",
-        "--methods",
-        "fixed",
-        "--epochs",
-        "2",
-        "--results",
-        results,
-        "--loop-opt",
-        "train_limit=128",
-        "--loop-opt",
-        "test_limit=64",
-        "--loop-opt",
-        "threads=1",
-        "--gpus-per-trial",
-        "0",
-        "--no-analysis",
-        "--quiet",
-        "--verbose",
-        "0",
-    ]
+    argv = ["--study", "cli", "--archs", "tiny_cnn", "--seeds", "0", "--methods", "fixed", "--epochs", "2",
+            "--no-analysis", *cpu_args(results)]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "trials: 1 total, 0 finished (skipped), 1 to run" in out and "Ray overhead per epoch" in out
@@ -233,35 +215,9 @@ def test_failed_trial_gets_a_runs_row_and_keeps_the_others(tmp_path):
 
 def test_reconstruction_runs_both_phases_in_one_command(tmp_path, capsys):
     results = str(tmp_path)
-    argv = [
-        "--study",
-        "reconstruction",
-        "--datasets",
-        "digits",
-        "--seeds",
-        "0,1",
-        "--epochs",
-        "3",
-        "--variants",
-        "baseline,eps_zero,epoch_mean_signals",
-        "--policy-opt",
-        "cooldown=1",
-        "--policy-opt",
-        "window=3",
-        "--results",
-        results,
-        "--loop-opt",
-        "train_limit=128",
-        "--loop-opt",
-        "test_limit=64",
-        "--loop-opt",
-        "threads=1",
-        "--gpus-per-trial",
-        "0",
-        "--quiet",
-        "--verbose",
-        "0",
-    ]
+    argv = ["--study", "reconstruction", "--datasets", "digits", "--seeds", "0,1", "--epochs", "3",
+            "--variants", "baseline,eps_zero,epoch_mean_signals", "--policy-opt", "cooldown=1", "--policy-opt",
+            "window=3", *cpu_args(results)]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "phase 2: 6 trial(s) with thresholds calibrated" in out
@@ -286,10 +242,8 @@ def test_reconstruction_runs_both_phases_in_one_command(tmp_path, capsys):
 def test_phase_two_does_not_rerun_the_fixed_runs_that_just_failed(tmp_path, capsys):
     results = str(tmp_path / "results")
     argv = ["--study", "reconstruction", "--datasets", "digits", "--seeds", "0", "--epochs", "2",
-            "--variants", "baseline", "--results", results, "--loop-opt", "train_limit=64", "--loop-opt",
-            "test_limit=32", "--loop-opt", "threads=1", "--gpus-per-trial", "0", "--max-failures", "0",
-            "--test-hook", "fail_at_epoch=1", "--test-hook", f"fail_marker_dir={tmp_path / 'markers'}",
-            "--quiet", "--verbose", "0", "--no-analysis"]  # fmt: skip
+            "--variants", "baseline", "--max-failures", "0", "--test-hook", "fail_at_epoch=1", "--test-hook",
+            f"fail_marker_dir={tmp_path / 'markers'}", "--no-analysis", *cpu_args(results, 64, 32)]  # fmt: skip
     assert main(argv) == 1
     captured = capsys.readouterr()
     assert "phase 2: 0 trial(s)" in captured.out and "not finished; re-run" in captured.err

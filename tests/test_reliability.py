@@ -111,8 +111,8 @@ def test_run_grid_refuses_a_changed_study_with_exit_2(tmp_path, capsys):
 # ------------------------------------------------------------------ item 4: damaged files are set aside
 
 
-def test_a_damaged_runs_file_is_quarantined_and_its_trial_runs_again(tmp_path, capsys):
-    results = str(tmp_path)
+def _demo_with_a_cut_runs_file(results):
+    """A finished 2-trial demo store whose first trial's runs file was cut short: (study, specs, store, path)."""
     study = with_overrides(preset("demo"), seeds=[0], epochs=2, archs=["tiny_cnn"])
     specs = expand(study)
     for spec in specs:
@@ -120,6 +120,12 @@ def test_a_damaged_runs_file_is_quarantined_and_its_trial_runs_again(tmp_path, c
     path = os.path.join(store.study_path, "runs", f"{specs[0].trial_id}.parquet")
     data = open(path, "rb").read()
     open(path, "wb").write(data[: len(data) // 2])
+    return study, specs, store, path
+
+
+def test_a_damaged_runs_file_is_quarantined_and_its_trial_runs_again(tmp_path, capsys):
+    results = str(tmp_path)
+    study, specs, store, path = _demo_with_a_cut_runs_file(results)
     plan = make_plan(study, results)
     assert [t.trial_id for t in plan.pending] == [specs[0].trial_id]
     assert not os.path.exists(path)
@@ -385,12 +391,7 @@ def test_trainables_run_refuses_damaged_and_shorter_checkpoints_before_training(
 
 def test_a_dry_run_or_a_refused_driver_moves_no_damaged_file(tmp_path, capsys):
     results = str(tmp_path)
-    study = with_overrides(preset("demo"), seeds=[0], epochs=2, archs=["tiny_cnn"])
-    specs = expand(study)
-    for spec in specs:
-        store = _store_trial(results, spec, 2)
-    path = os.path.join(store.study_path, "runs", f"{specs[0].trial_id}.parquet")
-    open(path, "wb").write(b"PAR1 cut short")
+    _, _, store, path = _demo_with_a_cut_runs_file(results)
     argv = ["--results", results, "--seeds", "0", "--epochs", "2", "--archs", "tiny_cnn"]
     assert grid_main([*argv, "--dry-run"]) == 0
     assert os.path.exists(path) and "is damaged" in capsys.readouterr().err
