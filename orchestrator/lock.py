@@ -3,9 +3,11 @@
 `<results>/<study>/_driver.lock` holds {"owner": "host:pid", "token", "started", "heartbeat",
 "command"}. A second driver on the same study is refused with the owner named.
 
-On a local (or NFS-mounted) filesystem the lock is an exclusive `flock` on that file: the kernel
-drops it when the driver's process ends, however it ends, so a lock is never stale and never taken
-from a live driver that is merely slow. Object stores (s3://, gs://) have no lock primitive: there
+On a local filesystem (or an NFS mount with locking) the lock is an exclusive `flock` on that
+file: the kernel drops it when the driver's process ends, however it ends, so a lock is never
+stale and never taken from a live driver that is merely slow. The file itself stays (emptied on
+release): removing it would let a driver that opened the old file and one that creates a new one
+both hold "the" lock. Object stores (s3://, gs://) have no lock primitive: there
 the file carries a heartbeat, renewed every `HEARTBEAT_S`, and a lock without one for
 `STALE_AFTER_S` is taken over; the lock is written and read back after a short wait, so two drivers
 started within that moment can both pass (best effort). A driver that finds its remote lock taken
@@ -32,6 +34,7 @@ from orchestrator.store import ResultsStore
 
 LOCK_FILE = "_driver.lock"
 HEARTBEAT_S = 15.0
+LOCAL_TRIES = 20  # flock attempts 50 ms apart before a local lock is refused
 STALE_AFTER_S = 90.0
 
 
@@ -127,23 +130,24 @@ class StudyLock:
         )
 
     def _acquire_local(self) -> None:
-        while True:
-            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+        fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+        for attempt in range(LOCAL_TRIES):
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
             except BlockingIOError:
+                if attempt + 1 < LOCAL_TRIES:  # a reader's `holder()` holds a shared lock for a moment
+                    time.sleep(0.05)
+                    continue
                 os.close(fd)
                 doc, _ = self._read()
                 raise self._refuse(doc or {"owner": "unknown (lock file unreadable)"}) from None
-            # The holder before us may have unlinked the file between our open and our flock: then
-            # we hold a lock on a name nobody sees; start again on the current file.
-            try:
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)
+            except OSError as exc:  # ENOLCK: a network filesystem mounted without locking
+                os.close(fd)
+                raise StudyLocked(
+                    f"cannot lock {self.path} ({exc}); the results folder must be on a filesystem with file "
+                    "locks (an NFS mount without `nolock`), or an s3:// / gs:// URI"
+                ) from exc
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps(self.doc).encode())
         os.fsync(fd)
@@ -192,11 +196,7 @@ class StudyLock:
     def release(self) -> None:
         """Give the lock up (and remove the file if it is still ours)."""
         if self._fd is not None:
-            # Unlink while still holding it: a waiter that opened the old file sees it is gone.
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
+            os.ftruncate(self._fd, 0)  # the file stays (module docstring); closing drops the lock
             os.close(self._fd)
             self._fd = None
             return

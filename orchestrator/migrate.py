@@ -55,19 +55,36 @@ def renamed_ids(configs: dict[str, dict[str, Any]]) -> dict[str, str]:
     return out
 
 
-def rename_trials(store: ResultsStore, renames: dict[str, str], finished: set[str]) -> list[str]:
-    """Rewrite each renamed trial's files under its new id (the caller holds the study lock). When the
-    new id has a runs row already (`finished`: the trial was run again by a version that did not
-    rename), the old copy is set aside instead. Returns one line per trial."""
-    lines = []
+def _rank(store: ResultsStore, tid: str, runs: dict[str, dict[str, Any]]) -> tuple[int, int]:
+    """Which copy of a trial to keep: finished (completed or diverged) first, then most epochs stored."""
+    status = runs.get(tid, {}).get("status")
+    return (status in ("completed", "diverged"), store.stored_epochs([tid])[tid])
+
+
+def rename_trials(store: ResultsStore, renames: dict[str, str], runs: dict[str, dict[str, Any]]) -> list[str]:
+    """Store each renamed trial under its new id (the caller holds the study lock); returns one line
+    per trial. Where one trial has several copies (under the new id already, or under two old ids:
+    run at two epoch counts when epochs were part of the id), the best copy (`_rank`) is kept under
+    the new id and the others are set aside, never overwritten."""
+    by_new: dict[str, list[str]] = {}
     for old, new in sorted(renames.items()):
-        if new in finished:
+        by_new.setdefault(new, []).append(old)
+    lines = []
+    for new, olds in sorted(by_new.items()):
+        present = [new] if new in runs or new in store.trials_with_epochs() else []
+        keep = max(present + olds, key=lambda tid: _rank(store, tid, runs))
+        for tid in present + olds:
+            if tid == keep:
+                continue
             for table in ("runs", "epochs"):
-                path = store.table_path(table, old)
+                path = store.table_path(table, tid)
                 if store.fs.get_file_info(path).type == pafs.FileType.File:
-                    store.quarantine(path, f"the same trial is stored under its current id {new}")
-            lines.append(f"trial {old} is stored again under its current id {new}; the old copy was set aside")
-            continue
-        store.rename_trial(old, new)
-        lines.append(f"trial {old} (an id of an older version) is now {new}")
+                    store.quarantine(path, f"another copy of the same trial ({keep}) is kept as {new}", damaged=False)
+        if keep != new:
+            store.rename_trial(keep, new)
+        aside = [tid for tid in present + olds if tid != keep]
+        lines.append(
+            (f"trial {keep} (an id of an older version) is now {new}" if keep != new else f"trial {new} is kept")
+            + (f"; other copies set aside: {', '.join(aside)}" if aside else "")
+        )
     return lines

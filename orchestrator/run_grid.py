@@ -157,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # the store cannot be read now (permissions, an unreachable bucket)
         print(f"run_grid: cannot read the results: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
-    lock = StudyLock(args.results, study.name)
+    # A driver whose (object-store) lock another driver took over stops, as on `ray job stop`.
+    lock = StudyLock(args.results, study.name, on_lost=functools.partial(os.kill, os.getpid(), signal.SIGTERM))
     if args.dry_run:
         g = study.gpus_per_trial
         gpu = f"{g:g} GPU" if g is not None else "1 GPU if the cluster has GPUs, else CPU-only"
@@ -197,19 +198,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"all {len(plan.trials)} trial(s) of study {study.name!r} are finished; nothing to run")
             print(format_summary(args.results, study.name))
             return 0
-        return _run(args, study, plan, lock, t0)
+        return _run(args, study, plan, t0)
     finally:
         lock.release()
 
 
-def _run(args: argparse.Namespace, study: StudySpec, plan: Plan, lock: StudyLock, t0: float) -> int:
+def _run(args: argparse.Namespace, study: StudySpec, plan: Plan, t0: float) -> int:
     """Start or attach to Ray and run the plan (both phases of a calibrating study), holding the lock."""
     from orchestrator.interrupt import GracefulStop
 
     how = connect(args.address, args.dashboard)
     print(how, flush=True)
     stop = GracefulStop().install()  # after ray.init, which replaces the SIGTERM handler
-    lock.on_lost = functools.partial(os.kill, os.getpid(), signal.SIGTERM)  # another driver took the study
     gpus = cluster_gpus()
     attached = how.startswith("attached")
     try:

@@ -87,7 +87,7 @@ def make_plan(study: StudySpec, results: str, write: bool = True, storage: str |
     notes: list[str] = []
     renames = renamed_ids(stored_configs(runs, plans, with_rows))
     if renames and write:
-        for line in rename_trials(store, renames, set(runs)):
+        for line in rename_trials(store, renames, runs):
             print(f"[{study.name}] {line}", flush=True)
         runs, with_rows = store.read_runs(), store.trials_with_epochs()
     elif renames:

@@ -91,8 +91,8 @@ class ParquetSink(tune.Callback):
         self._rows: dict[str, dict[int, dict[str, Any]]] = {}
         self._meta: dict[str, dict[str, Any]] = {}
         self._damaged: dict[str, str] = {}  # trial_id -> why its stored rows cannot be trusted
-        # trial_id -> the last write that failed; cleared when a later write of its rows succeeds
-        # (the buffer holds every row, so that write stores the missed one too).
+        # trial_id -> the last store operation that failed; cleared when a later write stores every
+        # epoch up to its own (a missed row is in the buffer, unless the failure was reading it).
         self._unwritten: dict[str, str] = {}
 
     def __getstate__(self) -> dict[str, Any]:
@@ -154,7 +154,8 @@ class ParquetSink(tune.Callback):
             del buf[stale]  # left by an attempt that died after a later checkpoint was lost
         buf[epoch] = row
         self.store.write_epochs(trial_id, buf.values())
-        self._unwritten.pop(trial_id, None)
+        if sorted(buf) == list(range(1, epoch + 1)):  # every epoch so far is stored: nothing was missed
+            self._unwritten.pop(trial_id, None)
         self._meta[trial_id] = {
             "loop_status": result.get("loop_status"),
             "device": result.get("device"),

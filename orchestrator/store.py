@@ -156,11 +156,12 @@ class ResultsStore:
             self.quarantine(path, f"{type(exc).__name__}: {exc}")
             return None
 
-    def quarantine(self, path: str, reason: str) -> str:
-        """Move a damaged file to `<study>/_quarantine/` (never deleted) and say so on stderr; returns
-        where it went. The trial it belonged to then has no rows (or no runs row) and runs again.
-        Without `fix_damage` the file is only named (returns "")."""
-        if not self.fix_damage:
+    def quarantine(self, path: str, reason: str, damaged: bool = True) -> str:
+        """Move a damaged file (or, `damaged` False, a superseded copy) to `<study>/_quarantine/` (never
+        deleted) and say so on stderr; returns where it went. The trial a damaged file belonged to then
+        has no rows (or no runs row) and runs again. Without `fix_damage` a damaged file is only named
+        (returns "")."""
+        if damaged and not self.fix_damage:
             self.quarantined.append((path, "", reason))
             if path not in _NAMED:  # once per process: a plan and its summary read the same files
                 _NAMED.add(path)
@@ -177,12 +178,11 @@ class ResultsStore:
         except FileNotFoundError:
             return ""  # another reader moved it first
         self.quarantined.append((path, dest, reason))
-        print(
-            f"results store: {path} is damaged ({reason[:300]}); moved it to {dest}. The trial it belongs to "
-            "will run again.",
-            file=sys.stderr,
-            flush=True,
-        )
+        if damaged:
+            message = f"{path} is damaged ({reason[:300]}); moved it to {dest}. The trial it belongs to will run again."
+        else:
+            message = f"{path} set aside to {dest}: {reason}"
+        print(f"results store: {message}", file=sys.stderr, flush=True)
         return dest
 
     def rename_trial(self, old: str, new: str) -> None:

@@ -177,7 +177,7 @@ def test_a_second_driver_is_refused_and_a_dead_ones_lock_taken_over(tmp_path, ca
         assert "the study is being run now by driver" in capsys.readouterr().out
     finally:
         first.release()
-    assert not os.path.exists(first.path)
+    assert first.holder() is None and open(first.path).read() == ""  # the file stays, emptied (lock.py says why)
     # A lock file left by a driver that is gone (killed: the kernel dropped its lock) is taken at once,
     # whatever its heartbeat says.
     lock = StudyLock(results, "demo")
@@ -456,8 +456,27 @@ def test_trials_stored_under_the_ids_of_an_older_version_are_renamed_not_run_aga
     assert sorted(runs) == sorted([fixed.trial_id, deba.trial_id])
     assert [r["trial_id"] for r in ResultsStore(results, "demo").read_epochs(deba.trial_id)] == [deba.trial_id] * 2
     assert len(load_store(results, "demo").epochs) == 4  # no trial twice
-    # The same trial stored under both ids (run again by a version that did not rename): the old copy is set aside.
+    # The same trial stored under both ids (run again by a version that did not rename): one copy stays.
     _store_trial(results, dataclasses.replace(fixed, trial_id="0ld0ld0ld0f1"), 2)
     assert make_plan(study, results).pending == ()
     assert len(os.listdir(os.path.join(results, "demo", "_quarantine"))) == 2
     assert len(load_store(results, "demo").runs) == 2
+
+
+def test_of_several_old_copies_of_a_trial_the_finished_one_is_kept(tmp_path, capsys):
+    results = str(tmp_path)
+    study = with_overrides(preset("demo"), seeds=[0], epochs=4, archs=["tiny_cnn"], methods=["fixed"])
+    (spec,) = expand(study)
+    # One trial under two old ids (it ran at 4 and at 1 epochs when epochs were in the id), and a failed
+    # copy under its current id.
+    _store_trial(results, dataclasses.replace(spec, trial_id="0ld0ld0ld004"), 4)
+    _store_trial(results, dataclasses.replace(spec, trial_id="0ld0ld0ld001"), 1, status="failed")
+    _store_trial(results, spec, 2, status="failed")
+    plan = make_plan(study, results)
+    assert plan.pending == ()  # the completed copy, with its 4 epochs, is the trial now
+    store = ResultsStore(results, "demo")
+    assert store.read_runs()[spec.trial_id]["status"] == "completed"
+    assert store.stored_epochs([spec.trial_id]) == {spec.trial_id: 4}
+    assert "trial 0ld0ld0ld004 (an id of an older version) is now" in capsys.readouterr().out
+    assert len(os.listdir(os.path.join(results, "demo", "_quarantine"))) == 4  # 2 copies x (runs, epochs)
+    assert sorted(store.read_runs()) == [spec.trial_id]

@@ -231,3 +231,17 @@ def test_only_bytes_that_do_not_parse_are_damage(tmp_path, monkeypatch, capsys):
     assert reader.quarantined[0][:2] == (str(path), "") and "skipped" in capsys.readouterr().err
     assert store.read_epochs(SPEC.trial_id) == [] and not path.exists()
     assert store.quarantined[0][1].startswith(str(tmp_path / "s" / "_quarantine"))
+
+
+def test_a_failed_read_of_the_stored_rows_is_not_forgiven(tmp_path, monkeypatch):
+    sink, spec = _sink(tmp_path)
+    trial = _Trial(spec.trial_id)
+    ResultsStore(str(tmp_path), "s").write_epochs(spec.trial_id, [_row(1)])  # stored by an earlier driver
+    real = ResultsStore.read_epochs
+    monkeypatch.setattr(ResultsStore, "read_epochs", lambda *a: (_ for _ in ()).throw(OSError("network down")))
+    sink.on_trial_result(0, [], trial, {**_row(2), "loop_status": "running"})  # epoch 2's row goes nowhere
+    monkeypatch.setattr(ResultsStore, "read_epochs", real)
+    sink.on_trial_result(0, [], trial, {**_row(3), "loop_status": "completed"})
+    sink.on_trial_complete(0, [], trial)
+    row = ResultsStore(str(tmp_path), "s").read_runs()[spec.trial_id]
+    assert row["status"] == "failed" and "network down" in row["error"]

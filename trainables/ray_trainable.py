@@ -129,6 +129,7 @@ def resume(
             return loop, checkpoint.path, skipped
         except Exception as exc:  # foreign, or a state this code cannot take
             skipped.append(f"{checkpoint.path}: {type(exc).__name__}: {exc}")
+            loop = None  # freed before its replacement is built: never two models and datasets at once
             loop = make_loop()
     return loop, None, skipped
 
