@@ -66,7 +66,7 @@ def _float(x: object) -> float:
 def replay_signals(
     trial: pd.DataFrame,
     signal_source: str = "last_step",
-    window: int = 15,
+    window: int = paper.WINDOW,
     full_history: bool = False,
     confidence_eps: float = EPS,
 ) -> pd.DataFrame:
@@ -88,7 +88,7 @@ def calibrate_reading(
     summary: pd.DataFrame,
     arch: str,
     signal_source: str = "last_step",
-    window: int = 15,
+    window: int = paper.WINDOW,
     full_history: bool = False,
     confidence_eps: float = EPS,
     fixed_method: str = "fixed",

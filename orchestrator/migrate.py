@@ -17,7 +17,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from orchestrator.store import ResultsStore
+from orchestrator.store import FINISHED_STATUSES, ResultsStore
 from trainables.config import TrialConfig
 
 
@@ -57,11 +57,12 @@ def renamed_ids(configs: dict[str, dict[str, Any]]) -> dict[str, str]:
 
 def _rank(store: ResultsStore, tid: str, runs: dict[str, dict[str, Any]]) -> tuple[int, int]:
     """Which copy of a trial to keep: finished (completed or diverged) first, then most epochs stored."""
-    status = runs.get(tid, {}).get("status")
-    return (status in ("completed", "diverged"), store.stored_epochs([tid])[tid])
+    return (runs.get(tid, {}).get("status") in FINISHED_STATUSES, store.stored_epochs([tid])[tid])
 
 
-def rename_trials(store: ResultsStore, renames: dict[str, str], runs: dict[str, dict[str, Any]]) -> list[str]:
+def rename_trials(
+    store: ResultsStore, renames: dict[str, str], runs: dict[str, dict[str, Any]], with_rows: set[str]
+) -> list[str]:
     """Store each renamed trial under its new id (the caller holds the study lock); returns one line
     per trial. Where one trial has several copies (under the new id already, or under two old ids:
     run at two epoch counts when epochs were part of the id), the best copy (`_rank`) is kept under
@@ -71,7 +72,7 @@ def rename_trials(store: ResultsStore, renames: dict[str, str], runs: dict[str, 
         by_new.setdefault(new, []).append(old)
     lines = []
     for new, olds in sorted(by_new.items()):
-        present = [new] if new in runs or new in store.trials_with_epochs() else []
+        present = [new] if new in runs or new in with_rows else []
         keep = max(present + olds, key=lambda tid: _rank(store, tid, runs))
         for tid in present + olds:
             if tid == keep:

@@ -47,7 +47,7 @@ def format_plan(plan: Plan, results: str, resources: str, storage: str | None = 
     """The plan as text: study, trials in launch order with their cost estimates and state, the
     predicted makespan on `slots` parallel trials (and on 8/16/64 GPUs), where results go."""
     study = plan.study
-    runs = ResultsStore(results, study.name).ledger()
+    runs = plan.statuses
     est = plan.estimate
     lines = [
         f"study {study.name!r}: {study.description}".rstrip(": "),

@@ -25,6 +25,7 @@ import posixpath
 import sys
 import time
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,10 +35,12 @@ from orchestrator.calibration import study_calibration
 from orchestrator.checkpoints import find_checkpoints, prune, resume_points
 from orchestrator.migrate import rename_trials, renamed_ids, stored_configs
 from orchestrator.schedule import CostEstimate, estimate_costs, longest_first
-from orchestrator.store import ResultsStore, resolve_uri, storage_uri
-from orchestrator.studies import StudySpec, TrialSpec, config_differences, expand, waiting_for_calibration
+from orchestrator.store import ResultsStore, contiguous_epochs, epoch_seconds, finished_ids, resolve_uri, storage_uri
+from orchestrator.studies import StudySpec, TrialSpec, config_differences, expand, trial_label, waiting_for_calibration
 
 PLAN_FILE = "orchestrator_plan.json"
+# The five identifiers of a trial's cell in the study grid (its label; shown in Tune's views).
+IDENTIFIERS: tuple[str, ...] = ("arch", "dataset", "seed", "method", "variant")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -52,6 +55,7 @@ class Plan:
     waiting: tuple[str, ...] = ()
     estimate: CostEstimate | None = None  # cost per trial (orchestrator/schedule.py)
     notes: tuple[str, ...] = ()  # what the user should know: why waiting trials cannot be calibrated, ...
+    statuses: dict[str, str] = field(default_factory=dict)  # trial_id -> status in the ledger (runs rows)
 
     def launch_order(self) -> list[TrialSpec]:
         """The pending trials, longest first (the order Tune starts them in)."""
@@ -87,7 +91,7 @@ def make_plan(study: StudySpec, results: str, write: bool = True, storage: str |
     notes: list[str] = []
     renames = renamed_ids(stored_configs(runs, plans, with_rows))
     if renames and write:
-        for line in rename_trials(store, renames, runs):
+        for line in rename_trials(store, renames, runs, with_rows):
             print(f"[{study.name}] {line}", flush=True)
         runs, with_rows = store.read_runs(), store.trials_with_epochs()
     elif renames:
@@ -95,50 +99,44 @@ def make_plan(study: StudySpec, results: str, write: bool = True, storage: str |
             f"{len(renames)} stored trial(s) carry the ids of an older version of the tool: the run renames "
             "them first, and those finished then count as finished (here they show as pending)"
         )
-    done = store.finished(study.epochs)
+    done = finished_ids(runs, study.epochs)
     calibration = study_calibration(study, results, done, write=write) if study.calibrate else None
     trials = tuple(expand(study, calibration))
     ids = [t.trial_id for t in trials]
     if len(set(ids)) != len(ids):
         raise ValueError("two trials of the study have the same configuration (duplicate trial_id)")
-    check_one_configuration(study, trials, runs, plans, with_rows)
+    check_one_configuration(study, trials, stored_configs(runs, plans, with_rows), runs)
     finished = done & set(ids)
     # Costs from the epoch times stored so far (any trial of the study), for the epochs left.
-    started = with_rows & set(ids)
+    started = {tid: store.read_epochs(tid) for tid in with_rows & set(ids)}
     return Plan(
         study=study,
         trials=trials,
         finished=frozenset(finished),
         waiting=tuple(waiting_for_calibration(study, calibration)),
-        estimate=estimate_costs(trials, store.epoch_seconds(started), store.stored_epochs(started - finished)),
+        estimate=estimate_costs(
+            trials,
+            epoch_seconds(started),
+            {tid: contiguous_epochs(rows) for tid, rows in started.items() if tid not in finished},
+        ),
+        statuses={tid: row["status"] for tid, row in runs.items()},
         notes=tuple(notes + (sorted(calibration.problems.values()) if calibration is not None else [])),
     )
 
 
 def check_one_configuration(
-    study: StudySpec,
-    trials: tuple[TrialSpec, ...],
-    runs: dict[str, dict[str, Any]],
-    plans: dict[str, dict[str, Any]],
-    with_rows: set[str],
+    study: StudySpec, trials: tuple[TrialSpec, ...], configs: dict[str, dict[str, Any]], runs: Collection[str]
 ) -> None:
     """Refuse a study whose trials differ from the ones its store already holds for the same cell
     (arch, dataset, seed, method, variant), naming the settings; more epochs only extend a trial.
 
-    What the store holds: the runs rows' configs, and the plans of trials that stored epoch rows
-    (`with_rows`) but no runs row yet (interrupted)."""
+    `configs`: the stored trials' configs (`migrate.stored_configs`: runs rows, and the plans of
+    interrupted trials); of two for one cell, the one with a runs row (`runs`) speaks."""
     stored: dict[str, dict[str, Any]] = {}  # label -> a stored config of that cell
-    for doc in plans.values():
-        for tid, p in doc.get("trials", {}).items():
-            if tid in with_rows and isinstance(p, dict) and "label" in p and "config" in p:
-                stored.setdefault(p["label"], p["config"])
-    for row in runs.values():
-        try:
-            cfg = json.loads(row.get("config_json") or "")
-        except ValueError:
-            continue
-        label = f"{row['arch']}-{row['dataset']}-s{row['seed']}-{row['method']}-{row['variant']}"
-        stored[label] = cfg
+    for tid in sorted(configs, key=lambda tid: tid in runs):
+        cfg = configs[tid]
+        if all(name in cfg for name in IDENTIFIERS):
+            stored[trial_label(*(cfg[name] for name in IDENTIFIERS))] = cfg
     for t in trials:
         old = stored.get(t.label)
         if old is None:
@@ -290,9 +288,6 @@ def payload(
         "checkpoint_every": checkpoint_every,
         "init_checkpoints": list(init_checkpoints or []),
     }
-
-
-IDENTIFIERS: tuple[str, ...] = ("arch", "dataset", "seed", "method", "variant")
 
 
 class TrialField:

@@ -17,7 +17,7 @@ from typing import Any
 import ray
 from ray import tune
 
-from orchestrator.store import ResultsStore, run_row
+from orchestrator.store import FINISHED_STATUSES, ResultsStore, run_row
 from trainables.records import epoch_column_names, progress_line
 
 _ERROR_CHARS = 4000
@@ -181,7 +181,7 @@ class ParquetSink(tune.Callback):
             status, error = "failed", why + (f"\n{error}" if error else "")
         if status is None:
             status = meta.get("loop_status")
-            if status not in ("completed", "diverged"):
+            if status not in FINISHED_STATUSES:
                 # Nothing reported in this session (a restored trial that had already finished) or
                 # the function returned early: judge by what the store holds, as the loop would.
                 if rows and _non_finite(rows[-1]):

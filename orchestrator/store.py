@@ -223,28 +223,9 @@ class ResultsStore:
             and not i.base_name.startswith((".", "_"))
         }
 
-    def epoch_seconds(self, trial_ids: Iterable[str]) -> dict[tuple[str, str], float]:
-        """(arch, dataset) -> mean train + eval seconds per epoch over these trials' stored rows."""
-        sums: dict[tuple[str, str], list[float]] = {}
-        for tid in trial_ids:
-            for r in self.read_epochs(tid):
-                t = (r.get("epoch_time_s") or 0.0) + (r.get("eval_time_s") or 0.0)
-                if t > 0 and math.isfinite(t):
-                    acc = sums.setdefault((r["arch"], r["dataset"]), [0.0, 0.0])
-                    acc[0] += t
-                    acc[1] += 1
-        return {k: total / n for k, (total, n) in sums.items()}
-
     def stored_epochs(self, trial_ids: Iterable[str]) -> dict[str, int]:
         """trial_id -> the last epoch k such that the trial's rows for epochs 1..k are all stored."""
-        out = {}
-        for tid in trial_ids:
-            have = {int(r["epoch"]) for r in self.read_epochs(tid)}
-            k = 0
-            while k + 1 in have:
-                k += 1
-            out[tid] = k
-        return out
+        return {tid: contiguous_epochs(self.read_epochs(tid)) for tid in trial_ids}
 
     def read_epochs(self, trial_id: str) -> list[dict[str, Any]]:
         """The trial's stored epoch rows, in epoch order (empty when none)."""
@@ -286,14 +267,41 @@ class ResultsStore:
         return {tid: row["status"] for tid, row in self.read_runs().items()}
 
     def finished(self, epochs: int | None = None) -> set[str]:
-        """Ids of trials that need no more work: diverged, or completed (with at least `epochs` epochs
-        when given: a completed trial with fewer is extended by a study that asks for more)."""
-        return {
-            tid
-            for tid, row in self.read_runs().items()
-            if row["status"] == "diverged"
-            or (row["status"] == "completed" and (epochs is None or (row.get("epochs_done") or 0) >= epochs))
-        }
+        """`finished_ids` of the stored runs rows."""
+        return finished_ids(self.read_runs(), epochs)
+
+
+def finished_ids(runs: dict[str, dict[str, Any]], epochs: int | None = None) -> set[str]:
+    """Ids of the trials of these runs rows that need no more work: diverged, or completed (with at least
+    `epochs` epochs when given: a completed trial with fewer is extended by a study that asks for more)."""
+    return {
+        tid
+        for tid, row in runs.items()
+        if row["status"] in FINISHED_STATUSES
+        and (row["status"] == "diverged" or epochs is None or (row.get("epochs_done") or 0) >= epochs)
+    }
+
+
+def contiguous_epochs(rows: Iterable[dict[str, Any]]) -> int:
+    """The last epoch k such that `rows` (one trial's epoch rows) hold every epoch 1..k."""
+    have = {int(r["epoch"]) for r in rows}
+    k = 0
+    while k + 1 in have:
+        k += 1
+    return k
+
+
+def epoch_seconds(rows_by_trial: dict[str, list[dict[str, Any]]]) -> dict[tuple[str, str], float]:
+    """(arch, dataset) -> mean train + eval seconds per epoch over these trials' epoch rows."""
+    sums: dict[tuple[str, str], list[float]] = {}
+    for rows in rows_by_trial.values():
+        for r in rows:
+            t = (r.get("epoch_time_s") or 0.0) + (r.get("eval_time_s") or 0.0)
+            if t > 0 and math.isfinite(t):
+                acc = sums.setdefault((r["arch"], r["dataset"]), [0.0, 0.0])
+                acc[0] += t
+                acc[1] += 1
+    return {k: total / n for k, (total, n) in sums.items()}
 
 
 def run_row(

@@ -95,6 +95,11 @@ class StudySpec:
     calibrate: bool = False
 
 
+def trial_label(arch: str, dataset: str, seed: int, method: str, variant: str) -> str:
+    """A trial's short human-readable name (its cell of the study grid)."""
+    return f"{arch}-{dataset}-s{seed}-{method}-{variant}"
+
+
 @dataclass(frozen=True)
 class TrialSpec:
     """One trial, frozen and hashable: identifiers plus the canonical JSON of its loop config."""
@@ -120,7 +125,7 @@ class TrialSpec:
     @property
     def label(self) -> str:
         """Short human-readable name, unique within a study together with the id."""
-        return f"{self.arch}-{self.dataset}-s{self.seed}-{self.method}-{self.variant}"
+        return trial_label(self.arch, self.dataset, self.seed, self.method, self.variant)
 
 
 def _normalized(config: dict[str, Any]) -> dict[str, Any]:
@@ -604,7 +609,7 @@ def waiting_for_calibration(study: StudySpec, calibration: Calibration | None = 
     if not study.calibrate:
         return []
     return [
-        f"{arch}-{dataset}-s{seed}-{method}-{variant}"
+        trial_label(arch, dataset, seed, method, variant)
         for arch, dataset, seed, method, variant, opts in _cells(study)
         if needs_calibration(method, opts) and (calibration is None or calibration(arch, method, opts) is None)
     ]

@@ -29,6 +29,8 @@ from trainables.settings import MISSING, build, changed, defaults, fail, fields_
 # Values of the `compile` field: off, torch.compile's default mode, or a torch.compile mode name.
 COMPILE_MODES: tuple[Any, ...] = (False, True, "reduce-overhead", "max-autotune")
 AUTO_ON_OFF: tuple[Any, ...] = ("auto", True, False)
+# Training augmentation: random crop (4 px zero padding) with or without a horizontal flip; auto = the
+# dataset's default (trainables/data.py DEFAULT_AUGMENTATION).
 AUGMENT_CHOICES: tuple[str, ...] = ("auto", "crop_flip", "crop", "none")
 
 
@@ -206,10 +208,6 @@ class TrialConfig:
         return self._options  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------------ identity
-    def identity(self) -> dict[str, Any]:
-        """The fields that define what the trial computes (see the module docstring)."""
-        return identity_of(self.to_dict())
-
     def trial_id(self) -> str:
         """Stable 12-hex-digit id of the identity."""
         return trial_id_of(self.to_dict())

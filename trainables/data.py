@@ -37,9 +37,8 @@ from torch import Tensor
 
 DATASETS: tuple[str, ...] = ("cifar10", "cifar100", "fashion_mnist", "digits", "synthetic")
 NUM_CLASSES: dict[str, int] = {"cifar10": 10, "cifar100": 100, "fashion_mnist": 10, "digits": 10, "synthetic": 10}
-# Training-set augmentation: random crop (4 px zero padding) with or without a horizontal flip.
-AUGMENTATIONS: tuple[str, ...] = ("crop_flip", "crop", "none")
-# Per-dataset default [choice]: flips suit photos and clothing, but mirror digits into other glyphs.
+# Per-dataset default of the training augmentation (trainables/config.py AUGMENT_CHOICES) [choice]:
+# flips suit photos and clothing, but mirror digits into other glyphs.
 DEFAULT_AUGMENTATION: dict[str, str] = {
     "cifar10": "crop_flip",
     "cifar100": "crop_flip",

@@ -1,6 +1,6 @@
 """The DEBA paper's constants (arXiv 2511.03809; docs/SPEC.md), in one place for every package.
 
-Pure Python: the policies, the orchestrator's presets and the analysis import them.
+Pure Python: the policies (their options' defaults), the orchestrator's presets and the analysis import them.
 """
 
 from __future__ import annotations

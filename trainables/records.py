@@ -108,11 +108,6 @@ def epoch_column_names() -> list[str]:
     return [name for name, _ in EPOCH_COLUMNS]
 
 
-def run_column_names() -> list[str]:
-    """Names of the runs-table columns, in order."""
-    return [name for name, _ in RUN_COLUMNS]
-
-
 _ARROW_TYPES = ("string", "int64", "float64", "bool")
 
 

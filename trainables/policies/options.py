@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from trainables import paper
 from trainables.policies.signals import EPS
 from trainables.settings import fail, setting, validate
 
@@ -26,9 +27,9 @@ DIVERSITY_SUMS: tuple[str, ...] = ("training", "per_sample")
 class PolicyOptions:
     """Options every policy accepts (policies/base.py describes the lr co-adaptation rules)."""
 
-    b0: int = setting(64, "batch size of the first epoch (B_0)", kind="int", minimum=1)
+    b0: int = setting(paper.B0, "batch size of the first epoch (B_0)", kind="int", minimum=1)
     window: int = setting(
-        15, "how many epochs of gradient variance the confidence's median sees (W)", kind="int", minimum=1
+        paper.WINDOW, "how many epochs of gradient variance the confidence's median sees (W)", kind="int", minimum=1
     )
     full_history: bool = setting(
         False, "median over every epoch instead of the window (the paper's ablation)", kind="bool"
@@ -76,9 +77,11 @@ class FixedOptions(PolicyOptions):
 class CooldownOptions(PolicyOptions):
     """A policy that moves B within [b_min, b_max] and holds for `cooldown` epochs after a change."""
 
-    b_min: int = setting(32, "smallest batch size", kind="int", minimum=1)
-    b_max: int = setting(1024, "largest batch size", kind="int", minimum=1)
-    cooldown: int = setting(10, "epochs after a change during which every decision is hold (C)", kind="int", minimum=0)
+    b_min: int = setting(paper.B_MIN, "smallest batch size", kind="int", minimum=1)
+    b_max: int = setting(paper.B_MAX, "largest batch size", kind="int", minimum=1)
+    cooldown: int = setting(
+        paper.COOLDOWN, "epochs after a change during which every decision is hold (C)", kind="int", minimum=0
+    )
 
     def check(self) -> None:
         """b_min <= b0 <= b_max."""
@@ -111,8 +114,10 @@ class DebaOptions(CooldownOptions):
         kind="choice",
         choices=THRESHOLD_SOURCES,
     )
-    alpha: float = setting(1.5, "growth factor of an increase", kind="float", minimum=1.0, strict=True)
-    beta: float = setting(0.8, "shrink factor of a rollback", kind="float", minimum=0.0, strict=True, below=1.0)
+    alpha: float = setting(paper.GROWTH, "growth factor of an increase", kind="float", minimum=1.0, strict=True)
+    beta: float = setting(
+        paper.SHRINK, "shrink factor of a rollback", kind="float", minimum=0.0, strict=True, below=1.0
+    )
     decision_rule: str = setting(
         "both",
         "roll back on both symptoms (c > theta_conf and unstable gradients) or on either",

@@ -12,6 +12,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from trainables import paper
+
 EPS = 1e-8
 
 
@@ -48,7 +50,7 @@ class SignalTracker:
     confidence's denominator (0: scale-free, a zero median then gives NaN).
     """
 
-    def __init__(self, window: int = 15, full_history: bool = False, confidence_eps: float = EPS) -> None:
+    def __init__(self, window: int = paper.WINDOW, full_history: bool = False, confidence_eps: float = EPS) -> None:
         self.window_size = window
         self.full_history = full_history
         self.confidence_eps = confidence_eps
