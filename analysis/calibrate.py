@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,7 +21,7 @@ import pandas as pd
 # Pure Python (no torch): the paper's constants, and the policies' own signal bookkeeping, so that a
 # replay is exactly what a policy would have seen.
 from trainables import paper
-from trainables.policies.signals import EPS, SignalTracker
+from trainables.policies.signal_tracker import SOURCE_COLUMNS, SignalTracker
 
 # The paper's Table 1 (SPEC §2), shown next to the calibrated values for reference.
 PAPER_THRESHOLDS: dict[str, tuple[float, float]] = paper.THRESHOLDS
@@ -52,30 +54,19 @@ def calibrate(
     return out.reset_index()
 
 
-# Columns holding the gradient statistics of each signal source (SPEC §1).
-SOURCE_COLUMNS: dict[str, tuple[str, str]] = {
-    "last_step": ("grad_var", "grad_norm"),
-    "epoch_mean": ("grad_var_epoch_mean", "grad_norm_epoch_mean"),
-}
-
-
 def _float(x: object) -> float:
     return math.nan if x is None or pd.isna(x) else float(x)
 
 
-def replay_signals(
-    trial: pd.DataFrame,
-    signal_source: str = "last_step",
-    window: int = paper.WINDOW,
-    full_history: bool = False,
-    confidence_eps: float = EPS,
-) -> pd.DataFrame:
-    """dN_t, dL_t and c_t of one trial's epochs (sorted by epoch) as a policy with these signal
-    options would have computed them, from the stored train_loss and gradient statistics."""
-    if signal_source not in SOURCE_COLUMNS:
-        raise ValueError(f"signal_source={signal_source!r} is not allowed; allowed values: {', '.join(SOURCE_COLUMNS)}")
-    var_col, norm_col = SOURCE_COLUMNS[signal_source]
-    tracker = SignalTracker(window, full_history, confidence_eps)
+def replay_signals(trial: pd.DataFrame, reading: Mapping[str, Any]) -> pd.DataFrame:
+    """dN_t, dL_t and c_t of one trial's epochs (sorted by epoch) as a policy with the signal options
+    `reading` (every name of SIGNAL_OPTIONS) would have computed them, from the stored train_loss
+    and gradient statistics."""
+    source = reading["signal_source"]
+    if source not in SOURCE_COLUMNS:
+        raise ValueError(f"signal_source={source!r} is not allowed; allowed values: {', '.join(SOURCE_COLUMNS)}")
+    var_col, norm_col = SOURCE_COLUMNS[source]
+    tracker = SignalTracker(reading)
     rows = []
     for loss, var, norm in trial[["train_loss", var_col, norm_col]].itertuples(index=False):
         sig = tracker.update(_float(loss), _float(var), _float(norm))
@@ -83,24 +74,12 @@ def replay_signals(
     return pd.DataFrame(rows, columns=["grad_norm_variation", "loss_variation", "confidence"], index=trial.index)
 
 
-def calibrate_reading(
-    epochs: pd.DataFrame,
-    summary: pd.DataFrame,
-    arch: str,
-    signal_source: str = "last_step",
-    window: int = paper.WINDOW,
-    full_history: bool = False,
-    confidence_eps: float = EPS,
-    fixed_method: str = "fixed",
-    stab_percentile: float = 75.0,
-) -> dict[str, float]:
-    """SPEC §2's calibration for one arch under one reading of the signals: the fixed runs'
-    signals are replayed with these options (:func:`replay_signals`), then theta_stab = the
-    ``stab_percentile`` of dN and theta_conf = the median of c over epochs t >= 2.
-
-    Returns {"theta_stab", "theta_conf", "n_runs", "n_epochs"}; ValueError when no completed fixed
-    run of ``arch`` carries the statistics of ``signal_source``.
-    """
+def fixed_signals(
+    epochs: pd.DataFrame, summary: pd.DataFrame, arch: str, reading: Mapping[str, Any], fixed_method: str = "fixed"
+) -> list[pd.DataFrame]:
+    """Per completed fixed run of `arch` (in (study, trial_id) order): its epochs t >= 2 replayed under
+    `reading` (columns epoch, grad_norm_variation, loss_variation, confidence); runs that do not record
+    the reading's statistics are left out."""
     ok = summary[
         summary["method"].eq(fixed_method)
         & summary["arch"].eq(arch)
@@ -109,16 +88,36 @@ def calibrate_reading(
     ]
     e = epochs.merge(ok[["study", "trial_id"]], on=["study", "trial_id"], how="inner")
     e = e.sort_values(["study", "trial_id", "epoch"], kind="stable")
-    var_col = SOURCE_COLUMNS.get(signal_source, ("grad_var",))[0]
+    columns = SOURCE_COLUMNS.get(reading["signal_source"], ("grad_var", "grad_norm"))
     parts = []
     for _, trial in e.groupby(["study", "trial_id"], sort=True):
-        if var_col in trial and trial[var_col].notna().any():
-            replayed = replay_signals(trial, signal_source, window, full_history, confidence_eps)
-            parts.append(replayed[trial["epoch"].to_numpy() >= 2])
+        if all(c in trial and trial[c].notna().any() for c in columns):
+            replayed = replay_signals(trial, reading)
+            replayed.insert(0, "epoch", trial["epoch"].to_numpy())
+            parts.append(replayed[replayed["epoch"] >= 2].reset_index(drop=True))
+    return parts
+
+
+def calibrate_reading(
+    epochs: pd.DataFrame,
+    summary: pd.DataFrame,
+    arch: str,
+    reading: Mapping[str, Any],
+    fixed_method: str = "fixed",
+    stab_percentile: float = 75.0,
+) -> dict[str, float]:
+    """SPEC §2's calibration for one arch under one reading of the signals: the fixed runs'
+    signals are replayed with these options (:func:`replay_signals`), then theta_stab = the
+    ``stab_percentile`` of dN and theta_conf = the median of c over epochs t >= 2.
+
+    Returns {"theta_stab", "theta_conf", "n_runs", "n_epochs"}; ValueError when no completed fixed
+    run of ``arch`` carries the statistics of the reading's signal source.
+    """
+    parts = fixed_signals(epochs, summary, arch, reading, fixed_method)
     if not parts:
         raise ValueError(
-            f"calibration of arch {arch!r} for signal_source={signal_source!r}: no completed "
-            f"{fixed_method!r} run of it records {var_col!r}"
+            f"calibration of arch {arch!r} for signal_source={reading['signal_source']!r}: no completed "
+            f"{fixed_method!r} run of it records {' and '.join(SOURCE_COLUMNS.get(reading['signal_source'], ()))}"
         )
     signals = pd.concat(parts).replace([np.inf, -np.inf], np.nan)
     dn, conf = signals["grad_norm_variation"].dropna(), signals["confidence"].dropna()

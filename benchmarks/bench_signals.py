@@ -88,7 +88,7 @@ def signals_off(loop: Any) -> Iterator[None]:
 
 def direct_costs(loop: Any, calls: int) -> dict[str, float]:
     """Seconds of one grad_moments over the live gradients, one policy step, one accumulator add."""
-    from trainables.signals import EpochGradAccumulator, grad_moments
+    from trainables.grad_stats import EpochGradAccumulator, grad_moments
 
     grads = [p.grad for p in loop.params if p.grad is not None]
     numel = loop._numel

@@ -4,8 +4,8 @@ A study with `calibrate=True` (the `reconstruction` preset) runs in two phases i
 run_grid invocation: phase 1 trains the fixed trials; once every fixed trial of an arch is
 finished, each DEBA trial of that arch gets theta_stab / theta_conf calibrated by SPEC §2's rule
 (p75 of dN, median of c over epochs >= 2, pooled over the fixed runs' seeds) under its own signal
-reading (signal_source, window, full_history, confidence_eps: the fixed runs' stored gradient
-statistics are replayed with the reading's options), and phase 2 trains them.
+reading (the policy options of SIGNAL_OPTIONS: the fixed runs' stored gradient statistics are
+replayed with the reading's options), and phase 2 trains them.
 
 The thresholds are pinned in `<results>/<study>/calibration.json` the first time they are
 computed: the DEBA trial ids depend on them, so extending the study later (more seeds) keeps the
@@ -24,19 +24,13 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from orchestrator.store import ResultsStore
+from trainables.policies import SIGNAL_OPTIONS, signal_reading
 
 CALIBRATION_FILE = "calibration.json"
-# The policy options that define how the signals a threshold is compared with are computed.
-SIGNAL_OPTIONS: tuple[str, ...] = ("signal_source", "window", "full_history", "confidence_eps")
 THRESHOLD_OPTIONS: frozenset[str] = frozenset({"theta_stab", "theta_conf", "thresholds"})
-
-
-def signal_reading(method: str, options: dict[str, Any]) -> dict[str, Any]:
-    """The signal options of a trial's policy, defaults filled in."""
-    from trainables.policies import policy_options
-
-    defaults = policy_options(method)
-    return {k: options.get(k, defaults[k]) for k in SIGNAL_OPTIONS}
+# Signal options added after calibration files existed, with the value that reproduces the readings
+# pinned before them (an entry without the key was calibrated under this value).
+_PINNED_BEFORE: dict[str, Any] = {"confidence_reference": "median", "confidence_includes_current": True}
 
 
 def needs_calibration(method: str, options: dict[str, Any]) -> bool:
@@ -76,7 +70,7 @@ class CalibrationLookup:
         self.problems: dict[str, str] = {}
 
     def __call__(self, arch: str, method: str, options: dict[str, Any]) -> dict[str, float] | None:
-        reading = signal_reading(method, options)
+        reading = signal_reading(options)
         found = self.calibration.thresholds(arch, reading)
         ids = [t.trial_id for t in self.fixed if t.arch == arch]
         if found is None and ids and arch not in self.problems and set(ids) <= self.finished:
@@ -103,7 +97,8 @@ class StudyCalibration:
             with self.store.fs.open_input_stream(self.path) as f:
                 try:
                     doc = json.loads(f.read().decode())
-                    self.entries = {_key(e["arch"], {k: e[k] for k in SIGNAL_OPTIONS}): e for e in doc["entries"]}
+                    entries = [{**_PINNED_BEFORE, **e} for e in doc["entries"]]
+                    self.entries = {_key(e["arch"], {k: e[k] for k in SIGNAL_OPTIONS}): e for e in entries}
                 except (ValueError, KeyError, TypeError) as exc:
                     raise ValueError(
                         f"calibration file {self.path} cannot be read ({exc}); move it aside to "
@@ -131,7 +126,7 @@ class StudyCalibration:
         epochs = store.epochs[store.epochs["trial_id"].isin(fixed_trials)]
         summary = trial_summary(epochs, store.runs[store.runs["trial_id"].isin(fixed_trials)])
         for reading in missing:
-            found = calibrate_reading(epochs, summary, arch, **reading)
+            found = calibrate_reading(epochs, summary, arch, reading)
             self.entries[_key(arch, reading)] = {
                 "arch": arch,
                 **reading,

@@ -14,7 +14,7 @@ from analysis.report import analyse, to_json
 from analysis.trajectory import paper_batch_size, paper_path, trajectory_distance
 from analysis.trials import trial_summary
 from benchmarks.synthetic_store import run_row, trial_rows, write_trial
-from trainables.policies import make_policy
+from trainables.policies import make_policy, signal_reading
 
 
 def test_paper_path_100_epochs():
@@ -157,11 +157,10 @@ def test_replay_reproduces_the_policy_signals():
     loss, var, norm = rng.uniform(0.5, 2, 30), rng.uniform(0, 3e-8, 30), rng.uniform(0.5, 2, 30)
     var[[3, 4, 9]] = 0.0
     for eps in (1e-8, 0.0):
-        policy = make_policy("fixed", window=4)
-        policy.tracker.confidence_eps = eps
+        policy = make_policy("fixed", window=4, confidence_eps=eps)
         recs = [policy.step(epoch=t + 1, train_loss=loss[t], grad_var=var[t], grad_norm=norm[t]) for t in range(30)]
         trial = pd.DataFrame({"train_loss": loss, "grad_var": var, "grad_norm": norm})
-        replayed = replay_signals(trial, window=4, confidence_eps=eps)
+        replayed = replay_signals(trial, signal_reading({"window": 4, "confidence_eps": eps}))
         for col in ("grad_norm_variation", "loss_variation", "confidence"):
             np.testing.assert_array_equal(replayed[col].to_numpy(), np.array([r[col] for r in recs]))
 
@@ -191,13 +190,13 @@ def test_calibrate_reading_per_signal_source_and_eps():
     summary = trial_summary(epochs, runs)
     # last_step, window 15, eps 0: c = v / median(so far) over epochs 2..4: 1/2.5, 2/2, 3/2.5 -> median 1.0;
     # dN over epochs 2..4: 1.0, 0.5, 0.5 -> p75 = 0.75.
-    got = calibrate_reading(epochs, summary, "a", confidence_eps=0.0)
+    got = calibrate_reading(epochs, summary, "a", signal_reading({"confidence_eps": 0.0}))
     assert got["theta_conf"] == pytest.approx(1.0) and got["theta_stab"] == pytest.approx(0.75, rel=1e-6)
     assert (got["n_runs"], got["n_epochs"]) == (1, 3)
     # eps 1e-8 pulls c well below 1 for variances ~1e-9: median c = 2e-9 / (2e-9 + 1e-8).
-    assert calibrate_reading(epochs, summary, "a")["theta_conf"] == pytest.approx(2e-9 / 1.2e-8)
+    assert calibrate_reading(epochs, summary, "a", signal_reading({}))["theta_conf"] == pytest.approx(2e-9 / 1.2e-8)
     # epoch_mean: c over epochs 2..4 = 1/1, 2/1, 4/1.5 -> median 2; dN = 0.1 each -> p75 0.1.
-    mean = calibrate_reading(epochs, summary, "a", signal_source="epoch_mean")
+    mean = calibrate_reading(epochs, summary, "a", signal_reading({"signal_source": "epoch_mean"}))
     assert mean["theta_conf"] == pytest.approx(2.0) and mean["theta_stab"] == pytest.approx(0.1, rel=1e-6)
     with pytest.raises(ValueError, match="no completed 'fixed' run"):
-        calibrate_reading(epochs, summary, "other")
+        calibrate_reading(epochs, summary, "other", signal_reading({}))

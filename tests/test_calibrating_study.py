@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from benchmarks.synthetic_store import spec_rows
-from orchestrator.calibration import CALIBRATION_FILE, signal_reading
+from orchestrator.calibration import CALIBRATION_FILE
 from orchestrator.runner import make_plan
 from orchestrator.store import ResultsStore, run_row
 from orchestrator.studies import RECONSTRUCTION_READINGS, expand, preset, waiting_for_calibration, with_overrides
+from trainables.policies import signal_reading
 
 
 def _small():
@@ -33,7 +34,7 @@ def test_phase_two_takes_thresholds_per_signal_reading():
     seen = []
 
     def calibration(arch, method, options):
-        reading = signal_reading(method, options)
+        reading = signal_reading(options)
         seen.append(reading)
         return {
             "theta_stab": 0.5 if reading["signal_source"] == "epoch_mean" else 0.25,
@@ -49,7 +50,7 @@ def test_phase_two_takes_thresholds_per_signal_reading():
     }
     assert specs[(1, "eps_zero", "deba")] == {"confidence_eps": 0.0, "theta_stab": 0.25, "theta_conf": 0.9}
     assert specs[(1, "baseline", "fixed")] == {}
-    assert {"signal_source": "last_step", "window": 15, "full_history": False, "confidence_eps": 1e-8} in seen
+    assert signal_reading({}) in seen
     assert waiting_for_calibration(_small(), calibration) == []
 
 
@@ -68,6 +69,7 @@ def test_calibrating_study_refuses_what_it_would_ignore(overrides, field):
 
 
 SIGNALS = ("grad_var", "grad_norm", "grad_var_epoch_mean", "grad_norm_epoch_mean")
+N_DEBA = 2 * (1 + len(RECONSTRUCTION_READINGS))  # two seeds, the baseline and every reading
 
 
 def _store_fixed_runs(results, study, specs, seed=0):
@@ -84,20 +86,24 @@ def _store_fixed_runs(results, study, specs, seed=0):
 def test_make_plan_calibrates_once_the_fixed_runs_finished_and_pins_it(tmp_path):
     results, study = str(tmp_path), _small()
     plan = make_plan(study, results)
-    assert len(plan.pending) == 2 and len(plan.waiting) == 10
+    assert len(plan.pending) == 2 and len(plan.waiting) == N_DEBA
     _store_fixed_runs(results, study, plan.trials)
     pinned = os.path.join(results, study.name, CALIBRATION_FILE)
 
     dry = make_plan(study, results, write=False)  # a dry run shows phase 2 but writes nothing
-    assert len(dry.pending) == 10 and not dry.waiting and not os.path.exists(pinned)
+    assert len(dry.pending) == N_DEBA and not dry.waiting and not os.path.exists(pinned)
 
     plan = make_plan(study, results)
-    assert len(plan.pending) == 10 and not plan.waiting
+    assert len(plan.pending) == N_DEBA and not plan.waiting
     doc = json.load(open(pinned))
-    assert {(e["signal_source"], e["confidence_eps"]) for e in doc["entries"]} == {
-        ("last_step", 1e-8),
-        ("last_step", 0.0),
-        ("epoch_mean", 1e-8),
+    keys = ("signal_source", "confidence_eps", "confidence_reference", "confidence_includes_current")
+    assert {tuple(e[k] for k in keys) for e in doc["entries"]} == {
+        ("last_step", 1e-8, "median", True),
+        ("last_step", 0.0, "median", True),
+        ("epoch_mean", 1e-8, "median", True),
+        ("mixed", 1e-8, "median", True),
+        ("last_step", 1e-8, "mean", True),
+        ("last_step", 1e-8, "median", False),
     }
     ids = {t.trial_id for t in plan.pending}
     # Pinned: other stored signals (e.g. a fixed run re-run) do not move the thresholds or the ids.
@@ -117,7 +123,7 @@ def test_fixed_runs_that_give_no_thresholds_leave_phase_two_waiting_with_the_rea
         store.write_epochs(spec.trial_id, rows)
         store.write_run(run_row(spec, rows, status="diverged"))
     plan = make_plan(study, results)
-    assert plan.pending == () and len(plan.waiting) == 10
+    assert plan.pending == () and len(plan.waiting) == N_DEBA
     assert len(plan.notes) == 1 and plan.notes[0].startswith("the fixed runs of tiny_cnn give no thresholds: ")
     assert not os.path.exists(os.path.join(results, study.name, CALIBRATION_FILE))
 
@@ -127,5 +133,5 @@ def test_fixed_runs_with_fewer_epochs_than_the_study_do_not_calibrate_it(tmp_pat
     _store_fixed_runs(results, study, make_plan(study, results).trials)  # 4 epochs each
     longer = with_overrides(study, epochs=6)  # extends the fixed runs first
     plan = make_plan(longer, results)
-    assert {t.method for t in plan.pending} == {"fixed"} and len(plan.waiting) == 10
+    assert {t.method for t in plan.pending} == {"fixed"} and len(plan.waiting) == N_DEBA
     assert not os.path.exists(os.path.join(results, study.name, CALIBRATION_FILE))

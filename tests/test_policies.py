@@ -5,9 +5,9 @@ import math
 
 import pytest
 
-from trainables.policies import POLICY_NAMES, make_policy, policy_options
+from trainables.policies import POLICY_NAMES, make_policy, policy_options, signal_reading
 from trainables.policies.deba import decide_deba
-from trainables.policies.signals import SignalTracker, relative_change
+from trainables.policies.signal_tracker import SignalTracker, relative_change
 
 
 def shrinking_variance_inputs(epoch: int) -> dict:
@@ -65,7 +65,7 @@ def test_rounding_floors_and_caps():
 
 
 def test_signals_hand_computed():
-    t = SignalTracker(window=3)
+    t = SignalTracker(signal_reading({"window": 3}))
     s1 = t.update(train_loss=1.0, grad_var=1.0, grad_norm=2.0)
     assert (s1.grad_norm_variation, s1.loss_variation) == (0.0, 0.0)
     assert s1.confidence == pytest.approx(1.0)
@@ -80,9 +80,39 @@ def test_signals_hand_computed():
     assert relative_change(-2.0, -4.0) == pytest.approx(0.5)  # |prev| in the denominator
 
 
+@pytest.mark.parametrize(
+    "reference, includes_current, expected",
+    [
+        # variances 1, 2, 6, 10 with window 3 and eps 0 (SPEC §1):
+        ("median", True, [1.0, 2 / 1.5, 6 / 2, 10 / 6]),  # R = [1], [1, 2], [1, 2, 6], [2, 6, 10]
+        ("mean", True, [1.0, 2 / 1.5, 6 / 3, 10 / 6]),  # means 1, 1.5, 3, 6
+        ("median", False, [1.0, 2 / 1, 6 / 1.5, 10 / 2]),  # R = {v1} at t = 1, then [1], [1, 2], [1, 2, 6]
+        ("mean", False, [1.0, 2 / 1, 6 / 1.5, 10 / 3]),  # means 1, 1.5, 3
+    ],
+)
+def test_confidence_reference_hand_computed(reference, includes_current, expected):
+    options = {"window": 3, "confidence_eps": 0.0}
+    options |= {"confidence_reference": reference, "confidence_includes_current": includes_current}
+    tracker = SignalTracker(signal_reading(options))
+    got = [tracker.update(1.0, v, 1.0).confidence for v in (1.0, 2.0, 6.0, 10.0)]
+    assert got == pytest.approx(expected, rel=1e-12)
+    # The same numbers through the policy, which records what its tracker computed.
+    policy = make_policy("deba", arch="resnet18", **options)
+    recs = [policy.step(epoch=t + 1, train_loss=1.0, grad_var=v, grad_norm=1.0) for t, v in enumerate((1, 2, 6, 10))]
+    assert [r["confidence"] for r in recs] == pytest.approx(expected, rel=1e-12)
+
+
+def test_confidence_with_a_zero_or_non_finite_reference_is_nan():
+    tracker = SignalTracker(signal_reading({"confidence_eps": 0.0, "confidence_includes_current": False}))
+    assert math.isnan(tracker.update(1.0, 0.0, 1.0).confidence)  # R_1 = {0}: 0 / 0
+    tracker = SignalTracker(signal_reading({"confidence_reference": "mean"}))
+    tracker.update(1.0, 1e308, 1.0)
+    assert math.isnan(tracker.update(1.0, 1e308, 1.0).confidence)  # the mean of [1e308, 1e308] overflows
+
+
 def test_window_vs_full_history_confidence():
-    window = SignalTracker(window=3)
-    full = SignalTracker(window=3, full_history=True)
+    window = SignalTracker(signal_reading({"window": 3}))
+    full = SignalTracker(signal_reading({"window": 3, "full_history": True}))
     for v in [1.0, 2.0, 3.0, 4.0]:
         window.update(1.0, v, 1.0)
         full.update(1.0, v, 1.0)
@@ -254,20 +284,37 @@ def test_default_rule_is_both():
 
 
 def _reference_deba(
-    seq, *, rule, eps, noop, cooldown, window, theta_stab, theta_conf, b0=64, b_min=32, b_max=1024, alpha=1.5, beta=0.8
+    seq,
+    *,
+    rule,
+    eps,
+    noop,
+    cooldown,
+    window,
+    theta_stab,
+    theta_conf,
+    reference="median",
+    includes_current=True,
+    b0=64,
+    b_min=32,
+    b_max=1024,
+    alpha=1.5,
+    beta=0.8,
 ):
     """SPEC §1-2 written out independently of the policy classes: (decision, B_next, c) per epoch."""
     out, variances, prev_n, prev_l, t_last, batch = [], [], None, None, 0, b0
     for t, (loss, var, norm) in enumerate(seq, 1):
         d_n = 0.0 if prev_n is None else abs(norm - prev_n) / (abs(prev_n) + 1e-8)
         d_l = 0.0 if prev_l is None else abs(loss - prev_l) / (abs(prev_l) + 1e-8)
+        before = variances
         variances = (variances + [var])[-window:]
-        med = (
-            sorted(variances)[len(variances) // 2]
-            if len(variances) % 2
-            else sum(sorted(variances)[len(variances) // 2 - 1 : len(variances) // 2 + 1]) / 2
-        )
-        c = var / (med + eps) if med + eps != 0 else math.nan
+        ref_window = variances if includes_current else (before or [var])
+        srt, k = sorted(ref_window), len(ref_window)
+        if reference == "mean":
+            ref = sum(ref_window) / k
+        else:
+            ref = srt[k // 2] if k % 2 else (srt[k // 2 - 1] + srt[k // 2]) / 2
+        c = var / (ref + eps) if ref + eps != 0 else math.nan
         prev_n, prev_l = norm, loss
         decision = "hold"
         if t - t_last >= cooldown and not math.isnan(c):
@@ -292,10 +339,13 @@ def _reference_deba(
 @pytest.mark.parametrize("rule", ["both", "either"])
 @pytest.mark.parametrize("noop", [False, True])
 @pytest.mark.parametrize("eps", [1e-8, 0.0])
-def test_deba_matches_an_independent_reference_on_random_sequences(rule, noop, eps):
+@pytest.mark.parametrize(
+    "reference, includes_current", [("median", True), ("mean", True), ("median", False), ("mean", False)]
+)
+def test_deba_matches_an_independent_reference_on_random_sequences(rule, noop, eps, reference, includes_current):
     import random
 
-    rng = random.Random(f"{rule}-{noop}-{eps}")  # str seeds are deterministic across processes
+    rng = random.Random(f"{rule}-{noop}-{eps}-{reference}-{includes_current}")  # str seeds: same in every process
     for trial in range(20):
         n = rng.randint(5, 60)
         # Variance near 1e-8 so that eps matters; zeros so that a zero median occurs.
@@ -303,13 +353,18 @@ def test_deba_matches_an_independent_reference_on_random_sequences(rule, noop, e
             (rng.uniform(0.5, 2.0), rng.choice([0.0, rng.uniform(0, 3e-8)]), rng.uniform(0.5, 1.5)) for _ in range(n)
         ]
         opts = dict(
+            confidence_reference=reference,
+            confidence_includes_current=includes_current,
             cooldown=rng.randint(0, 4),
             window=rng.randint(1, 6),
             theta_stab=rng.uniform(0.1, 0.6),
             theta_conf=rng.uniform(0.3, 1.5),
             b_max=rng.choice([96, 216, 1024]),
         )
-        expected = _reference_deba(seq, rule=rule, eps=eps, noop=noop, **opts)
+        ref_opts = {k: v for k, v in opts.items() if not k.startswith("confidence_")}
+        expected = _reference_deba(
+            seq, rule=rule, eps=eps, noop=noop, reference=reference, includes_current=includes_current, **ref_opts
+        )
         cut = rng.randint(1, n)  # resume from a JSON round trip of the state after `cut` epochs
         first = make_policy(
             "deba", arch="resnet18", decision_rule=rule, confidence_eps=eps, cooldown_on_noop=noop, **opts

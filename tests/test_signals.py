@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import torchvision
 from sklearn.datasets import load_digits
 
-from trainables.signals import EpochGradAccumulator, grad_moments, grad_stats, moments_to_stats
+from trainables.grad_stats import EpochGradAccumulator, grad_moments, grad_stats, moments_to_stats
 
 
 def digits_batches(n_batches: int, batch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -32,6 +32,7 @@ AUTO_ON_OFF: tuple[Any, ...] = ("auto", True, False)
 # Training augmentation: random crop (4 px zero padding) with or without a horizontal flip; auto = the
 # dataset's default (trainables/data.py DEFAULT_AUGMENTATION).
 AUGMENT_CHOICES: tuple[str, ...] = ("auto", "crop_flip", "crop", "none")
+SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class TrialConfig:
     )
     dataset: str = setting(MISSING, "dataset: cifar10, cifar100, fashion_mnist, digits or synthetic", kind="str")
     seed: int = setting(
-        0, "seed of the weights, the data order, the augmentation and the data subset", kind="int", minimum=0
+        0, "seed of the weights, the data order and the augmentation", kind="int", minimum=0, maximum=SEED_MAX
     )
     method: str = setting("fixed", "batch-size policy: fixed, deba, adabatch, divebatch, gns", kind="str")
     variant: str = setting(
@@ -74,6 +75,15 @@ class TrialConfig:
     )
     test_limit: int | None = setting(
         None, "evaluate on a seeded random subset of this many samples", kind="int", minimum=1, nullable=True
+    )
+    subset_seed: int | None = setting(
+        0,
+        "seed of the train_limit/test_limit subsets, the same for every trial seed (null: the trial seed); "
+        "recorded as null when no subset is drawn",
+        kind="int",
+        minimum=0,
+        maximum=SEED_MAX,
+        nullable=True,
     )
     eval_batch_size: int = setting(1024, "batch size of the evaluation", kind="int", minimum=1, execution=True)
     augment: str = setting(
@@ -149,6 +159,8 @@ class TrialConfig:
             fail("method", self.method, "one of " + ", ".join(map(repr, POLICY_NAMES)))
         if "arch" in self.policy:
             fail("policy", self.policy, "policy options without 'arch' (the trial's arch is used)")
+        if self.dataset == "synthetic" or (self.train_limit is None and self.test_limit is None):
+            object.__setattr__(self, "subset_seed", None)  # no subset is drawn: nothing to seed
         if self.augment == "auto":
             object.__setattr__(self, "augment", DEFAULT_AUGMENTATION[self.dataset])
         if timm_archs.is_timm(self.arch):  # the input choice is recorded, never left to "auto" at run time
@@ -223,7 +235,7 @@ DEFAULT_CONFIG: dict[str, Any] = defaults(TrialConfig)
 
 # Fields added after trial ids existed: left out of the identity while unset, so that the trials
 # that do not use them keep their ids (timm_input is set for timm/ archs only).
-OMITTED_WHEN_UNSET: frozenset[str] = frozenset({"timm_input"})
+OMITTED_WHEN_UNSET: frozenset[str] = frozenset({"timm_input", "subset_seed"})
 
 
 def identity_of(config: Mapping[str, Any]) -> dict[str, Any]:

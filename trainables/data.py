@@ -156,7 +156,7 @@ def load_dataset(
     or ``fashion-mnist``/``FashionMNIST/raw``; default ``default_data_dir()``. ``download``: fetch
     missing files (needs internet).
     ``train_limit``/``test_limit``: keep a random subset of that many samples, chosen with
-    ``seed`` (pass the same seed in every trial to compare like with like); for ``synthetic``
+    ``seed`` (the trial's subset_seed: the same in every trial, to compare like with like); for ``synthetic``
     they set the generated sizes, and ``seed`` seeds the generated data. ``verify``: keep
     torchvision's md5 checks of the CIFAR files (False: existence only).
     ``mean``/``std`` are computed from the returned (limited) train split.

@@ -64,11 +64,12 @@ import torch.nn.functional as F
 from trainables.config import COMPILE_MODES, DEFAULT_CONFIG, IDENTITY_FIELDS, TrialConfig, validate_config
 from trainables.data import GpuLoader, load_dataset
 from trainables.estimators import DeviceTimer
+from trainables.grad_stats import EpochGradAccumulator, grad_moments, moments_to_stats, trainable_params
 from trainables.measurements import MEASUREMENTS, MeasureContext, Measurement
 from trainables.models import build_model
 from trainables.policies import POLICIES
+from trainables.policies.signal_tracker import SOURCE_COLUMNS
 from trainables.records import CHECKPOINT_FILE, CHECKPOINT_META_FILE, EPOCH_COLUMNS
-from trainables.signals import EpochGradAccumulator, grad_moments, moments_to_stats, trainable_params
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -124,7 +125,7 @@ class TrialLoop:
             download=cfg.download,
             train_limit=cfg.train_limit,
             test_limit=cfg.test_limit,
-            seed=cfg.seed,
+            seed=cfg.seed if cfg.subset_seed is None else cfg.subset_seed,
         )
         d = self.data
         self.train_loader = GpuLoader(
@@ -166,7 +167,7 @@ class TrialLoop:
         self._numel = sum(p.numel() for p in self.params)
         self.accumulator = (
             EpochGradAccumulator(self.params)
-            if self.policy.signal_source == "epoch_mean" or cfg.record_epoch_mean
+            if self.policy.signal_source in ("epoch_mean", "mixed") or cfg.record_epoch_mean
             else None
         )
 
@@ -309,9 +310,13 @@ class TrialLoop:
         test_loss_sum, test_correct = eval_stats.tolist()
         last_step = moments_to_stats(moments[:3])
         epoch_mean = moments_to_stats(moments[3:], scale=1.0 / steps) if len(moments) > 3 else (None, None)
-        # (The signal-overhead benchmark removes the accumulator: the last step's moments then stand in.)
-        use_mean = self.policy.signal_source == "epoch_mean" and epoch_mean[0] is not None
-        grad_var, grad_norm = epoch_mean if use_mean else last_step
+        # The statistics the policy consumes, by the columns its signal source reads (SOURCE_COLUMNS). (The
+        # signal-overhead benchmark removes the accumulator: the last step's moments then stand in.)
+        source = self.policy.signal_source if epoch_mean[0] is not None else "last_step"
+        available = dict(
+            zip(("grad_var", "grad_norm", "grad_var_epoch_mean", "grad_norm_epoch_mean"), last_step + epoch_mean)
+        )
+        grad_var, grad_norm = (available[column] for column in SOURCE_COLUMNS[source])
         train_loss = loss_sum / steps
         measured: dict[str, Any] = {}
         for c in collectors.values():

@@ -24,6 +24,7 @@ from trainables.policies.divebatch import DiveBatchPolicy
 from trainables.policies.fixed import FixedPolicy
 from trainables.policies.gns import GnsPolicy
 from trainables.policies.options import LR_SCALINGS, PolicyOptions
+from trainables.policies.signal_tracker import SIGNAL_OPTIONS
 from trainables.settings import build, defaults, fail
 
 POLICIES: dict[str, type[BatchSizePolicy]] = {
@@ -63,6 +64,13 @@ def policy_options(name: str) -> dict[str, Any]:
     return defaults(_policy(name).Options)
 
 
+def signal_reading(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The signal options (SIGNAL_OPTIONS) of a policy's options mapping, defaults filled in: how its
+    signals are computed, and so which calibrated thresholds apply to it."""
+    base = defaults(PolicyOptions)
+    return {k: options.get(k, base[k]) for k in SIGNAL_OPTIONS}
+
+
 __all__ = [
     "ARCH_THRESHOLDS",
     "LR_SCALINGS",
@@ -71,10 +79,12 @@ __all__ = [
     "MEASURE_TWO_BATCH",
     "POLICIES",
     "POLICY_NAMES",
+    "SIGNAL_OPTIONS",
     "BatchSizePolicy",
     "PolicyOptions",
     "make_policy",
     "policy_context_check",
     "policy_options",
     "policy_options_object",
+    "signal_reading",
 ]

@@ -37,7 +37,7 @@ from typing import Any, ClassVar
 
 from trainables.policies.noise import NoiseEMA, adascale_gain
 from trainables.policies.options import CooldownOptions, PolicyOptions
-from trainables.policies.signals import SignalTracker
+from trainables.policies.signal_tracker import SignalTracker
 
 MEASURE_PER_SAMPLE = "per_sample_diversity"
 MEASURE_TWO_BATCH = "two_batch"
@@ -67,7 +67,7 @@ class BatchSizePolicy:
         self.check_context(opts, arch, dataset)
         self.signal_source: str = opts.signal_source
         self.lr_scaling: str = opts.lr_scaling
-        self.tracker = SignalTracker(opts.window, opts.full_history)
+        self.tracker = SignalTracker(opts)
         # EMAs of the two-batch statistics: fed whenever the loop measured them (gns, adascale).
         self.noise = NoiseEMA(opts.ema_decay)
         self._batch_size: int = opts.b0

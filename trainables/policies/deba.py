@@ -8,7 +8,7 @@ from typing import Any
 from trainables.paper import THRESHOLDS, UNIVERSAL_THRESHOLDS
 from trainables.policies.base import CooldownPolicy
 from trainables.policies.options import DebaOptions, PolicyOptions
-from trainables.policies.signals import EpochSignals
+from trainables.policies.signal_tracker import EpochSignals
 from trainables.settings import fail
 
 # The tiny test models have no Table 1 row: thresholds calibrated by SPEC §2's rule (theta_stab =
@@ -79,7 +79,6 @@ class DebaPolicy(CooldownPolicy):
         self, arch: str | None = None, dataset: str | None = None, options: PolicyOptions | None = None
     ) -> None:
         super().__init__(arch, dataset, options)
-        self.tracker.confidence_eps = float(self.options.confidence_eps)
         self.theta_stab, self.theta_conf = resolve_thresholds(arch, self.options)
 
     @classmethod

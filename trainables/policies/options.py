@@ -10,10 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from trainables import paper
-from trainables.policies.signals import EPS
+from trainables.policies.signal_tracker import CONFIDENCE_REFERENCES, EPS, SIGNAL_SOURCES
 from trainables.settings import fail, setting, validate
 
-SIGNAL_SOURCES: tuple[str, ...] = ("last_step", "epoch_mean")
 LR_SCALINGS: tuple[str, ...] = ("none", "linear", "sqrt", "adascale")
 # "both": roll back only on both symptoms (high confidence and unstable gradients), the default;
 # "either": roll back on either symptom, the literal reading of the paper's prose (SPEC §2).
@@ -29,16 +28,34 @@ class PolicyOptions:
 
     b0: int = setting(paper.B0, "batch size of the first epoch (B_0)", kind="int", minimum=1)
     window: int = setting(
-        paper.WINDOW, "how many epochs of gradient variance the confidence's median sees (W)", kind="int", minimum=1
+        paper.WINDOW, "how many epochs of gradient variance the confidence's reference sees (W)", kind="int", minimum=1
     )
     full_history: bool = setting(
-        False, "median over every epoch instead of the window (the paper's ablation)", kind="bool"
+        False, "reference over every epoch instead of the window (the paper's ablation)", kind="bool"
     )
     signal_source: str = setting(
         "last_step",
-        "gradient of the signals: the epoch's last step, or the mean of all its steps",
+        "gradient of the signals: the epoch's last step, the mean of all its steps, or mixed (variance "
+        "from the epoch mean, norm from the last step)",
         kind="choice",
         choices=SIGNAL_SOURCES,
+    )
+    confidence_eps: float = setting(
+        EPS,
+        "eps of the confidence's denominator (0: scale-free; a zero reference then holds)",
+        kind="float",
+        minimum=0.0,
+    )
+    confidence_reference: str = setting(
+        "median",
+        "the confidence's reference: the median or the mean of the window's gradient variances",
+        kind="choice",
+        choices=CONFIDENCE_REFERENCES,
+    )
+    confidence_includes_current: bool = setting(
+        True,
+        "the confidence's reference window holds the current epoch's variance (false: only the earlier ones)",
+        kind="bool",
     )
     lr_scaling: str = setting(
         "none",
@@ -123,9 +140,6 @@ class DebaOptions(CooldownOptions):
         "roll back on both symptoms (c > theta_conf and unstable gradients) or on either",
         kind="choice",
         choices=DECISION_RULES,
-    )
-    confidence_eps: float = setting(
-        EPS, "eps of the confidence's denominator (0: scale-free; a zero median then holds)", kind="float", minimum=0.0
     )
     cooldown_on_noop: bool = setting(
         False, "a decision that leaves B unchanged (at a bound) keeps its label and starts a cooldown", kind="bool"
