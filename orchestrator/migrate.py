@@ -47,7 +47,7 @@ def renamed_ids(configs: dict[str, dict[str, Any]]) -> dict[str, str]:
     out = {}
     for tid, cfg in configs.items():
         try:
-            now = TrialConfig.from_dict(cfg).trial_id()
+            now = TrialConfig.from_stored(cfg).trial_id()
         except (ValueError, TypeError):
             continue
         if now != tid:

@@ -36,7 +36,16 @@ from orchestrator.checkpoints import find_checkpoints, prune, resume_points
 from orchestrator.migrate import rename_trials, renamed_ids, stored_configs
 from orchestrator.schedule import CostEstimate, estimate_costs, longest_first
 from orchestrator.store import ResultsStore, contiguous_epochs, epoch_seconds, finished_ids, resolve_uri, storage_uri
-from orchestrator.studies import StudySpec, TrialSpec, config_differences, expand, trial_label, waiting_for_calibration
+from orchestrator.studies import (
+    StudySpec,
+    TrialSpec,
+    config_differences,
+    defaults_since,
+    expand,
+    trial_label,
+    waiting_for_calibration,
+)
+from trainables.config import TrialConfig
 
 PLAN_FILE = "orchestrator_plan.json"
 # The five identifiers of a trial's cell in the study grid (its label; shown in Tune's views).
@@ -141,16 +150,24 @@ def check_one_configuration(
         old = stored.get(t.label)
         if old is None:
             continue
-        new = t.config
+        new = t.config.to_dict()
         changes = config_differences(old, new)
         fewer = isinstance(old.get("epochs"), int) and new["epochs"] < old["epochs"]
         if changes or fewer:
             what = "; ".join(changes + ([f"epochs: {old['epochs']} -> {new['epochs']} (fewer)"] if fewer else []))
+            keep = defaults_since(old, new)
+            hint = " ".join(f"--{name.replace('_', '-')} {text}" for name, text in keep.items())
             raise ValueError(
                 f"study {study.name!r} already holds trial {t.label} with other settings ({what}). A study keeps "
                 f"one configuration per trial so that its tables compare like with like: run these settings as "
                 f"a new study (--study {study.name}-2), or move {study.name!r} out of the results folder. "
                 "(More epochs, seeds, archs, datasets, methods or variants extend a study.)"
+                + (
+                    f" The stored value of {', '.join(keep)} was the default of the version that wrote the store: "
+                    f"to continue the study as it was, give {hint}"
+                    if keep
+                    else ""
+                )
             )
 
 
@@ -249,8 +266,15 @@ def write_plan(root: str, name: str, plan_doc: dict[str, Any]) -> None:
     target = posixpath.join(path, PLAN_FILE)
     tmp = f"{target}.{uuid.uuid4().hex}.tmp"
     with fs.open_output_stream(tmp) as out:
-        out.write(json.dumps(plan_doc, indent=1, sort_keys=True).encode())
+        out.write(json.dumps(plan_doc, indent=1, sort_keys=True, default=_stored).encode())
     fs.move(tmp, target)
+
+
+def _stored(obj: Any) -> Any:
+    """JSON of what a plan file holds besides plain values: a trial's config, as its stored document."""
+    if isinstance(obj, TrialConfig):
+        return obj.stored()
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
 
 
 def read_plans(root: str) -> dict[str, dict[str, Any]]:

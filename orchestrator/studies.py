@@ -11,18 +11,26 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from trainables import paper
-from trainables.config import EXECUTION_FIELDS, TrialConfig, canonical_json, identity_of, trial_id_of
+from trainables.config import (
+    DEFAULT_CONFIG,
+    EXECUTION_FIELDS,
+    IDENTITY_FIELDS,
+    TrialConfig,
+    canonical_json,
+    trial_id_of,
+)
 from trainables.policies.deba import TEST_ARCH_THRESHOLDS
 from trainables.policies.readings import READINGS
 from trainables.records import ID_NAMES
+from trainables.settings import MISSING, fields_of
 
-__all__ = ["EXECUTION_KEYS", "PRESETS", "StudySpec", "TrialSpec", "canonical_json", "expand", "identity_of",
-           "preset", "trial_id_of", "validate_study", "waiting_for_calibration", "with_overrides"]  # fmt: skip
+__all__ = ["EXECUTION_KEYS", "PRESETS", "StudySpec", "TrialSpec", "canonical_json", "expand", "preset",
+           "trial_id_of", "validate_study", "waiting_for_calibration", "with_overrides"]  # fmt: skip
 
 PAPER_ARCHS, PAPER_SEEDS, PROFILE_SEEDS = paper.ARCHS, paper.SEEDS, paper.PROFILE_SEEDS
 
@@ -103,21 +111,44 @@ def trial_label(arch: str, dataset: str, seed: int, method: str, variant: str) -
 
 @dataclass(frozen=True)
 class TrialSpec:
-    """One trial, frozen and hashable: identifiers plus the canonical JSON of its loop config."""
+    """One trial of a study: its typed config, and the id and identifiers derived from it."""
 
-    trial_id: str
     study: str
-    arch: str
-    dataset: str
-    seed: int
-    method: str
-    variant: str
-    config_json: str  # the validated TrialLoop config, canonical JSON
+    config: TrialConfig
+    trial_id: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "trial_id", self.config.trial_id())
 
     @property
-    def config(self) -> dict[str, Any]:
-        """The TrialLoop config as a fresh dict."""
-        return json.loads(self.config_json)
+    def arch(self) -> str:
+        """The trial's architecture (its config's)."""
+        return self.config.arch
+
+    @property
+    def dataset(self) -> str:
+        """The trial's dataset."""
+        return self.config.dataset
+
+    @property
+    def seed(self) -> int:
+        """The trial's seed."""
+        return self.config.seed
+
+    @property
+    def method(self) -> str:
+        """The trial's batch-size policy."""
+        return self.config.method
+
+    @property
+    def variant(self) -> str:
+        """The name of the method's configuration."""
+        return self.config.variant
+
+    @property
+    def config_json(self) -> str:
+        """The stored config document (every setting, the schema and package versions), canonical JSON."""
+        return canonical_json(self.config.stored())
 
     def identifiers(self) -> dict[str, Any]:
         """The identifier columns of the results tables (trainables/records.py ID_COLUMNS)."""
@@ -129,18 +160,21 @@ class TrialSpec:
         return trial_label(self.arch, self.dataset, self.seed, self.method, self.variant)
 
 
-def _normalized(config: dict[str, Any]) -> dict[str, Any]:
+def _full(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored config document as the full config it ran with; as stored when this version cannot read it."""
     try:
-        return TrialConfig.from_dict(config).to_dict()
-    except (ValueError, TypeError):  # a config of an older version of the tool: compared as stored
-        return config
+        return TrialConfig.from_stored(config).to_dict()
+    except (ValueError, TypeError, KeyError):  # a config of an older version of the tool: compared as stored
+        return dict(config)
 
 
-def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """ "field: old -> new" for each identity field (policy options one by one) that differs. Both
-    configs are read as TrialConfigs first when they validate, so that spellings of one setting
-    (an explicit default, 2 for 2.0) are no difference."""
-    a, b = identity_of(_normalized(old)), identity_of(_normalized(new))
+def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """ "field: old -> new" for each identity field (policy options one by one) that differs between two
+    stored config documents. Both are read as the full configs they ran with first, so that spellings of
+    one setting (an explicit default, 2 for 2.0, a schema-1 config without its defaults) are no difference."""
+    a, b = _full(old), _full(new)
+    a = {k: v for k, v in a.items() if k in IDENTITY_FIELDS}
+    b = {k: v for k, v in b.items() if k in IDENTITY_FIELDS}
     a = {**{k: v for k, v in a.items() if k != "policy"}, **{f"policy.{k}": v for k, v in a.get("policy", {}).items()}}
     b = {**{k: v for k, v in b.items() if k != "policy"}, **{f"policy.{k}": v for k, v in b.get("policy", {}).items()}}
     missing = "(unset)"
@@ -149,6 +183,20 @@ def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         for k in sorted(set(a) | set(b))
         if a.get(k, missing) != b.get(k, missing)
     ]
+
+
+def defaults_since(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, str]:
+    """Trial settings whose stored value (`old`, a stored config document) is the neutral value of a
+    setting added since, while `new` holds today's default: setting -> the command-line text that keeps
+    the stored value (`{"subset_seed": "null"}`). These are what an old command needs to continue its study."""
+    a, b = _full(old), _full(new)
+    out = {}
+    for f in fields_of(TrialConfig):
+        neutral = f.metadata["neutral"]
+        if f.name in IDENTITY_FIELDS and neutral is not MISSING and a.get(f.name) == neutral != b.get(f.name):
+            if b.get(f.name) == DEFAULT_CONFIG.get(f.name):
+                out[f.name] = json.dumps(neutral)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- presets
@@ -626,18 +674,7 @@ def expand(study: StudySpec, calibration: Calibration | None = None) -> list[Tri
             )
         except ValueError as exc:
             raise ValueError(f"{where}: {exc}") from exc
-        specs.append(
-            TrialSpec(
-                trial_id=cfg.trial_id(),
-                study=study.name,
-                arch=arch,
-                dataset=dataset,
-                seed=seed,
-                method=method,
-                variant=variant,
-                config_json=canonical_json(cfg.to_dict()),
-            )
-        )
+        specs.append(TrialSpec(study=study.name, config=cfg))
     return specs
 
 

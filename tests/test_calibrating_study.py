@@ -13,7 +13,7 @@ from orchestrator.calibration import CALIBRATION_FILE
 from orchestrator.runner import make_plan
 from orchestrator.store import ResultsStore, run_row
 from orchestrator.studies import RECONSTRUCTION_READINGS, expand, preset, waiting_for_calibration, with_overrides
-from trainables.policies import signal_reading
+from trainables.policies import policy_options, signal_reading
 
 
 def _small():
@@ -30,6 +30,12 @@ def test_phase_one_is_the_fixed_runs_and_the_readings_wait():
     assert "tiny_cnn-digits-s1-deba-epoch_mean_signals" in waiting
 
 
+def _given(spec):
+    """The policy options of a trial that differ from the policy's defaults."""
+    defaults = policy_options(spec.method)
+    return {k: v for k, v in spec.config.policy.items() if v != defaults[k]}
+
+
 def test_phase_two_takes_thresholds_per_signal_reading():
     seen = []
 
@@ -41,7 +47,7 @@ def test_phase_two_takes_thresholds_per_signal_reading():
             "theta_conf": 0.9 if reading["confidence_eps"] == 0.0 else 1.0,
         }
 
-    specs = {(s.seed, s.variant, s.method): s.config["policy"] for s in expand(_small(), calibration)}
+    specs = {(s.seed, s.variant, s.method): _given(s) for s in expand(_small(), calibration)}
     assert specs[(0, "baseline", "deba")] == {"theta_stab": 0.25, "theta_conf": 1.0}
     assert specs[(0, "epoch_mean_signals", "deba")] == {
         "signal_source": "epoch_mean",

@@ -125,5 +125,5 @@ def test_planning_builds_no_policy_and_a_trial_builds_one(monkeypatch):
     monkeypatch.setattr(DebaPolicy, "__init__", counting)
     specs = expand(with_overrides(preset("demo"), seeds=[0], archs=["tiny_cnn"], methods=["deba"]))
     assert built == []
-    TrialLoop({**specs[0].config, "train_limit": 64, "test_limit": 32})
+    TrialLoop(specs[0].config.replace(train_limit=64, test_limit=32))
     assert built == [1]

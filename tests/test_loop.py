@@ -15,6 +15,7 @@ from trainables import loop as loop_mod
 from trainables.grad_stats import grad_stats
 from trainables.loop import DEFAULT_CONFIG, RECORD_COLUMNS, TrialLoop, validate_config
 from trainables.measurements import MeasureContext
+from trainables.policies import policy_options
 from trainables.records import epoch_column_names
 
 # threads=1: on a shared 2-core machine two torch threads contend with other processes and run
@@ -49,7 +50,7 @@ def run(config: dict[str, Any], epochs: int | None = None) -> TrialLoop:
 def test_validate_fills_defaults() -> None:
     cfg = validate_config({"arch": "tiny_cnn", "dataset": "digits"})
     assert cfg["lr"] == 0.01 and cfg["momentum"] == 0.9 and cfg["weight_decay"] == 5e-4
-    assert cfg["method"] == "fixed" and cfg["variant"] == "baseline" and cfg["policy"] == {}
+    assert cfg["method"] == "fixed" and cfg["variant"] == "baseline" and cfg["policy"] == policy_options("fixed")
     assert cfg["eval_batch_size"] == 1024 and cfg["device"] == "auto" and cfg["compile"] is False
     assert set(cfg) == set(DEFAULT_CONFIG) | {"arch", "dataset"}
 

@@ -9,18 +9,15 @@ import pytest
 
 from orchestrator.store import EPOCH_SCHEMA, RUN_SCHEMA, ResultsStore, run_row
 from orchestrator.studies import TrialSpec
+from trainables.config import TrialConfig
 from trainables.records import EPOCH_COLUMNS, RUN_COLUMNS
 
-SPEC = TrialSpec(
-    trial_id="abc123def456",
-    study="s",
-    arch="tiny_cnn",
-    dataset="digits",
-    seed=3,
-    method="deba",
-    variant="baseline",
-    config_json='{"epochs":3}',
-)
+
+def _spec(seed: int = 3, epochs: int = 3) -> TrialSpec:
+    return TrialSpec("s", TrialConfig(arch="tiny_cnn", dataset="digits", seed=seed, method="deba", epochs=epochs))
+
+
+SPEC = _spec()
 
 
 def _row(epoch: int, **kw) -> dict:
@@ -78,7 +75,7 @@ def test_run_row_from_epochs():
     assert row["final_test_acc"] == 0.6 and row["best_test_acc"] == 0.7
     assert row["train_time_s"] == 4.0 and row["wall_time_s"] == 9.0
     assert (row["n_increase"], row["n_rollback"], row["final_batch_size"]) == (1, 1, 96)
-    assert row["config_json"] == '{"epochs":3}' and row["device"] == "cpu"
+    assert row["config_json"] == SPEC.config_json and row["device"] == "cpu"
     empty = run_row(SPEC, [], status="failed", error="boom")
     assert (empty["epochs_done"], empty["final_test_acc"], empty["train_time_s"]) == (0, None, None)
 
@@ -88,14 +85,14 @@ def test_runs_and_ledger(tmp_path, as_uri):
     results = f"file://{tmp_path}" if as_uri else str(tmp_path)
     store = ResultsStore(results, "s")
     assert store.ledger() == {} and store.finished() == set()
-    statuses = {"t1": "completed", "t2": "diverged", "t3": "failed"}
-    for tid, status in statuses.items():
-        store.write_run(run_row(TrialSpec(**{**SPEC.__dict__, "trial_id": tid}), [_row(1)], status=status))
-    store.write_run(run_row(TrialSpec(**{**SPEC.__dict__, "trial_id": "t3"}), [_row(1)], status="completed"))
+    t1, t2, t3 = (_spec(seed) for seed in (1, 2, 3))
+    for spec, status in ((t1, "completed"), (t2, "diverged"), (t3, "failed")):
+        store.write_run(run_row(spec, [_row(1)], status=status))
+    store.write_run(run_row(t3, [_row(1)], status="completed"))
     (tmp_path / "s" / "runs" / ".t9.parquet.tmp").write_bytes(b"half a file")  # an interrupted write: ignored
-    assert store.ledger() == {"t1": "completed", "t2": "diverged", "t3": "completed"}
-    assert store.finished() == {"t1", "t2", "t3"}
-    table = pq.read_table(tmp_path / "s" / "runs" / "t2.parquet")
+    assert store.ledger() == {t1.trial_id: "completed", t2.trial_id: "diverged", t3.trial_id: "completed"}
+    assert store.finished() == {t1.trial_id, t2.trial_id, t3.trial_id}
+    table = pq.read_table(tmp_path / "s" / "runs" / f"{t2.trial_id}.parquet")
     assert table.schema.equals(RUN_SCHEMA) and table.num_rows == 1
 
 
@@ -114,7 +111,7 @@ class _Trial:
 def _sink(tmp_path, epochs: int = 3):
     from orchestrator.sink import ParquetSink
 
-    spec = TrialSpec(**{**SPEC.__dict__, "config_json": f'{{"epochs":{epochs}}}'})
+    spec = _spec(epochs=epochs)
     return ParquetSink(str(tmp_path), "s", {spec.trial_id: spec}, {"cpu": 2.0, "gpu": 0.5}, echo=False), spec
 
 
@@ -170,12 +167,12 @@ def test_status_of_a_trial_that_reported_nothing_this_session(tmp_path, rows, st
 
 def test_a_damaged_epochs_file_of_a_running_trial_fails_that_trial_only(tmp_path, capsys):
     sink, spec = _sink(tmp_path)
-    other = TrialSpec(**{**SPEC.__dict__, "trial_id": "other", "config_json": '{"epochs":3}'})
+    other = _spec(seed=4)
     sink.specs[other.trial_id] = other
     ResultsStore(str(tmp_path), "s").write_epochs(spec.trial_id, [_row(1)])
     path = tmp_path / "s" / "epochs" / f"{spec.trial_id}.parquet"
     path.write_bytes(path.read_bytes()[:40])  # truncated while the driver was away
-    trial, trial2 = _Trial(spec.trial_id), _Trial("other")
+    trial, trial2 = _Trial(spec.trial_id), _Trial(other.trial_id)
     sink.on_trial_result(0, [], trial, {**_row(2), "loop_status": "running"})  # no exception reaches Tune
     sink.on_trial_result(0, [], trial2, {**_row(1), "loop_status": "running"})
     assert "is damaged" in capsys.readouterr().err
@@ -184,7 +181,7 @@ def test_a_damaged_epochs_file_of_a_running_trial_fails_that_trial_only(tmp_path
     sink.on_trial_complete(0, [], trial)
     row = ResultsStore(str(tmp_path), "s").read_runs()[spec.trial_id]
     assert row["status"] == "failed" and "was damaged and was moved to" in row["error"]
-    assert [r["epoch"] for r in ResultsStore(str(tmp_path), "s").read_epochs("other")] == [1]
+    assert [r["epoch"] for r in ResultsStore(str(tmp_path), "s").read_epochs(other.trial_id)] == [1]
 
 
 def test_a_failed_write_is_forgiven_when_a_later_write_stores_the_rows(tmp_path, monkeypatch, capsys):

@@ -12,7 +12,7 @@ from orchestrator.run_grid import main
 from orchestrator.runner import payload, resolve_resources
 from orchestrator.studies import EXECUTION_KEYS, expand, preset, with_overrides
 from trainables.config import trial_id_of
-from trainables.policies import POLICY_NAMES
+from trainables.policies import POLICY_NAMES, non_default_options
 
 
 def _study(argv: list[str]):
@@ -28,7 +28,9 @@ def test_demo_preset_expands_to_fixed_and_deba_on_digits():
         "tiny_mlp-digits-s0-fixed-baseline",
         "tiny_mlp-digits-s0-deba-baseline",
     ]
-    by_label = {s.label: s.config for s in specs}
+    by_label = {
+        s.label: {**s.config.to_dict(), "policy": non_default_options(s.method, s.config.policy)} for s in specs
+    }
     # fixed accepts window (it records the DEBA signals) but not cooldown/b_max
     assert by_label["tiny_cnn-digits-s0-fixed-baseline"]["policy"] == {"window": 5}
     assert by_label["tiny_cnn-digits-s0-deba-baseline"]["policy"] == {
@@ -67,7 +69,7 @@ def test_preset_sizes(name, count, epochs):
 
 def test_ablation_variants_set_their_options_and_fixed_stays_baseline():
     specs = expand(with_overrides(preset("ablations"), archs=["resnet18"], seeds=[2]))
-    got = {(s.method, s.variant): s.config["policy"] for s in specs}
+    got = {(s.method, s.variant): non_default_options(s.method, s.config.policy) for s in specs}
     assert got == {
         ("fixed", "baseline"): {},
         ("deba", "baseline"): {},
@@ -86,7 +88,7 @@ def test_profile_is_fixed_only_on_the_profiling_seeds():
 
 def test_trial_id_ignores_execution_keys_and_study_name_but_not_the_science():
     base = expand(with_overrides(preset("demo"), archs=["tiny_cnn"], seeds=[0], methods=["deba"]))[0]
-    cfg = base.config
+    cfg = base.config.to_dict()
     assert trial_id_of(cfg) == base.trial_id
     for key, value in [("data_dir", "/elsewhere"), ("threads", 7), ("device", "cpu"), ("eval_batch_size", 3)]:
         assert key in EXECUTION_KEYS
@@ -128,7 +130,7 @@ def test_checkpoint_cadence(every, epochs, done_at, saved):
 def test_preset_policy_options_apply_only_where_accepted():
     # the demo's cooldown/b_max are DEBA options: a fixed-only demo keeps just the window
     specs = expand(_study(["--methods", "fixed"]))
-    assert len(specs) == 4 and all(s.config["policy"] == {"window": 5} for s in specs)
+    assert len(specs) == 4 and all(non_default_options(s.method, s.config.policy) == {"window": 5} for s in specs)
 
 
 def test_study_flag_selects_a_preset_or_names_the_study():
@@ -156,7 +158,7 @@ def test_thresholds_file_applies_to_deba_except_universal(tmp_path):
             "baseline,universal_thresholds",
         ]
     )
-    got = {(s.method, s.variant): s.config["policy"] for s in expand(study)}
+    got = {(s.method, s.variant): non_default_options(s.method, s.config.policy) for s in expand(study)}
     assert got[("deba", "baseline")] == {"theta_stab": 0.7, "theta_conf": 0.9}
     assert got[("deba", "universal_thresholds")] == {"thresholds": "universal"}
     assert got[("fixed", "baseline")] == {}
@@ -196,8 +198,8 @@ def test_cli_overrides_lists_numbers_and_custom_variants():
     assert study.data_dir == os.path.abspath("rel/data")
     specs = expand(study)
     assert len(specs) == 3 * (1 + 2)  # seeds x (fixed baseline + deba {baseline, fast})
-    fast = [s for s in specs if s.variant == "fast"][0].config
-    assert fast["policy"] == {
+    fast = [s for s in specs if s.variant == "fast"][0]
+    assert non_default_options("deba", fast.config.policy) == {
         "cooldown": 1,
         "window": 5,
         "b_max": 512,
@@ -205,7 +207,7 @@ def test_cli_overrides_lists_numbers_and_custom_variants():
         "theta_stab": 0.29,
         "theta_conf": 1.00,
     }
-    assert fast["train_limit"] == 200 and fast["data_dir"] == os.path.abspath("rel/data")
+    assert fast.config.train_limit == 200 and fast.config.data_dir == os.path.abspath("rel/data")
 
 
 @pytest.mark.parametrize(

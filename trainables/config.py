@@ -19,12 +19,20 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.metadata
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from trainables.settings import MISSING, build, changed, defaults, fail, fields_of, setting, validate
+from trainables.config_schema import (
+    CONFIG_SCHEMA,
+    PACKAGE_VERSION_KEY,
+    SCHEMA_1_POLICY_DEFAULTS,
+    SCHEMA_1_TRIAL_DEFAULTS,
+    SCHEMA_KEY,
+)
+from trainables.settings import MISSING, build, defaults, fail, fields_of, setting, validate
 
 # Values of the `compile` field: off, torch.compile's default mode, or a torch.compile mode name.
 COMPILE_MODES: tuple[Any, ...] = (False, True, "reduce-overhead", "max-autotune")
@@ -84,6 +92,7 @@ class TrialConfig:
         minimum=0,
         maximum=SEED_MAX,
         nullable=True,
+        neutral=None,
     )
     eval_batch_size: int = setting(1024, "batch size of the evaluation", kind="int", minimum=1, execution=True)
     augment: str = setting(
@@ -139,6 +148,7 @@ class TrialConfig:
         "auto is resolved and recorded",
         kind="path",
         nullable=True,
+        neutral=None,
     )
 
     def __post_init__(self) -> None:
@@ -175,15 +185,20 @@ class TrialConfig:
         options = policy_options_object(self.method, self.policy)
         policy_context_check(self.method, options, arch=self.arch, dataset=self.dataset)
         object.__setattr__(self, "_options", options)
-        # The policy as its options' non-default values: `{"alpha": 1.5}` (the default) and `{}`, or
-        # `alpha=2` and `alpha=2.0`, are one trial with one id.
-        object.__setattr__(self, "policy", changed(options))
+        # The policy as every option's checked value, defaults included (what is stored and what ran):
+        # `{"alpha": 1.5}` and `{}`, or `alpha=2` and `alpha=2.0`, are one config.
+        object.__setattr__(self, "policy", {f.name: getattr(options, f.name) for f in fields_of(options)})
 
     # ------------------------------------------------------------------ conversions
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrialConfig:
         """A config from a plain mapping; unknown or missing fields refused, naming them."""
         return build(cls, data, "config field")
+
+    @classmethod
+    def from_stored(cls, document: Mapping[str, Any]) -> TrialConfig:
+        """The config of a stored config document of any schema (`resolve_stored`)."""
+        return cls.from_dict(resolve_stored(document))
 
     @classmethod
     def coerce(cls, config: TrialConfig | Mapping[str, Any]) -> TrialConfig:
@@ -196,6 +211,10 @@ class TrialConfig:
             f.name: (dict(getattr(self, f.name)) if f.name == "policy" else getattr(self, f.name))
             for f in fields_of(self)
         }
+
+    def stored(self) -> dict[str, Any]:
+        """The document a runs row and a checkpoint hold: every field, the config schema and the package version."""
+        return {**self.to_dict(), SCHEMA_KEY: CONFIG_SCHEMA, PACKAGE_VERSION_KEY: PACKAGE_VERSION}
 
     def __getitem__(self, name: str) -> Any:
         """Read a field by name (`cfg["lr"]`), as configs read when they were plain dicts."""
@@ -231,20 +250,60 @@ IDENTITY_FIELDS: tuple[str, ...] = tuple(
     f.name for f in fields_of(TrialConfig) if not f.metadata["execution"] and f.name != "epochs"
 )
 DEFAULT_CONFIG: dict[str, Any] = defaults(TrialConfig)
+_TRIAL_FIELDS = {f.name: f for f in fields_of(TrialConfig)}
 
 
-# Fields added after trial ids existed: left out of the identity while unset, so that the trials
-# that do not use them keep their ids (timm_input is set for timm/ archs only).
-OMITTED_WHEN_UNSET: frozenset[str] = frozenset({"timm_input", "subset_seed"})
+def _package_version() -> str:
+    try:
+        return importlib.metadata.version("deba-orchestrator")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
 
-def identity_of(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The identity fields of a config mapping (execution settings and epochs left out)."""
-    return {
-        k: v
-        for k, v in config.items()
-        if k not in EXECUTION_FIELDS and k != "epochs" and not (k in OMITTED_WHEN_UNSET and v is None)
-    }
+PACKAGE_VERSION = _package_version()
+
+
+# ------------------------------------------------------------------------------------------ identity
+#
+# trial_id = the first 12 hex digits of sha1 over the canonical JSON of `identity_view(config)`: every
+# trial setting but the execution settings and epochs, and every policy option, each left out while it
+# holds its neutral value. A setting's neutral value is the one that reproduces the behaviour from before
+# it existed: declared on the setting (`setting(..., neutral=)`) for every setting added after config
+# schema 1; a schema-1 policy option's is its schema-1 default (trainables/config_schema.py); a schema-1
+# trial setting has none (always in the view). That is exactly what schema 1 hashed, so stored ids stay
+# valid; a new setting at its neutral value renames nothing; a changed default renames only new trials
+# (their value differs from the neutral one), never the meaning of a stored trial.
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal values of one kind (True is not 1, 1.0 is 1)."""
+    return a == b and isinstance(a, bool) == isinstance(b, bool)
+
+
+def policy_neutral(method: str, name: str) -> Any:
+    """The neutral value of policy `method`'s option `name` (see above); LookupError when it has none."""
+    from trainables.policies import POLICIES
+
+    field = {f.name: f for f in fields_of(POLICIES[method].Options)}.get(name)
+    if field is not None and field.metadata["neutral"] is not MISSING:
+        return field.metadata["neutral"]
+    if name in SCHEMA_1_POLICY_DEFAULTS.get(method, {}):
+        return SCHEMA_1_POLICY_DEFAULTS[method][name]
+    raise LookupError(f"policy {method!r} option {name!r} has no neutral value: declare setting(..., neutral=)")
+
+
+def identity_view(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a full config mapping the trial id hashes (see above)."""
+    view: dict[str, Any] = {}
+    for name in IDENTITY_FIELDS:
+        value = config[name]
+        if name == "policy":
+            view[name] = {k: v for k, v in value.items() if not _same(v, policy_neutral(config["method"], k))}
+            continue
+        neutral = _TRIAL_FIELDS[name].metadata["neutral"]
+        if neutral is MISSING or not _same(value, neutral):
+            view[name] = value
+    return view
 
 
 def canonical_json(obj: Any) -> str:
@@ -253,8 +312,37 @@ def canonical_json(obj: Any) -> str:
 
 
 def trial_id_of(config: Mapping[str, Any]) -> str:
-    """Stable 12-hex-digit id of a config mapping's identity."""
-    return hashlib.sha1(canonical_json(identity_of(config)).encode()).hexdigest()[:12]
+    """Stable 12-hex-digit id of a full config mapping (TrialConfig.to_dict())."""
+    return hashlib.sha1(canonical_json(identity_view(config)).encode()).hexdigest()[:12]
+
+
+def resolve_stored(document: Mapping[str, Any]) -> dict[str, Any]:
+    """The full config a stored config document (a runs row's config_json, a checkpoint's config) ran
+    with, whatever schema wrote it: a setting missing from it takes its neutral value (the behaviour
+    before it existed; a schema-1 policy option: its schema-1 default), a schema-1 trial setting
+    missing from an older config its schema-1 default. Today's defaults are never filled in. Keys
+    this version does not know are kept (TrialConfig refuses them, naming them)."""
+    schema = document.get(SCHEMA_KEY, 1)
+    if isinstance(schema, bool) or not isinstance(schema, int) or not 1 <= schema <= CONFIG_SCHEMA:
+        fail(SCHEMA_KEY, schema, f"1..{CONFIG_SCHEMA} (a config written by a newer version of the tool?)")
+    out = {k: v for k, v in document.items() if k not in (SCHEMA_KEY, PACKAGE_VERSION_KEY)}
+    for name, field in _TRIAL_FIELDS.items():
+        if name in out or name == "policy":
+            continue
+        if field.metadata["neutral"] is not MISSING:
+            out[name] = field.metadata["neutral"]
+        elif name in SCHEMA_1_TRIAL_DEFAULTS:
+            out[name] = SCHEMA_1_TRIAL_DEFAULTS[name]
+    policy = dict(out.get("policy") or {})
+    method = out.get("method")
+    from trainables.policies import POLICIES
+
+    if method in POLICIES:
+        for f in fields_of(POLICIES[method].Options):
+            if f.name not in policy:
+                policy[f.name] = policy_neutral(method, f.name)
+    out["policy"] = policy
+    return out
 
 
 def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -61,7 +61,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainables.config import COMPILE_MODES, DEFAULT_CONFIG, IDENTITY_FIELDS, TrialConfig, validate_config
+from trainables.config import (
+    COMPILE_MODES,
+    DEFAULT_CONFIG,
+    IDENTITY_FIELDS,
+    TrialConfig,
+    resolve_stored,
+    validate_config,
+)
 from trainables.data import GpuLoader, load_dataset
 from trainables.estimators import DeviceTimer
 from trainables.grad_stats import EpochGradAccumulator, grad_moments, moments_to_stats, trainable_params
@@ -386,7 +393,7 @@ class TrialLoop:
         np_state = np.random.get_state()
         return {
             "format": _CHECKPOINT_FORMAT,
-            "config": self.config.to_dict(),
+            "config": self.config.stored(),
             "device_type": self.device.type,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -408,12 +415,12 @@ class TrialLoop:
         """Restore what state_dict() returned; ValueError if it belongs to a different trial or device type."""
         if state.get("format") != _CHECKPOINT_FORMAT:
             raise ValueError(f"checkpoint format {state.get('format')!r} is not {_CHECKPOINT_FORMAT}")
-        mine = self.config.to_dict()
+        mine, theirs = self.config.to_dict(), resolve_stored(state["config"])
         for key in IDENTITY_FIELDS:
-            if state["config"].get(key) != mine[key]:
+            if theirs.get(key) != mine[key]:
                 raise ValueError(
                     f"checkpoint belongs to another trial: config field {key!r} is "
-                    f"{state['config'].get(key)!r} there and {mine[key]!r} here"
+                    f"{theirs.get(key)!r} there and {mine[key]!r} here"
                 )
         if state["device_type"] != self.device.type:
             raise ValueError(

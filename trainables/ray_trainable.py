@@ -36,6 +36,8 @@ from typing import Any
 import ray
 from ray import tune
 
+from trainables.config import TrialConfig
+
 GAUGE_TAGS: tuple[str, ...] = ("study", "trial_id", "arch", "dataset", "seed", "method", "variant")
 
 
@@ -53,7 +55,7 @@ class TrialGauges:
         "finished": "1 once the trial completed or diverged, 0 while it trains",
     }
 
-    def __init__(self, study: str, trial_id: str, config: dict[str, Any]) -> None:
+    def __init__(self, study: str, trial_id: str, config: TrialConfig) -> None:
         from ray.util.metrics import Gauge
 
         self.tags = {
@@ -145,14 +147,13 @@ def train_trial(config: dict[str, Any], payloads: dict[str, dict[str, Any]]) -> 
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     trial_id = config["trial_id"]
     payload = payloads[trial_id]
-    loop_cfg = dict(payload["config"])
+    loop_cfg: TrialConfig = payload["config"]
     hooks = payload.get("hooks") or {}
     if not ray.get_gpu_ids():
-        # A CPU-only trial must not touch a GPU it was not given; hide them before torch looks.
+        # A CPU-only trial must not touch a GPU it was not given; hide them before torch looks. Device and
+        # threads are execution settings: the trial's identity is unchanged.
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
-        loop_cfg["device"] = "cpu"
-        if loop_cfg.get("threads") is None:
-            loop_cfg["threads"] = _assigned_cpus()
+        loop_cfg = loop_cfg.replace(device="cpu", threads=loop_cfg.threads or _assigned_cpus())
 
     import torch
 

@@ -38,6 +38,7 @@ def setting(
     execution: bool = False,
     flag: str | None = None,
     const: str | None = None,
+    neutral: Any = MISSING,
 ) -> Any:
     """A dataclass field with its metadata.
 
@@ -46,7 +47,10 @@ def setting(
     bound numbers (`strict`: minimum excluded; `below`: an exclusive upper bound); nullable allows
     None. execution: the setting changes how a trial runs, not what it computes (left out of the
     trial's identity). flag: the command-line flag when it is not --<name with dashes>; const: the
-    text a bare flag stands for (`--compile` alone = `--compile true`).
+    text a bare flag stands for (`--compile` alone = `--compile true`). neutral: the value that
+    reproduces the behaviour from before the setting existed; every setting added after config schema 1
+    declares one (trainables/config_schema.py: stored configs that lack the setting read as this
+    value, and a trial holding it keeps the id it had before the setting existed).
     """
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r} is not allowed; expected one of {', '.join(KINDS)}")
@@ -62,6 +66,7 @@ def setting(
         "execution": execution,
         "flag": flag,
         "const": const,
+        "neutral": neutral,
     }
     if isinstance(default, (dict, list)):
         value = default
@@ -160,17 +165,6 @@ def defaults(cls: Any) -> dict[str, Any]:
         elif f.default_factory is not MISSING:
             out[f.name] = f.default_factory()
     return out
-
-
-def changed(instance: Any) -> dict[str, Any]:
-    """name -> value of the settings of `instance` that differ from their defaults (checked values:
-    `alpha=2` reads 2.0): equal settings give equal dicts, however they were spelled."""
-    base = defaults(type(instance))
-    return {
-        f.name: getattr(instance, f.name)
-        for f in fields_of(instance)
-        if f.name not in base or getattr(instance, f.name) != base[f.name]
-    }
 
 
 def required(cls: Any) -> list[str]:

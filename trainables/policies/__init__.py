@@ -64,6 +64,12 @@ def policy_options(name: str) -> dict[str, Any]:
     return defaults(_policy(name).Options)
 
 
+def non_default_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The options of policy `name` in `options` that differ from its defaults (what sets a trial apart)."""
+    base = policy_options(name)
+    return {k: v for k, v in options.items() if k not in base or v != base[k]}
+
+
 def signal_reading(options: Mapping[str, Any]) -> dict[str, Any]:
     """The signal options (SIGNAL_OPTIONS) of a policy's options mapping, defaults filled in: how its
     signals are computed, and so which calibrated thresholds apply to it."""
@@ -83,6 +89,7 @@ __all__ = [
     "BatchSizePolicy",
     "PolicyOptions",
     "make_policy",
+    "non_default_options",
     "policy_context_check",
     "policy_options",
     "policy_options_object",

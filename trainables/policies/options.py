@@ -45,17 +45,20 @@ class PolicyOptions:
         "eps of the confidence's denominator (0: scale-free; a zero reference then holds)",
         kind="float",
         minimum=0.0,
+        neutral=EPS,
     )
     confidence_reference: str = setting(
         "median",
         "the confidence's reference: the median or the mean of the window's gradient variances",
         kind="choice",
         choices=CONFIDENCE_REFERENCES,
+        neutral="median",
     )
     confidence_includes_current: bool = setting(
         True,
         "the confidence's reference window holds the current epoch's variance (false: only the earlier ones)",
         kind="bool",
+        neutral=True,
     )
     lr_scaling: str = setting(
         "none",
