@@ -178,6 +178,25 @@ def taxonomy_scatter(tax: pd.DataFrame, path: str, opts: TaxonomyOptions = DEFAU
     return _save(fig, path)
 
 
+def null_control_plot(null: pd.DataFrame, path: str):
+    """Per reading: the histogram of its null replays' distances to the paper's path, with the observed
+    mean distance of its runs (red) and the null's 5th percentile (dashed)."""
+    if null is None or null.empty or "null_distances" not in null:
+        return None
+    fig, axes = _grid(len(null), ncols=4, size=(3.4, 2.6))
+    high = max(float(np.max(d)) for d in null["null_distances"])
+    high = max(high, float(null["observed"].max())) * 1.05 or 1.0
+    for ax, r in zip(axes, null.itertuples()):
+        ax.hist(r.null_distances, bins=np.linspace(0.0, high, 30), color="tab:gray", alpha=0.8)
+        ax.axvline(r.null_p05, color="k", ls="--", lw=1)
+        ax.axvline(r.observed, color="tab:red", lw=2)
+        ax.set_title(f"{r.arch}: {r.reading}\np = {r.p:.2f} (seed mean {r.p_mean:.2f})", fontsize=8)
+        ax.set_xlabel("distance to the paper's path (octaves)", fontsize=7)
+        ax.tick_params(labelsize=7)
+    fig.suptitle("Null control: replays on signals with no training (gray), observed runs (red)", fontsize=9)
+    return _save(fig, path)
+
+
 def make_plots(
     epochs: pd.DataFrame,
     summary: pd.DataFrame,
@@ -185,6 +204,7 @@ def make_plots(
     out_dir: str,
     opts: TaxonomyOptions = DEFAULT_OPTIONS,
     trajectory: pd.DataFrame | None = None,
+    null: pd.DataFrame | None = None,
 ) -> dict[str, str]:
     """Write every plot into out_dir; return {name: path} of those that had data."""
     os.makedirs(out_dir, exist_ok=True)
@@ -194,6 +214,7 @@ def make_plots(
         "gradvar_vs_batch": lambda p: gradvar_vs_batch(epochs, p),
         "accuracy_curves": lambda p: accuracy_curves(epochs, summary, p),
         "taxonomy": lambda p: taxonomy_scatter(tax, p, opts),
+        "null_control": lambda p: null_control_plot(null, p),
     }
     out = {}
     for name, job in jobs.items():

@@ -11,35 +11,25 @@ shows that spread next to the rank.
 
 from __future__ import annotations
 
-import json
-
 import pandas as pd
 
-from trainables.policies import policy_options
+from analysis.configs import stored_configs
+from trainables.policies import SIGNAL_OPTIONS, policy_options
 
 # The reconstructed elements a reading may set, shown when they differ from the policy's default.
-READING_OPTIONS: tuple[str, ...] = (
-    "decision_rule",
-    "signal_source",
-    "confidence_eps",
-    "cooldown_on_noop",
-    "window",
-    "full_history",
-    "cooldown",
-    "thresholds",
-)
+READING_OPTIONS: tuple[str, ...] = ("decision_rule", *SIGNAL_OPTIONS, "cooldown_on_noop", "cooldown", "thresholds")
 KEYS = ["study", "arch", "dataset", "variant"]
 
 
-def describe_reading(config_json: str | None, method: str = "deba") -> str:
-    """The reading's options that differ from the policy defaults, plus the thresholds it used."""
-    try:
-        policy = json.loads(config_json or "{}").get("policy", {})
-    except ValueError:
+def describe_reading(config: dict | None, method: str = "deba") -> str:
+    """The reading's options (of a stored config, `analysis.configs`) that differ from the policy's
+    defaults, plus the thresholds it used."""
+    if config is None:
         return "?"
+    policy = config.get("policy", {})
     defaults = policy_options(method)
     parts = [f"{k}={policy[k]}" for k in READING_OPTIONS if k in policy and policy[k] != defaults.get(k)]
-    if "theta_stab" in policy and "theta_conf" in policy:
+    if policy.get("theta_stab") is not None and policy.get("theta_conf") is not None:
         parts.append(f"θ=({policy['theta_stab']:.3g}, {policy['theta_conf']:.3g})")
     return ", ".join(parts) or "defaults"
 
@@ -74,15 +64,15 @@ def reading_table(
     ]
     if t.empty:
         return pd.DataFrame(columns=columns)
-    config = runs.set_index(["study", "trial_id"])["config_json"] if "config_json" in runs else pd.Series(dtype=object)
-    b0 = policy_options(method).get("b0", 64)
+    configs = stored_configs(runs)
     p = pairs[pairs["method"].eq(method)]
     rows = []
     for key, g in t.groupby(KEYS, sort=True):
         g = g.sort_values("seed")
         first = (g["study"].iloc[0], g["trial_id"].iloc[0])
-        reading = describe_reading(config.get(first), method)
-        start = _b0(config.get(first), b0)
+        config = configs.get(first)
+        reading = describe_reading(config, method)
+        start = config["policy"]["b0"] if config is not None else policy_options(method)["b0"]
         pp = p[(p[KEYS] == pd.Series(dict(zip(KEYS, key)))).all(axis=1)]
         n = len(g)
         rows.append(
@@ -108,10 +98,3 @@ def reading_table(
     out = out.sort_values(["study", "arch", "dataset", "distance_mean", "variant"], kind="stable")
     out["rank"] = out.groupby(["study", "arch", "dataset"]).cumcount() + 1
     return out[columns].reset_index(drop=True)
-
-
-def _b0(config_json: str | None, default: int) -> int:
-    try:
-        return int(json.loads(config_json or "{}").get("policy", {}).get("b0", default))
-    except (ValueError, TypeError):
-        return default

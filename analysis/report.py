@@ -22,7 +22,9 @@ import pandas as pd
 from analysis import markdown as md
 from analysis.calibrate import calibrate, calibrated_study_command, thresholds, write_calibration
 from analysis.compare import Comparison, ablation_summary, compare
+from analysis.fidelity import NEAR_FACTOR, threshold_fidelity
 from analysis.load import list_studies, load_store
+from analysis.null_control import NULL_COLUMNS, null_control
 from analysis.reconstruction import reading_table
 from analysis.stability import TaxonomyOptions, deba_dynamics, taxonomy
 from analysis.trajectory import LARGE_BATCH, trajectory_table
@@ -46,6 +48,8 @@ class Analysis:
     options: TaxonomyOptions
     trajectory: pd.DataFrame = field(default_factory=pd.DataFrame)
     reconstruction: pd.DataFrame = field(default_factory=pd.DataFrame)
+    null_control: pd.DataFrame = field(default_factory=pd.DataFrame)
+    fidelity: pd.DataFrame = field(default_factory=pd.DataFrame)
     notes: list[str] = field(default_factory=list)
 
 
@@ -81,6 +85,7 @@ def analyse(
     for arch in cal.loc[cal["theta_stab"].isna() | cal["theta_conf"].isna(), "arch"]:
         notes.append(f"calibration: no finite signals for arch {arch!r}; left out of calibration.json")
     traj = trajectory_table(epochs, summary, runs, method=opts.adaptive_method)
+    readings = reading_table(traj, comp.pairs, runs, method=opts.adaptive_method)
     return Analysis(
         root=results_dir,
         studies=studies,
@@ -94,7 +99,11 @@ def analyse(
         left_out=left_out,
         options=opts,
         trajectory=traj,
-        reconstruction=reading_table(traj, comp.pairs, runs, method=opts.adaptive_method),
+        reconstruction=readings,
+        null_control=null_control(
+            epochs, summary, runs, traj, readings, method=opts.adaptive_method, fixed_method=opts.fixed_method
+        ),
+        fidelity=threshold_fidelity(epochs, summary, fixed_method=opts.fixed_method),
         notes=notes,
     )
 
@@ -334,6 +343,57 @@ def reconstruction_markdown(a: Analysis) -> str:
     return md.table(head, rows, "lllrll" + "r" * 9)
 
 
+def null_control_markdown(a: Analysis) -> str:
+    """Per reading: the observed mean distance against the same policy replayed on signals with no training."""
+    head = ["Study", "Arch", "Dataset", "Reading", "Seeds", "Observed (oct)", "Null median", "Null 5th pct",
+            "p", "p (mean of seeds)", f"Reached {LARGE_BATCH}", f"Null reached {LARGE_BATCH}", "Verdict"]  # fmt: skip
+    rows = [
+        [
+            r.study,
+            r.arch,
+            r.dataset,
+            r.reading,
+            str(r.n_seeds),
+            md.num(r.observed, 3),
+            md.num(r.null_median, 3),
+            md.num(r.null_p05, 3),
+            md.num(r.p, 3),
+            md.num(r.p_mean, 3),
+            f"{100 * r.reached_729:.0f}%",
+            f"{100 * r.null_reached_729:.0f}%",
+            "beats chance" if r.p < 0.05 else ("beats chance on the seed mean only" if r.p_mean < 0.05 else "chance"),
+        ]  # fmt: skip
+        for r in a.null_control.itertuples()
+    ]
+    return md.table(head, rows, "llll" + "r" * 8 + "l")
+
+
+def fidelity_markdown(a: Analysis) -> str:
+    """Per paper arch and signal reading: the calibrated thresholds beside Table 1's."""
+    head = ["Arch", "Reading", "Signals", "Also", "Fixed runs", "Epochs", "θ_stab", "θ_conf", "Table 1 θ_stab",
+            "Table 1 θ_conf", "Distance", f"Within {NEAR_FACTOR:g}×", "dN < T1 θ_stab", "c < T1 θ_conf"]  # fmt: skip
+    rows = [
+        [
+            r.arch,
+            r.reading,
+            r.signals,
+            ", ".join(n for n in r.readings.split(", ") if n != r.reading) or md.DASH,
+            str(r.n_runs),
+            str(r.n_epochs),
+            md.sig(r.theta_stab),
+            md.sig(r.theta_conf),
+            md.sig(r.table1_stab),
+            md.sig(r.table1_conf),
+            md.num(r.distance, 2),
+            "yes" if r.near else "no",
+            f"{100 * r.share_stab_below:.0f}%",
+            f"{100 * r.share_conf_below:.0f}%",
+        ]  # fmt: skip
+        for r in a.fidelity.itertuples()
+    ]
+    return md.table(head, rows, "llll" + "r" * 10)
+
+
 def left_out_markdown(a: Analysis) -> str:
     """Runs not averaged into the comparison, with the reason."""
     if a.left_out.empty:
@@ -385,6 +445,26 @@ def to_markdown(a: Analysis, calibration_path: str | None = None) -> str:
             f"= seeds whose final B is above / below b0; reached {LARGE_BATCH} = seeds that trained at "
             "B ≥ 729. A low mean distance with a split in the growth column is not paper-like.",
             reconstruction_markdown(a),
+        ]
+    if len(a.null_control):
+        parts += [
+            "## Null control: each reading against chance (SPEC §4)",
+            "The reading's own policy (options and calibrated thresholds) replayed "
+            f"{int(a.null_control['replays'].iloc[0])} times on the study's fixed-run signals (dN, dL, c of "
+            "epochs ≥ 2 under the reading's signal options) resampled with replacement in random order: no "
+            "trend, no feedback from B. p = share of replays at least as close to the paper's path as the "
+            "observed mean; p (mean of seeds) compares the observed mean with means of as many replays. A "
+            "reading reproduces the paper's path only if p < 0.05.",
+            null_control_markdown(a),
+        ]
+    if len(a.fidelity):
+        parts += [
+            "## Threshold fidelity: calibrated thresholds beside Table 1 (SPEC §4)",
+            "Per paper architecture and signal reading: θ_stab = p75 of dN, θ_conf = median of c over the fixed "
+            "runs' epochs ≥ 2 (pooled over seeds and datasets), Table 1's pair, the distance |ln(θ_stab/T1)| + "
+            f"|ln(θ_conf/T1)|, whether both lie within {NEAR_FACTOR:g}× of Table 1, and how often Table 1's own "
+            "thresholds would see stable gradients (dN < T1 θ_stab) and low confidence (c < T1 θ_conf).",
+            fidelity_markdown(a),
         ]
     if len(a.trajectory):
         parts += [
@@ -458,6 +538,8 @@ def to_json(a: Analysis) -> dict:
         "left_out": _records(a.left_out, left_cols),
         "trajectory": _records(a.trajectory, list(a.trajectory.columns)),
         "reconstruction": _records(a.reconstruction, list(a.reconstruction.columns)),
+        "null_control": _records(a.null_control, NULL_COLUMNS),
+        "threshold_fidelity": _records(a.fidelity, list(a.fidelity.columns)),
         "notes": a.notes,
     }
 
@@ -471,6 +553,8 @@ PLOT_CAPTIONS = {
     "gradvar_vs_batch": "Gradient variance against the batch size used.",
     "accuracy_curves": "Test accuracy per epoch, fixed vs adaptive (mean over seeds, min–max band).",
     "taxonomy": "Taxonomy: stability score S against its seed std σ_S, with the class boundaries.",
+    "null_control": "Null control: each reading's distance to the paper's path on signals with no training "
+    "(histogram of the replays), the observed mean of its runs (red) and the null's 5th percentile (dashed).",
 }
 
 
@@ -484,7 +568,7 @@ def write_report(a: Analysis, out_dir: str, plots: bool = True) -> str:
     if plots:
         from analysis.plots import make_plots  # matplotlib only when plotting
 
-        made = make_plots(a.epochs, a.summary, a.taxonomy, out_dir, a.options, a.trajectory)
+        made = make_plots(a.epochs, a.summary, a.taxonomy, out_dir, a.options, a.trajectory, a.null_control)
         if made:
             extra.append("## Plots")
             for name, path in made.items():

@@ -8,12 +8,12 @@ epochs of |log2 B_t - log2 B_paper(t)|, in octaves (0 = the paper's path).
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 import pandas as pd
 
+from analysis.configs import stored_configs
 from trainables import paper
 from trainables.records import ID_NAMES
 
@@ -52,15 +52,11 @@ def trajectory_distance(
 
 def _configured_epochs(runs: pd.DataFrame) -> dict[tuple[str, str], int]:
     """(study, trial_id) -> epochs the trial was configured for, from the runs table's config_json."""
-    out = {}
-    for study, trial_id, text in runs[["study", "trial_id", "config_json"]].itertuples(index=False):
-        try:
-            epochs = json.loads(text)["epochs"]
-        except (TypeError, ValueError, KeyError):
-            continue
-        if isinstance(epochs, int) and epochs >= 1:
-            out[(study, trial_id)] = epochs
-    return out
+    return {
+        key: config["epochs"]
+        for key, config in stored_configs(runs).items()
+        if isinstance(config.get("epochs"), int) and config["epochs"] >= 1
+    }
 
 
 TRAJECTORY_COLUMNS = [*ID_NAMES, "status", "n_epochs", "epochs_planned", "distance_oct", "epoch_reach_729",
