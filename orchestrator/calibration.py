@@ -50,10 +50,11 @@ def _significant(x: float) -> float:
     return float(f"{x:.6g}")
 
 
-def study_calibration(study: Any, results: str, finished: Collection[str], write: bool = True) -> CalibrationLookup:
+def study_calibration(study: Any, results: str, finished: Collection[str]) -> CalibrationLookup:
     """The `calibration(arch, method, options)` lookup `studies.expand` takes for a calibrating study
-    (`finished`: ids of the trials that need no more work, with the study's epochs)."""
-    return CalibrationLookup(study, StudyCalibration(results, study.name, write=write), finished)
+    (`finished`: ids of the trials that need no more work, with the study's epochs). It computes but
+    pins nothing: `StudyCalibration.pin` does, in the driver that holds the study lock."""
+    return CalibrationLookup(study, StudyCalibration(results, study.name), finished)
 
 
 class CalibrationLookup:
@@ -86,9 +87,9 @@ class CalibrationLookup:
 class StudyCalibration:
     """The pinned thresholds of one study, computed on demand from its finished fixed trials."""
 
-    def __init__(self, results: str, study: str, write: bool = True) -> None:
-        self.write = write  # False: compute but pin nothing (a dry run writes no file)
+    def __init__(self, results: str, study: str) -> None:
         self._frames: Any = None
+        self.unpinned: list[str] = []  # keys of entries computed here, not yet in the file (`pin` writes them)
         self.store = ResultsStore(results, study)
         self.path = posixpath.join(self.store.study_path, CALIBRATION_FILE)
         self.entries: dict[str, dict[str, Any]] = {}
@@ -136,8 +137,21 @@ class StudyCalibration:
                 "n_epochs": found["n_epochs"],
                 "fixed_trials": sorted(fixed_trials),
             }
-        if self.write:
+            self.unpinned.append(_key(arch, reading))
+
+    def describe_unpinned(self) -> list[str]:
+        """One line per computed entry the file does not hold yet."""
+        return [
+            f"pin thresholds of {e['arch']} ({', '.join(f'{k}={e[k]}' for k in SIGNAL_OPTIONS)}): theta_stab "
+            f"{e['theta_stab']}, theta_conf {e['theta_conf']} in {self.path}"
+            for e in (self.entries[k] for k in self.unpinned)
+        ]
+
+    def pin(self) -> None:
+        """Write the computed entries into the study's calibration file (the caller holds the study lock)."""
+        if self.unpinned:
             self._write()
+            self.unpinned = []
 
     def _write(self) -> None:
         doc = {

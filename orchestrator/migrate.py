@@ -13,6 +13,7 @@ finished.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -60,32 +61,71 @@ def _rank(store: ResultsStore, tid: str, runs: dict[str, dict[str, Any]]) -> tup
     return (runs.get(tid, {}).get("status") in FINISHED_STATUSES, store.stored_epochs([tid])[tid])
 
 
-def rename_trials(
+@dataclass(frozen=True)
+class Rename:
+    """One trial stored under older ids: the copy kept (stored as `new`) and the copies set aside."""
+
+    keep: str
+    new: str
+    aside: tuple[str, ...] = ()
+
+    def line(self) -> str:
+        """What renaming does, in words."""
+        head = (
+            f"trial {self.keep} (an id of an older version) is now {self.new}"
+            if self.keep != self.new
+            else (f"trial {self.new} is kept")
+        )
+        return head + (f"; other copies set aside: {', '.join(self.aside)}" if self.aside else "")
+
+
+def plan_renames(
     store: ResultsStore, renames: dict[str, str], runs: dict[str, dict[str, Any]], with_rows: set[str]
-) -> list[str]:
-    """Store each renamed trial under its new id (the caller holds the study lock); returns one line
-    per trial. Where one trial has several copies (under the new id already, or under two old ids:
-    run at two epoch counts when epochs were part of the id), the best copy (`_rank`) is kept under
-    the new id and the others are set aside, never overwritten."""
+) -> list[Rename]:
+    """Which copy of each renamed trial to keep (reads only). Where one trial has several copies (under
+    the new id already, or under two old ids: run at two epoch counts when epochs were part of the id),
+    the best copy (`_rank`) is kept under the new id and the others are set aside, never overwritten."""
     by_new: dict[str, list[str]] = {}
     for old, new in sorted(renames.items()):
         by_new.setdefault(new, []).append(old)
-    lines = []
+    out = []
     for new, olds in sorted(by_new.items()):
         present = [new] if new in runs or new in with_rows else []
         keep = max(present + olds, key=lambda tid: _rank(store, tid, runs))
-        for tid in present + olds:
-            if tid == keep:
-                continue
+        out.append(Rename(keep, new, tuple(tid for tid in present + olds if tid != keep)))
+    return out
+
+
+def renamed_view(
+    renames: list[Rename], runs: dict[str, dict[str, Any]], with_rows: set[str]
+) -> tuple[dict[str, dict[str, Any]], set[str], dict[str, str]]:
+    """The runs rows and the ids with epoch rows as the store will hold them once `renames` are done,
+    and new id -> the id its rows are stored under now."""
+    runs, with_rows = dict(runs), set(with_rows)
+    source: dict[str, str] = {}
+    for r in renames:
+        kept_run, kept_rows = runs.get(r.keep), r.keep in with_rows
+        for tid in (r.keep, *r.aside):
+            runs.pop(tid, None)
+            with_rows.discard(tid)
+        if kept_run is not None:
+            runs[r.new] = {**kept_run, "trial_id": r.new}
+        if kept_rows:
+            with_rows.add(r.new)
+            source[r.new] = r.keep
+    return runs, with_rows, source
+
+
+def apply_renames(store: ResultsStore, renames: list[Rename]) -> list[str]:
+    """Do `renames` (the caller holds the study lock); returns one line per trial."""
+    for r in renames:
+        for tid in r.aside:
             for table in ("runs", "epochs"):
                 path = store.table_path(table, tid)
                 if store.fs.get_file_info(path).type == pafs.FileType.File:
-                    store.quarantine(path, f"another copy of the same trial ({keep}) is kept as {new}", damaged=False)
-        if keep != new:
-            store.rename_trial(keep, new)
-        aside = [tid for tid in present + olds if tid != keep]
-        lines.append(
-            (f"trial {keep} (an id of an older version) is now {new}" if keep != new else f"trial {new} is kept")
-            + (f"; other copies set aside: {', '.join(aside)}" if aside else "")
-        )
-    return lines
+                    store.quarantine(
+                        path, f"another copy of the same trial ({r.keep}) is kept as {r.new}", damaged=False
+                    )
+        if r.keep != r.new:
+            store.rename_trial(r.keep, r.new)
+    return [r.line() for r in renames]

@@ -34,12 +34,13 @@ from orchestrator.runner import (  # noqa: E402
     local_slots,
     make_plan,
     ray_overhead,
+    repair,
     resolve_resources,
     run_plan,
     storage_root,
 )
 from orchestrator.schedule import format_duration, makespan  # noqa: E402
-from orchestrator.store import ResultsStore, check_location  # noqa: E402
+from orchestrator.store import ResultsStore, check_location, finished_ids  # noqa: E402
 from orchestrator.studies import StudySpec, expand  # noqa: E402
 
 
@@ -147,8 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.storage:
             check_location(args.storage, "storage")  # Tune would only fail on it after Ray started
         study = study_from_args(args)
-        if args.dry_run:  # reads only: no lock, no file written or moved
-            plan = make_plan(study, args.results, write=False, storage=args.storage)
+        if args.dry_run:  # planning reads only: no lock, no file written or moved
+            plan = make_plan(study, args.results, storage=args.storage)
         else:
             expand(study)  # every trial's settings checked before the lock creates the study folder
     except ValueError as exc:
@@ -167,11 +168,14 @@ def main(argv: list[str] | None = None) -> int:
                 plan, args.results, f"{study.cpus_per_trial:g} CPU, {gpu}", args.storage, slots=local_slots(study)
             )
         )
+        for line in plan.repairs.lines() if plan.repairs else []:
+            print(f"  would first: {line}")
         holder = lock.holder()
         if holder is not None:
             print(f"note: the study is being run now by {lock.describe(holder)}")
         return 0
-    # The lock comes before the plan: planning may pin a calibration and set damaged files aside.
+    # The lock comes before the plan: the plan's repairs (renames, damaged files, a calibration to pin)
+    # are done by the one driver that holds it.
     try:
         lock.acquire()
     except StudyLocked as exc:
@@ -186,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as exc:
             print(f"run_grid: cannot read the results: {type(exc).__name__}: {exc}", file=sys.stderr)
             return 1
+        for line in repair(plan):
+            print(f"[{study.name}] {line}", flush=True)
         if not plan.pending:
             print(format_plan(plan, args.results, "n/a (nothing to run)", args.storage))
             if plan.waiting:
@@ -243,6 +249,7 @@ def _run(args: argparse.Namespace, study: StudySpec, plan: Plan, t0: float) -> i
         stop=stop,
     )
     report = run(plan)
+    last = plan  # the plan of the last phase run
     if plan.waiting and not report.interrupted:  # a calibrating study: phase 2 with the thresholds phase 1 gave
         ran = {t.trial_id for t in plan.pending}
         try:
@@ -250,6 +257,8 @@ def _run(args: argparse.Namespace, study: StudySpec, plan: Plan, t0: float) -> i
         except ValueError as exc:
             print(f"run_grid: phase 2 cannot be planned: {exc}", file=sys.stderr)
             return 1
+        for line in repair(phase2):
+            print(f"[{study.name}] {line}", flush=True)
         # Phase-1 trials that failed just now wait for the next invocation, like any failed trial.
         phase2 = dataclasses.replace(phase2, finished=phase2.finished | ran)
         print(
@@ -260,6 +269,7 @@ def _run(args: argparse.Namespace, study: StudySpec, plan: Plan, t0: float) -> i
         for note in phase2.notes:
             print(f"[{study.name}] phase 2: note: {note}", file=sys.stderr, flush=True)
         more = run(phase2)
+        last = phase2
         report.experiments.update(more.experiments)
         report.grids.extend(more.grids)
         report.interrupted = more.interrupted
@@ -287,12 +297,9 @@ def _run(args: argparse.Namespace, study: StudySpec, plan: Plan, t0: float) -> i
     )
     if not args.no_analysis:
         print(summarize(args.results, study.name))
-    try:
-        final = make_plan(study, args.results, storage=args.storage)
-    except ValueError as exc:
-        print(f"run_grid: the study cannot be re-planned: {exc}", file=sys.stderr)
-        return 1
-    unfinished = final.pending + final.waiting
+    # Which trials the ledger now holds as finished (no new plan: that is the next invocation's).
+    done = finished_ids(ResultsStore(args.results, study.name).read_runs(), study.epochs)
+    unfinished = [t.label for t in last.trials if t.trial_id not in done] + list(last.waiting)
     if unfinished:
         print(f"{len(unfinished)} trial(s) not finished; re-run the same command to retry them", file=sys.stderr)
         return 1

@@ -31,9 +31,9 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from orchestrator.calibration import study_calibration
+from orchestrator.calibration import StudyCalibration, study_calibration
 from orchestrator.checkpoints import find_checkpoints, prune, resume_points
-from orchestrator.migrate import rename_trials, renamed_ids, stored_configs
+from orchestrator.migrate import Rename, apply_renames, plan_renames, renamed_ids, renamed_view, stored_configs
 from orchestrator.schedule import CostEstimate, estimate_costs, longest_first
 from orchestrator.store import ResultsStore, contiguous_epochs, epoch_seconds, finished_ids, resolve_uri, storage_uri
 from orchestrator.studies import (
@@ -54,9 +54,33 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @dataclass(frozen=True)
+class Repairs:
+    """What the driver holding the study lock does to the store before it runs a plan: rename trials
+    stored under the ids of an older version, set damaged files aside, pin the thresholds a calibrating
+    study computed. `make_plan` only describes them (a dry run prints `lines()`); `repair` does them."""
+
+    store: ResultsStore
+    renames: tuple[Rename, ...] = ()
+    damaged: tuple[tuple[str, str], ...] = ()  # (path, why it does not read)
+    calibration: StudyCalibration | None = None  # holds the entries to pin, if any
+
+    def lines(self) -> list[str]:
+        """What the repairs do, one line each."""
+        return (
+            [r.line() for r in self.renames]
+            + [f"set aside damaged file {path} ({why[:200]}); its trial runs again" for path, why in self.damaged]
+            + (self.calibration.describe_unpinned() if self.calibration is not None else [])
+        )
+
+    def __bool__(self) -> bool:
+        return bool(self.lines())
+
+
+@dataclass(frozen=True)
 class Plan:
     """A study's trials split by the ledger into finished and pending, plus (calibrating studies)
-    the labels of trials that wait for their thresholds (phase 2)."""
+    the labels of trials that wait for their thresholds (phase 2), and the repairs the store needs
+    first (the plan describes the store as it will be once they are done)."""
 
     study: StudySpec
     trials: tuple[TrialSpec, ...]
@@ -65,6 +89,7 @@ class Plan:
     estimate: CostEstimate | None = None  # cost per trial (orchestrator/schedule.py)
     notes: tuple[str, ...] = ()  # what the user should know: why waiting trials cannot be calibrated, ...
     statuses: dict[str, str] = field(default_factory=dict)  # trial_id -> status in the ledger (runs rows)
+    repairs: Repairs | None = None
 
     def launch_order(self) -> list[TrialSpec]:
         """The pending trials, longest first (the order Tune starts them in)."""
@@ -78,46 +103,41 @@ class Plan:
         return tuple(t for t in self.trials if t.trial_id not in self.finished)
 
 
-def make_plan(study: StudySpec, results: str, write: bool = True, storage: str | None = None) -> Plan:
-    """Expand and validate `study`, then consult the ledger in `results`.
+def make_plan(study: StudySpec, results: str, storage: str | None = None) -> Plan:
+    """Expand and validate `study`, then consult the ledger in `results`. Reads only: nothing is
+    written, renamed or moved (`repair` does what `plan.repairs` describes, under the study lock).
 
-    A calibrating study's phase-2 trials are planned once their thresholds can be calibrated
-    (pinned in the store unless `write` is False, as for a dry run). A study keeps one
-    configuration per (arch, dataset, seed, method, variant): a trial stored with other settings
-    is refused (ValueError naming them), except more epochs, which extend it.
-
-    `write` False also leaves damaged result files where they are (reported, not moved): a dry run
-    changes nothing, and a driver moves files only while it holds the study lock.
+    A calibrating study's phase-2 trials are planned once their thresholds can be calibrated. A study
+    keeps one configuration per (arch, dataset, seed, method, variant): a trial stored with other
+    settings is refused (ValueError naming them), except more epochs, which extend it.
     """
-    store = ResultsStore(results, study.name, fix_damage=write)
-    runs = store.read_runs()
+    store = ResultsStore(results, study.name)  # damaged files are named, not moved
+    stored_runs = store.read_runs()
     plans = {
         name: doc
         for name, doc in read_plans(storage_root(results, study.name, storage)).items()
         if doc.get("study") == study.name
     }
-    with_rows = store.trials_with_epochs()
-    notes: list[str] = []
-    renames = renamed_ids(stored_configs(runs, plans, with_rows))
-    if renames and write:
-        for line in rename_trials(store, renames, runs, with_rows):
-            print(f"[{study.name}] {line}", flush=True)
-        runs, with_rows = store.read_runs(), store.trials_with_epochs()
-    elif renames:
-        notes.append(
-            f"{len(renames)} stored trial(s) carry the ids of an older version of the tool: the run renames "
-            "them first, and those finished then count as finished (here they show as pending)"
-        )
+    stored_rows = store.trials_with_epochs()
+    configs = stored_configs(stored_runs, plans, stored_rows)
+    renames = plan_renames(store, renamed_ids(configs), stored_runs, stored_rows)
+    runs, with_rows, source = renamed_view(renames, stored_runs, stored_rows)
     done = finished_ids(runs, study.epochs)
-    calibration = study_calibration(study, results, done, write=write) if study.calibrate else None
+    calibration = study_calibration(study, results, done) if study.calibrate else None
     trials = tuple(expand(study, calibration))
     ids = [t.trial_id for t in trials]
     if len(set(ids)) != len(ids):
         raise ValueError("two trials of the study have the same configuration (duplicate trial_id)")
-    check_one_configuration(study, trials, stored_configs(runs, plans, with_rows), runs)
+    check_one_configuration(study, trials, configs, stored_runs)
     finished = done & set(ids)
     # Costs from the epoch times stored so far (any trial of the study), for the epochs left.
-    started = {tid: store.read_epochs(tid) for tid in with_rows & set(ids)}
+    started = {tid: store.read_epochs(source.get(tid, tid)) for tid in with_rows & set(ids)}
+    repairs = Repairs(
+        store=store,
+        renames=tuple(renames),
+        damaged=tuple((path, why) for path, _, why in store.quarantined),
+        calibration=calibration.calibration if calibration is not None else None,
+    )
     return Plan(
         study=study,
         trials=trials,
@@ -129,8 +149,24 @@ def make_plan(study: StudySpec, results: str, write: bool = True, storage: str |
             {tid: contiguous_epochs(rows) for tid, rows in started.items() if tid not in finished},
         ),
         statuses={tid: row["status"] for tid, row in runs.items()},
-        notes=tuple(notes + (sorted(calibration.problems.values()) if calibration is not None else [])),
+        notes=tuple(sorted(calibration.problems.values()) if calibration is not None else []),
+        repairs=repairs,
     )
+
+
+def repair(plan: Plan) -> list[str]:
+    """Do the repairs `plan` describes (the caller holds the study lock); returns one line per repair."""
+    r = plan.repairs
+    if r is None:
+        return []
+    lines = apply_renames(r.store, list(r.renames))
+    fixer = ResultsStore(r.store.results, r.store.study, fix_damage=True)
+    for path, why in r.damaged:  # named on stderr where they go
+        fixer.quarantine(path, why)
+    if r.calibration is not None and r.calibration.unpinned:
+        lines += r.calibration.describe_unpinned()
+        r.calibration.pin()
+    return lines
 
 
 def check_one_configuration(

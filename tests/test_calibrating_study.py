@@ -10,7 +10,7 @@ import pytest
 
 from benchmarks.synthetic_store import spec_rows
 from orchestrator.calibration import CALIBRATION_FILE
-from orchestrator.runner import make_plan
+from orchestrator.runner import make_plan, repair
 from orchestrator.store import ResultsStore, run_row
 from orchestrator.studies import RECONSTRUCTION_READINGS, expand, preset, waiting_for_calibration, with_overrides
 from trainables.policies import policy_options, signal_reading
@@ -96,11 +96,11 @@ def test_make_plan_calibrates_once_the_fixed_runs_finished_and_pins_it(tmp_path)
     _store_fixed_runs(results, study, plan.trials)
     pinned = os.path.join(results, study.name, CALIBRATION_FILE)
 
-    dry = make_plan(study, results, write=False)  # a dry run shows phase 2 but writes nothing
-    assert len(dry.pending) == N_DEBA and not dry.waiting and not os.path.exists(pinned)
-
-    plan = make_plan(study, results)
-    assert len(plan.pending) == N_DEBA and not plan.waiting
+    plan = make_plan(study, results)  # planning shows phase 2 but writes nothing
+    assert len(plan.pending) == N_DEBA and not plan.waiting and not os.path.exists(pinned)
+    assert sum(line.startswith("pin thresholds of tiny_cnn") for line in plan.repairs.lines()) == 6
+    repair(plan)  # the driver holding the lock pins them
+    assert not plan.repairs.lines() and os.path.exists(pinned)
     doc = json.load(open(pinned))
     keys = ("signal_source", "confidence_eps", "confidence_reference", "confidence_includes_current")
     assert {tuple(e[k] for k in keys) for e in doc["entries"]} == {

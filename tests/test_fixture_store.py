@@ -48,8 +48,8 @@ def test_the_commands_that_wrote_it_have_nothing_left_to_run(store: str, study: 
     with pytest.raises(
         ValueError, match=r"subset_seed: None -> 0.*to continue the study as it was, give --subset-seed null"
     ):
-        make_plan(_study(study, store), store, write=False)
-    plan = make_plan(_study(study, store, "--subset-seed", "null"), store, write=False)
+        make_plan(_study(study, store), store)
+    plan = make_plan(_study(study, store, "--subset-seed", "null"), store)
     assert plan.pending == () and plan.waiting == ()
     assert len(plan.finished) == len(plan.trials) == len(ResultsStore(store, study).read_runs())
     assert not plan.notes  # no trial renamed, nothing set aside

@@ -23,7 +23,7 @@ from orchestrator.cli import build_parser, study_from_args
 from orchestrator.lock import StudyLock, StudyLocked
 from orchestrator.run_grid import format_summary
 from orchestrator.run_grid import main as grid_main
-from orchestrator.runner import make_plan
+from orchestrator.runner import make_plan, repair
 from orchestrator.sink import error_text
 from orchestrator.store import ResultsStore, run_row
 from orchestrator.studies import expand, preset, with_overrides
@@ -134,6 +134,8 @@ def test_a_damaged_runs_file_is_quarantined_and_its_trial_runs_again(tmp_path, c
     study, specs, store, path = _demo_with_a_cut_runs_file(results)
     plan = make_plan(study, results)
     assert [t.trial_id for t in plan.pending] == [specs[0].trial_id]
+    assert os.path.exists(path) and plan.repairs.lines()[0].startswith(f"set aside damaged file {path}")
+    repair(plan)  # the driver that holds the lock sets it aside
     assert not os.path.exists(path)
     moved = os.listdir(os.path.join(store.study_path, "_quarantine"))
     assert len(moved) == 1 and moved[0].startswith(f"runs__{specs[0].trial_id}.parquet.")
@@ -453,8 +455,12 @@ def test_trials_stored_under_the_ids_of_an_older_version_are_renamed_not_run_aga
     old = {fixed.trial_id: "0ld0ld0ld0f1", deba.trial_id: "0ld0ld0ld0d1"}
     for spec in (fixed, deba):
         _store_trial(results, _under_id(spec, old[spec.trial_id]), 2)
-    dry = make_plan(study, results, write=False)
-    assert len(dry.pending) == 2 and "2 stored trial(s) carry the ids of an older version" in dry.notes[0]
+    dry = make_plan(study, results)  # describes the store as it will be once the trials are renamed
+    assert dry.pending == () and [r.line() for r in dry.repairs.renames] == [
+        f"trial {old[t.trial_id]} (an id of an older version) is now {t.trial_id}"
+        for t in sorted((fixed, deba), key=lambda t: t.trial_id)
+    ]
+    assert sorted(ResultsStore(results, "demo").read_runs()) == sorted(old.values())  # nothing renamed yet
     assert grid_main(["--results", results, "--seeds", "0", "--epochs", "2", "--archs", "tiny_cnn"]) == 0
     out = capsys.readouterr().out
     assert f"trial 0ld0ld0ld0f1 (an id of an older version) is now {fixed.trial_id}" in out and "nothing to run" in out
@@ -464,7 +470,9 @@ def test_trials_stored_under_the_ids_of_an_older_version_are_renamed_not_run_aga
     assert len(load_store(results, "demo").epochs) == 4  # no trial twice
     # The same trial stored under both ids (run again by a version that did not rename): one copy stays.
     _store_trial(results, _under_id(fixed, "0ld0ld0ld0f1"), 2)
-    assert make_plan(study, results).pending == ()
+    plan = make_plan(study, results)
+    assert plan.pending == ()
+    repair(plan)
     assert len(os.listdir(os.path.join(results, "demo", "_quarantine"))) == 2
     assert len(load_store(results, "demo").runs) == 2
 
@@ -480,6 +488,7 @@ def test_of_several_old_copies_of_a_trial_the_finished_one_is_kept(tmp_path, cap
     _store_trial(results, spec, 2, status="failed")
     plan = make_plan(study, results)
     assert plan.pending == ()  # the completed copy, with its 4 epochs, is the trial now
+    print("\n".join(repair(plan)))
     store = ResultsStore(results, "demo")
     assert store.read_runs()[spec.trial_id]["status"] == "completed"
     assert store.stored_epochs([spec.trial_id]) == {spec.trial_id: 4}
