@@ -336,7 +336,8 @@ def _reconstruction() -> StudySpec:
 # Table 1 profile on a 2-core CPU (docs/results/table1-fashion-cpu/): the paper's own architectures with
 # fixed B = 64 on a Fashion-MNIST subset, recording last-step and epoch-mean statistics, so that the
 # analysis calibrates every reading's thresholds beside Table 1 (SPEC §4, threshold fidelity). Measured
-# here: resnet18 about 60 s and mobilenetv3 about 12 s per epoch of 1,024 images on one core.
+# here: resnet18 about 60 s and mobilenetv3 about 12 s per epoch of 1,024 images on one idle core
+# (2.5x that with the other core busy).
 TABLE1_TRAIN_LIMIT = 1024
 TABLE1_TEST_LIMIT = 512
 TABLE1_EPOCHS = 16
@@ -347,7 +348,7 @@ def _table1() -> StudySpec:
         name="table1",
         archs=("resnet18", "mobilenetv3"),
         datasets=("fashion_mnist",),
-        seeds=PROFILE_SEEDS,
+        seeds=PROFILE_SEEDS[:2],  # 2 and 42: two of the paper's three profiling seeds, for the CPU's budget
         methods=("fixed",),
         epochs=TABLE1_EPOCHS,
         loop={"train_limit": TABLE1_TRAIN_LIMIT, "test_limit": TABLE1_TEST_LIMIT, "record_epoch_mean": True},
@@ -363,6 +364,7 @@ def _table1_full() -> StudySpec:
         _table1(),
         name="table1_full",
         archs=PAPER_ARCHS,
+        seeds=PROFILE_SEEDS,
         epochs=paper.EPOCHS,
         loop={"record_epoch_mean": True},
         max_failures=2,
