@@ -28,6 +28,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
+from trainables.config import TrialConfig
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUT = os.path.join(ROOT, "benchmarks", "out")
 CIFAR_TRAIN_SAMPLES = 50_000  # a full CIFAR-10/100 training epoch, for projections
@@ -390,7 +392,7 @@ def loop_config(
     train_limit: int | None,
     test_limit: int | None = 256,
     **extra: Any,
-) -> dict[str, Any]:
+) -> TrialConfig:
     """A TrialLoop config for benchmarking: a fixed batch size, many epochs (the benchmark decides)."""
     cfg = {
         "arch": arch,
@@ -405,7 +407,7 @@ def loop_config(
         "download": False,
     }
     cfg.update(extra)
-    return cfg
+    return TrialConfig.from_dict(cfg)
 
 
 def set_batch_size(loop: Any, batch_size: int) -> None:

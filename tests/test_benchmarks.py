@@ -18,6 +18,7 @@ from benchmarks import bench_batch, bench_data, bench_orchestration, bench_signa
 from benchmarks.bench_data import PremadeLoader
 from benchmarks.bench_signals import signals_off
 from benchmarks.common import alternating, deba_ladder, default_peak_tflops, mfu, paired_ratio, set_batch_size, summary
+from trainables.config import TrialConfig
 from trainables.loop import TrialLoop
 
 MACHINE_KEYS = {"host", "cpu", "device", "device_type", "torch", "commit", "torch_threads"}
@@ -99,7 +100,7 @@ def tiny_loop():
         "device": "cpu",
         "policy": {"b0": 32, "signal_source": "epoch_mean"},
     }
-    return TrialLoop(cfg)
+    return TrialLoop(TrialConfig.from_dict(cfg))
 
 
 def test_signals_off_skips_the_signals_and_restores_the_loop(tiny_loop):

@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from trainables import loop as loop_mod
+from trainables.config import DEFAULT_CONFIG, TrialConfig, validate_config
 from trainables.grad_stats import grad_stats
-from trainables.loop import DEFAULT_CONFIG, RECORD_COLUMNS, TrialLoop, validate_config
+from trainables.loop import RECORD_COLUMNS, TrialLoop
 from trainables.measurements import MeasureContext
 from trainables.policies import policy_options
 from trainables.records import epoch_column_names
@@ -40,7 +41,7 @@ def restore_threads() -> Any:
 
 
 def run(config: dict[str, Any], epochs: int | None = None) -> TrialLoop:
-    loop = TrialLoop(config)
+    loop = TrialLoop(TrialConfig.coerce(config))
     for _ in range(epochs or config["epochs"]):
         loop.run_epoch()
     return loop
@@ -95,7 +96,7 @@ def test_cuda_requested_without_gpu() -> None:
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     with pytest.raises(ValueError, match="no CUDA device"):
-        TrialLoop({**SMALL, "device": "cuda"})
+        TrialLoop(TrialConfig.from_dict({**SMALL, "device": "cuda"}))
 
 
 # ---------------------------------------------------------------- one epoch
@@ -139,7 +140,7 @@ def test_record_columns_and_values() -> None:
 
 def test_train_loss_is_the_mean_of_step_losses(monkeypatch: pytest.MonkeyPatch) -> None:
     """Reproduce epoch 1 by hand from the same seeds and compare loss, accuracy and weights."""
-    cfg = {**SMALL, "epochs": 1, "policy": {"b0": 40}, "augment": False}
+    cfg = TrialConfig.from_dict({**SMALL, "epochs": 1, "policy": {"b0": 40}, "augment": False})
     loop = TrialLoop(cfg)
     ref = TrialLoop(cfg)  # same seed: same initial weights and generator
     assert all(torch.equal(a, b) for a, b in zip(loop.model.parameters(), ref.model.parameters()))
@@ -169,7 +170,7 @@ def test_batch_larger_than_train_set_is_clamped() -> None:
 
 
 def test_lr_scale_sets_the_epoch_lr() -> None:
-    loop = TrialLoop({**SMALL, "epochs": 1, "lr": 0.05})
+    loop = TrialLoop(TrialConfig.from_dict({**SMALL, "epochs": 1, "lr": 0.05}))
     loop.policy.lr_scale = 2.0
     rec = loop.run_epoch()
     assert rec["lr"] == pytest.approx(0.1)
@@ -198,7 +199,7 @@ class GradProbe:
 def test_signal_sources_match_numpy(source: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(loop_mod.MEASUREMENTS, "grad_probe", GradProbe)
     GradProbe.instances.clear()
-    loop = TrialLoop({**SMALL, "epochs": 1, "policy": {"b0": 32, "signal_source": source}})
+    loop = TrialLoop(TrialConfig.from_dict({**SMALL, "epochs": 1, "policy": {"b0": 32, "signal_source": source}}))
     monkeypatch.setattr(loop.policy, "measurements", lambda epoch: frozenset({"grad_probe"}))
     rec = loop.run_epoch()
     flats = GradProbe.instances[0].flats
@@ -213,7 +214,7 @@ def test_signal_sources_match_numpy(source: str, monkeypatch: pytest.MonkeyPatch
 
 
 def test_unimplemented_measurement_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    loop = TrialLoop({**SMALL, "epochs": 1})
+    loop = TrialLoop(TrialConfig.from_dict({**SMALL, "epochs": 1}))
     monkeypatch.setattr(loop.policy, "measurements", lambda epoch: frozenset({"hessian_trace"}))
     with pytest.raises(NotImplementedError, match="'fixed' requests measurement.*hessian_trace.*epoch 1"):
         loop.run_epoch()
@@ -312,7 +313,7 @@ def test_lr_actually_used_is_recorded() -> None:
     ],
 )
 def test_every_policy_resumes_with_the_same_records(tmp_path: Any, method: str, policy: dict[str, Any]) -> None:
-    cfg = {**SMALL, "epochs": 4, "method": method, "policy": policy}
+    cfg = TrialConfig.from_dict({**SMALL, "epochs": 4, "method": method, "policy": policy})
     straight = run(cfg)
     first = run(cfg, epochs=2)
     first.save_checkpoint(tmp_path)
@@ -330,7 +331,7 @@ def test_every_policy_resumes_with_the_same_records(tmp_path: Any, method: str, 
 
 @pytest.mark.parametrize("source", ["last_step", "epoch_mean", "mixed"])
 def test_resume_gives_the_same_records(tmp_path: Any, source: str) -> None:
-    cfg = {**DEBA, "epochs": 4, "policy": {**DEBA["policy"], "signal_source": source}}
+    cfg = TrialConfig.from_dict({**DEBA, "epochs": 4, "policy": {**DEBA["policy"], "signal_source": source}})
     straight = run(cfg)
     assert straight.status == "completed"
     sizes = [r["batch_size"] for r in straight.history]
@@ -358,7 +359,7 @@ def test_resume_gives_the_same_records(tmp_path: Any, source: str) -> None:
 
 def test_checkpoint_of_another_trial_is_refused(tmp_path: Any) -> None:
     run({**SMALL, "epochs": 1}).save_checkpoint(tmp_path)
-    other = TrialLoop({**SMALL, "epochs": 1, "seed": 1})
+    other = TrialLoop(TrialConfig.from_dict({**SMALL, "epochs": 1, "seed": 1}))
     with pytest.raises(ValueError, match="another trial: config field 'seed'"):
         other.load_checkpoint(tmp_path)
 
@@ -367,7 +368,7 @@ def test_resume_with_more_epochs_continues(tmp_path: Any) -> None:
     done = run({**SMALL, "epochs": 1})
     assert done.done
     done.save_checkpoint(tmp_path)
-    more = TrialLoop({**SMALL, "epochs": 2})
+    more = TrialLoop(TrialConfig.from_dict({**SMALL, "epochs": 2}))
     more.load_checkpoint(tmp_path)
     assert more.status == "running"
     assert more.run_epoch()["epoch"] == 2 and more.status == "completed"
@@ -376,15 +377,17 @@ def test_resume_with_more_epochs_continues(tmp_path: Any) -> None:
 # ---------------------------------------------------------------- divergence
 def test_divergence_ends_the_run() -> None:
     loop = TrialLoop(
-        {
-            "arch": "tiny_mlp",
-            "dataset": "digits",
-            "train_limit": 256,
-            "test_limit": 64,
-            "lr": 1e4,
-            "epochs": 5,
-            "threads": 1,
-        }
+        TrialConfig.from_dict(
+            {
+                "arch": "tiny_mlp",
+                "dataset": "digits",
+                "train_limit": 256,
+                "test_limit": 64,
+                "lr": 1e4,
+                "epochs": 5,
+                "threads": 1,
+            }
+        )
     )
     while not loop.done:
         loop.run_epoch()
@@ -402,17 +405,19 @@ def test_divergence_ends_the_run() -> None:
 
 def test_diverged_record_keeps_the_lr_gain_it_trained_with() -> None:
     loop = TrialLoop(
-        {
-            "arch": "tiny_mlp",
-            "dataset": "digits",
-            "train_limit": 256,
-            "test_limit": 64,
-            "lr": 1e3,
-            "epochs": 5,
-            "threads": 1,
-            "method": "adabatch",
-            "policy": {"b0": 32, "resize_every": 1, "lr_scaling": "linear"},
-        }
+        TrialConfig.from_dict(
+            {
+                "arch": "tiny_mlp",
+                "dataset": "digits",
+                "train_limit": 256,
+                "test_limit": 64,
+                "lr": 1e3,
+                "epochs": 5,
+                "threads": 1,
+                "method": "adabatch",
+                "policy": {"b0": 32, "resize_every": 1, "lr_scaling": "linear"},
+            }
+        )
     )
     while not loop.done:
         loop.run_epoch()
@@ -441,7 +446,7 @@ class PlainBackward:
 def test_measurement_can_replace_the_backward(monkeypatch: pytest.MonkeyPatch) -> None:
     made: list[PlainBackward] = []
     monkeypatch.setitem(loop_mod.MEASUREMENTS, "plain", lambda ctx: made.append(PlainBackward(ctx)) or made[-1])
-    cfg = {**SMALL, "epochs": 1, "policy": {"b0": 32}}
+    cfg = TrialConfig.from_dict({**SMALL, "epochs": 1, "policy": {"b0": 32}})
     plain = run(cfg)
     hooked = TrialLoop(cfg)
     monkeypatch.setattr(hooked.policy, "measurements", lambda epoch: frozenset({"plain"}))
@@ -481,9 +486,9 @@ def test_compile_modes_reach_torch_compile(
     assert {"compile", "cudnn_benchmark"} <= EXECUTION_KEYS  # speed knobs do not change trial ids
     calls: list[tuple[Any, dict[str, Any]]] = []
     monkeypatch.setattr(torch, "compile", lambda model, **kw: calls.append((model, kw)) or model)
-    loop = TrialLoop({**SMALL, "compile": mode})
+    loop = TrialLoop(TrialConfig.from_dict({**SMALL, "compile": mode}))
     assert calls == [(loop.model, expected)]
-    TrialLoop({**SMALL})
+    TrialLoop(TrialConfig.from_dict({**SMALL}))
     assert len(calls) == 1  # default False: no compile
 
 
@@ -572,12 +577,12 @@ def test_resume_keeps_this_loops_optimizer_settings(tmp_path: Any) -> None:
     """The optimizer's state_dict carries its param_groups' settings: a checkpoint must neither
     bring another trial's momentum / weight decay nor override this loop's fused setting."""
     run({**SMALL, "epochs": 1, "fused_sgd": False}).save_checkpoint(tmp_path)
-    fused = TrialLoop({**SMALL, "epochs": 2, "fused_sgd": True})
+    fused = TrialLoop(TrialConfig.from_dict({**SMALL, "epochs": 2, "fused_sgd": True}))
     fused.load_checkpoint(tmp_path)
     assert fused.optimizer.param_groups[0]["fused"] is True
     for field, value in (("momentum", 0.5), ("weight_decay", 0.0), ("lr", 0.1), ("augment", False)):
         with pytest.raises(ValueError, match=f"another trial: config field {field!r}"):
-            TrialLoop({**SMALL, "epochs": 2, field: value}).load_checkpoint(tmp_path)
+            TrialLoop(TrialConfig.from_dict({**SMALL, "epochs": 2, field: value})).load_checkpoint(tmp_path)
 
 
 def test_record_epoch_mean_adds_the_other_signal_source_without_changing_training() -> None:

@@ -27,6 +27,7 @@ from orchestrator.runner import make_plan, repair
 from orchestrator.sink import error_text
 from orchestrator.store import ResultsStore, run_row
 from orchestrator.studies import expand, preset, with_overrides
+from trainables.config import TrialConfig
 from trainables.loop import TrialLoop
 from trainables.run import main as trial_main
 
@@ -275,7 +276,9 @@ def _checkpoint(root, exp, tid, index, loop):
 def test_resume_points_skip_damaged_and_uncovered_checkpoints_and_prune_old_ones(tmp_path):
     root = str(tmp_path / "_ray")
     loop = TrialLoop(
-        {"arch": "tiny_mlp", "dataset": "digits", "train_limit": 64, "test_limit": 32, "epochs": 4, "threads": 1}
+        TrialConfig.from_dict(
+            {"arch": "tiny_mlp", "dataset": "digits", "train_limit": 64, "test_limit": 32, "epochs": 4, "threads": 1}
+        )
     )
     paths = {}
     for epoch in range(1, 5):
@@ -305,7 +308,9 @@ def test_resume_points_skip_damaged_and_uncovered_checkpoints_and_prune_old_ones
 def test_the_trial_falls_back_when_a_candidate_does_not_load(tmp_path):
     from trainables.ray_trainable import resume
 
-    cfg = {"arch": "tiny_mlp", "dataset": "digits", "train_limit": 64, "test_limit": 32, "epochs": 3, "threads": 1}
+    cfg = TrialConfig.from_dict(
+        {"arch": "tiny_mlp", "dataset": "digits", "train_limit": 64, "test_limit": 32, "epochs": 3, "threads": 1}
+    )
     loop = TrialLoop(cfg)
     loop.run_epoch()
     good = str(tmp_path / "good")
@@ -412,7 +417,11 @@ def test_checkpoints_of_another_study_sharing_the_storage_are_left_alone(tmp_pat
     from orchestrator.runner import read_plans, write_plan
 
     root = str(tmp_path / "shared")
-    loop = TrialLoop({"arch": "tiny_mlp", "dataset": "digits", "train_limit": 64, "test_limit": 32, "epochs": 2})
+    loop = TrialLoop(
+        TrialConfig.from_dict(
+            {"arch": "tiny_mlp", "dataset": "digits", "train_limit": 64, "test_limit": 32, "epochs": 2}
+        )
+    )
     loop.run_epoch()
     mine = _checkpoint(root, "exp-mine", "t1", 0, loop)
     theirs = _checkpoint(root, "exp-theirs", "t1", 0, loop)  # the same trial id in another study

@@ -1,7 +1,7 @@
 """The epoch loop of one trial: data, model, optimizer and batch-size policy from its TrialConfig.
 
     from trainables.loop import TrialLoop
-    loop = TrialLoop({"arch": "tiny_cnn", "dataset": "digits", "method": "deba", "epochs": 5})  # or a TrialConfig
+    loop = TrialLoop(TrialConfig(arch="tiny_cnn", dataset="digits", method="deba", epochs=5))
     while not loop.done:
         rec = loop.run_epoch()      # one epochs-table row (trainables/records.py), minus study/trial_id
         loop.save_checkpoint(dir)   # optional; TrialLoop(cfg).load_checkpoint(dir) resumes exactly
@@ -53,7 +53,7 @@ import random
 import resource
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Any
 
@@ -61,14 +61,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainables.config import (
-    COMPILE_MODES,
-    DEFAULT_CONFIG,
-    IDENTITY_FIELDS,
-    TrialConfig,
-    resolve_stored,
-    validate_config,
-)
+from trainables.config import IDENTITY_FIELDS, TrialConfig, resolve_stored
 from trainables.data import GpuLoader, load_dataset
 from trainables.estimators import DeviceTimer
 from trainables.grad_stats import EpochGradAccumulator, grad_moments, moments_to_stats, trainable_params
@@ -78,16 +71,7 @@ from trainables.policies import POLICIES
 from trainables.policies.signal_tracker import SOURCE_COLUMNS
 from trainables.records import CHECKPOINT_FILE, CHECKPOINT_META_FILE, EPOCH_COLUMNS
 
-__all__ = [
-    "CHECKPOINT_FILE",
-    "COMPILE_MODES",
-    "DEFAULT_CONFIG",
-    "MEASUREMENTS",
-    "RECORD_COLUMNS",
-    "TrialConfig",
-    "TrialLoop",
-    "validate_config",
-]
+__all__ = ["CHECKPOINT_FILE", "MEASUREMENTS", "RECORD_COLUMNS", "TrialLoop"]
 
 # Columns of one record: the epochs table without the identifiers the orchestrator adds.
 RECORD_COLUMNS: tuple[str, ...] = tuple(name for name, _ in EPOCH_COLUMNS if name not in ("study", "trial_id"))
@@ -108,9 +92,14 @@ def _max_rss_mb() -> float:
 class TrialLoop:
     """One trial's training state and its per-epoch step; see the module docstring."""
 
-    def __init__(self, config: TrialConfig | Mapping[str, Any]) -> None:
+    def __init__(self, config: TrialConfig) -> None:
+        if not isinstance(config, TrialConfig):
+            raise TypeError(
+                f"TrialLoop takes a TrialConfig, not a {type(config).__name__}: build one with "
+                "TrialConfig(**settings) or TrialConfig.from_dict(mapping) (checked once, there)"
+            )
         self._t_start = time.perf_counter()
-        self.config = cfg = TrialConfig.coerce(config)
+        self.config = cfg = config
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
         if cfg.device == "cuda" and not torch.cuda.is_available():
