@@ -2,7 +2,7 @@
 architectures, beside the paper's Table 1.
 
 For every arch with a Table 1 row and completed fixed runs, and every distinct signal reading (the
-default reading and those of trainables/policies/readings.py that change how the signals are computed;
+default reading and those of trainables/policies/variants.py that change how the signals are computed;
 readings that change only the decision share the default's thresholds and are listed with it): the
 calibrated (theta_stab, theta_conf) by SPEC §2's rule over the fixed runs' epochs t >= 2 pooled over
 seeds and datasets, Table 1's pair, the distance |ln(theta_stab / T1_stab)| + |ln(theta_conf / T1_conf)|
@@ -20,7 +20,7 @@ import pandas as pd
 
 from analysis.calibrate import PAPER_THRESHOLDS, fixed_signals
 from trainables.policies import SIGNAL_OPTIONS, signal_reading
-from trainables.policies.readings import BASELINE_READING, READINGS
+from trainables.policies.variants import BASELINE, READINGS
 
 # "Near Table 1" [choice]: both calibrated thresholds within this factor of Table 1's.
 NEAR_FACTOR = 1.5
@@ -34,7 +34,7 @@ def signal_readings() -> dict[str, tuple[dict, list[str]]]:
     """name -> (signal options, names of every reading that computes its signals so), one entry per
     distinct set of signal options, the default reading first."""
     out: dict[str, tuple[dict, list[str]]] = {}
-    for name, options in {BASELINE_READING: {}, **READINGS}.items():
+    for name, options in {BASELINE: {}, **READINGS}.items():
         reading = signal_reading(options)
         same = next((names for known, names in out.values() if known == reading), None)
         if same is not None:

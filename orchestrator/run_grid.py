@@ -12,7 +12,6 @@ or a study another driver is running, 128 + the signal number when a signal stop
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import os
@@ -24,7 +23,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from analysis.report import summarize  # noqa: E402
-from orchestrator.cli import build_parser, study_from_args  # noqa: E402
+from orchestrator.cli import DriverOptions, build_parser, driver_from_args, study_from_args  # noqa: E402
 from orchestrator.lock import StudyLock, StudyLocked  # noqa: E402
 from orchestrator.runner import (  # noqa: E402
     Plan,
@@ -144,12 +143,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     t0 = time.perf_counter()
     try:
-        check_location(args.results, "results")
-        if args.storage:
-            check_location(args.storage, "storage")  # Tune would only fail on it after Ray started
+        driver = driver_from_args(args)
+        check_location(driver.results, "results")
+        if driver.storage:
+            check_location(driver.storage, "storage")  # Tune would only fail on it after Ray started
         study = study_from_args(args)
-        if args.dry_run:  # planning reads only: no lock, no file written or moved
-            plan = make_plan(study, args.results, storage=args.storage)
+        if driver.dry_run:  # planning reads only: no lock, no file written or moved
+            plan = make_plan(study, driver.results, storage=driver.storage)
         else:
             expand(study)  # every trial's settings checked before the lock creates the study folder
     except ValueError as exc:
@@ -159,13 +159,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run_grid: cannot read the results: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     # A driver whose (object-store) lock another driver took over stops, as on `ray job stop`.
-    lock = StudyLock(args.results, study.name, on_lost=functools.partial(os.kill, os.getpid(), signal.SIGTERM))
-    if args.dry_run:
+    lock = StudyLock(driver.results, study.name, on_lost=functools.partial(os.kill, os.getpid(), signal.SIGTERM))
+    if driver.dry_run:
         g = study.gpus_per_trial
         gpu = f"{g:g} GPU" if g is not None else "1 GPU if the cluster has GPUs, else CPU-only"
         print(
             format_plan(
-                plan, args.results, f"{study.cpus_per_trial:g} CPU, {gpu}", args.storage, slots=local_slots(study)
+                plan, driver.results, f"{study.cpus_per_trial:g} CPU, {gpu}", driver.storage, slots=local_slots(study)
             )
         )
         for line in plan.repairs.lines() if plan.repairs else []:
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         try:
-            plan = make_plan(study, args.results, storage=args.storage)
+            plan = make_plan(study, driver.results, storage=driver.storage)
         except ValueError as exc:
             print(f"run_grid: invalid study: {exc}", file=sys.stderr)
             return 2
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         for line in repair(plan):
             print(f"[{study.name}] {line}", flush=True)
         if not plan.pending:
-            print(format_plan(plan, args.results, "n/a (nothing to run)", args.storage))
+            print(format_plan(plan, driver.results, "n/a (nothing to run)", driver.storage))
             if plan.waiting:
                 print(
                     f"{len(plan.waiting)} trial(s) wait for a calibration that the study's fixed runs cannot give "
@@ -202,18 +202,18 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 return 1
             print(f"all {len(plan.trials)} trial(s) of study {study.name!r} are finished; nothing to run")
-            print(format_summary(args.results, study.name))
+            print(format_summary(driver.results, study.name))
             return 0
-        return _run(args, study, plan, t0)
+        return _run(driver, study, plan, t0)
     finally:
         lock.release()
 
 
-def _run(args: argparse.Namespace, study: StudySpec, plan: Plan, t0: float) -> int:
+def _run(driver: DriverOptions, study: StudySpec, plan: Plan, t0: float) -> int:
     """Start or attach to Ray and run the plan (both phases of a calibrating study), holding the lock."""
     from orchestrator.interrupt import GracefulStop
 
-    how = connect(args.address, args.dashboard)
+    how = connect(driver.address, driver.dashboard)
     print(how, flush=True)
     stop = GracefulStop().install()  # after ray.init, which replaces the SIGTERM handler
     gpus = cluster_gpus()
@@ -232,20 +232,20 @@ def _run(args: argparse.Namespace, study: StudySpec, plan: Plan, t0: float) -> i
     print(
         format_plan(
             plan,
-            args.results,
+            driver.results,
             f"{resources['cpu']:g} CPU, {resources['gpu']:g} GPU",
-            args.storage,
+            driver.storage,
             slots=cluster_slots(resources),
         ),
         flush=True,
     )
     run = functools.partial(
         run_plan,
-        results=args.results,
+        results=driver.results,
         resources=resources,
-        storage=args.storage,
-        echo=not args.quiet,
-        verbose=args.verbose,
+        storage=driver.storage,
+        echo=not driver.quiet,
+        verbose=driver.verbose,
         stop=stop,
     )
     report = run(plan)
@@ -253,7 +253,7 @@ def _run(args: argparse.Namespace, study: StudySpec, plan: Plan, t0: float) -> i
     if plan.waiting and not report.interrupted:  # a calibrating study: phase 2 with the thresholds phase 1 gave
         ran = {t.trial_id for t in plan.pending}
         try:
-            phase2 = make_plan(study, args.results, storage=args.storage)
+            phase2 = make_plan(study, driver.results, storage=driver.storage)
         except ValueError as exc:
             print(f"run_grid: phase 2 cannot be planned: {exc}", file=sys.stderr)
             return 1
@@ -263,7 +263,7 @@ def _run(args: argparse.Namespace, study: StudySpec, plan: Plan, t0: float) -> i
         phase2 = dataclasses.replace(phase2, finished=phase2.finished | ran)
         print(
             f"[{study.name}] phase 2: {len(phase2.pending)} trial(s) with thresholds calibrated from the fixed "
-            f"runs ({ResultsStore(args.results, study.name).study_path}/calibration.json)",
+            f"runs ({ResultsStore(driver.results, study.name).study_path}/calibration.json)",
             flush=True,
         )
         for note in phase2.notes:
@@ -283,7 +283,7 @@ def _run(args: argparse.Namespace, study: StudySpec, plan: Plan, t0: float) -> i
         return 128 + (stop.signal or signal.SIGINT)
 
     print()
-    print(format_summary(args.results, study.name))
+    print(format_summary(driver.results, study.name))
     overhead = ray_overhead(report.grids)
     if overhead:
         print(
@@ -295,10 +295,10 @@ def _run(args: argparse.Namespace, study: StudySpec, plan: Plan, t0: float) -> i
         f"wall time: {time.perf_counter() - t0:.1f} s; experiments: "
         + ", ".join(f"{k} ({v})" for k, v in report.experiments.items())
     )
-    if not args.no_analysis:
-        print(summarize(args.results, study.name))
+    if not driver.no_analysis:
+        print(summarize(driver.results, study.name))
     # Which trials the ledger now holds as finished (no new plan: that is the next invocation's).
-    done = finished_ids(ResultsStore(args.results, study.name).read_runs(), study.epochs)
+    done = finished_ids(ResultsStore(driver.results, study.name).read_runs(), study.epochs)
     unfinished = [t.label for t in last.trials if t.trial_id not in done] + list(last.waiting)
     if unfinished:
         print(f"{len(unfinished)} trial(s) not finished; re-run the same command to retry them", file=sys.stderr)

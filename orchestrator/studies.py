@@ -10,40 +10,33 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any
 
 from trainables import paper
 from trainables.config import (
     DEFAULT_CONFIG,
     EXECUTION_FIELDS,
     IDENTITY_FIELDS,
+    SEED_MAX,
     TrialConfig,
     canonical_json,
     trial_id_of,
 )
+from trainables.policies import POLICY_NAMES
 from trainables.policies.deba import TEST_ARCH_THRESHOLDS
-from trainables.policies.readings import READINGS
+from trainables.policies.variants import ABLATIONS, BASELINE, READINGS, VARIANTS
 from trainables.records import ID_NAMES
-from trainables.settings import MISSING, fields_of
+from trainables.settings import MISSING, check, fail, fields_of, setting, validate
 
 __all__ = ["EXECUTION_KEYS", "PRESETS", "StudySpec", "TrialSpec", "canonical_json", "expand", "preset",
            "trial_id_of", "validate_study", "waiting_for_calibration", "with_overrides"]  # fmt: skip
 
 PAPER_ARCHS, PAPER_SEEDS, PROFILE_SEEDS = paper.ARCHS, paper.SEEDS, paper.PROFILE_SEEDS
 
-# variant name -> policy options it sets (SPEC §3 ablations). "baseline" is each method's main
-# configuration; fixed runs are always "baseline".
-VARIANTS: dict[str, dict[str, Any]] = {
-    "baseline": {},
-    "universal_thresholds": {"thresholds": "universal"},  # (0.3, 0.5), the policy's own constant
-    "cooldown2": {"cooldown": 2},
-    "cooldown5": {"cooldown": 5},
-    "full_history": {"full_history": True},
-}
-ABLATION_VARIANTS: tuple[str, ...] = ("universal_thresholds", "cooldown2", "cooldown5", "full_history")
+# Built-in variants (trainables/policies/variants.py): the paper's ablations and the readings of SPEC §4.
+ABLATION_VARIANTS: tuple[str, ...] = tuple(ABLATIONS)
 # The reconstruction preset's CPU size (Fashion-MNIST subset sizes); see _reconstruction.
 RECONSTRUCTION_TRAIN_LIMIT = 4000
 RECONSTRUCTION_TEST_LIMIT = 2000
@@ -68,40 +61,66 @@ RESERVED_LOOP_KEYS: frozenset[str] = frozenset(
 TEST_HOOKS: frozenset[str] = frozenset({"fail_at_epoch", "fail_marker_dir", "driver_pause_after_save_s"})
 
 
+STUDY_NAME_MAX = 100  # characters: <results>/<study>/ and its lock file name must fit a file system's 255
+
+
 @dataclass(frozen=True)
 class StudySpec:
-    """A study: the grid and the settings its trials share.
+    """A study: the grid and the settings its trials share (each field a typed setting, checked by
+    `validate_study`; run_grid's flags are generated from the fields marked for the command line).
 
     `policy` holds study-wide policy options, applied to every method that accepts them;
     `variant_defs` adds user-named variants (name -> policy options); `thresholds` maps
-    arch -> {"theta_stab", "theta_conf"} for DEBA trials (calibrated values); `loop` holds extra
-    TrialLoop config keys (lr, train_limit, ...). `calibrate=True`: DEBA thresholds come from the
-    study's own fixed runs, per arch and signal reading, in a second phase (orchestrator/calibration.py).
-    `gpus_per_trial=None` means one GPU per trial when
-    the cluster has GPUs, else CPU-only trials. `checkpoint_every=K` checkpoints every K-th epoch (the
-    last and a diverged epoch always): how a trial runs, not what it computes, so it is no part of
-    trial_id. `hooks` are test hooks (see trainables.ray_trainable).
+    arch -> {"theta_stab", "theta_conf"} for DEBA trials (calibrated values); `loop` holds trial
+    settings for every trial (TrialConfig fields: lr, train_limit, ...). `calibrate=True`: DEBA
+    thresholds come from the study's own fixed runs, per arch and signal reading, in a second phase
+    (orchestrator/calibration.py). `hooks` are test hooks (see trainables.ray_trainable).
     """
 
-    name: str
-    archs: tuple[str, ...]
-    datasets: tuple[str, ...]
-    seeds: tuple[int, ...]
-    methods: tuple[str, ...]
-    variants: tuple[str, ...] = ("baseline",)
-    epochs: int = 100
-    loop: dict[str, Any] = field(default_factory=dict)
-    policy: dict[str, Any] = field(default_factory=dict)
-    variant_defs: dict[str, dict[str, Any]] = field(default_factory=dict)
-    thresholds: dict[str, dict[str, float]] = field(default_factory=dict)
-    data_dir: str | None = None
-    gpus_per_trial: float | None = None
-    cpus_per_trial: float = 1.0
-    max_failures: int = 2
-    checkpoint_every: int = 1
-    hooks: dict[str, Any] = field(default_factory=dict)
-    description: str = ""
-    calibrate: bool = False
+    name: str = setting(
+        MISSING, "study name (results subdirectory); default: the preset's name", kind="str", flag="--study"
+    )
+    archs: tuple[str, ...] = setting(
+        MISSING, "architectures: registry names or timm/<name> (comma or space separated)", kind="list", items="str"
+    )
+    datasets: tuple[str, ...] = setting(MISSING, "datasets", kind="list", items="str")
+    seeds: tuple[int, ...] = setting(MISSING, "integer seeds", kind="list", items="int", minimum=0, maximum=SEED_MAX)
+    methods: tuple[str, ...] = setting(
+        MISSING, "batch-size policies", kind="list", items="choice", choices=POLICY_NAMES
+    )
+    variants: tuple[str, ...] = setting(
+        (BASELINE,), "variants: " + ", ".join(VARIANTS) + ", or names from --define-variant", kind="list", items="str"
+    )
+    epochs: int = setting(100, "epochs per trial", kind="int", minimum=1)
+    loop: dict[str, Any] = setting({}, "trial settings for every trial", kind="mapping", cli=False)
+    policy: dict[str, Any] = setting({}, "study-wide policy options", kind="mapping", cli=False)
+    variant_defs: dict[str, dict[str, Any]] = setting({}, "user-named variants", kind="mapping", cli=False)
+    thresholds: dict[str, dict[str, float]] = setting({}, "per-arch DEBA thresholds", kind="mapping", cli=False)
+    data_dir: str | None = setting(
+        None, "directory with local dataset copies (CIFAR, Fashion-MNIST)", kind="path", nullable=True
+    )
+    gpus_per_trial: float | None = setting(
+        None,
+        "GPUs per trial: 0, a fraction in (0, 1] (packs trials) or a whole number; default 1 if the cluster "
+        "has GPUs, else 0",
+        kind="float",
+        minimum=0.0,
+        nullable=True,
+    )
+    cpus_per_trial: float = setting(1.0, "CPUs per trial", kind="float", minimum=0.0, strict=True)
+    max_failures: int = setting(
+        2, "retries per trial, each resuming from the last checkpoint (-1: unlimited)", kind="int", minimum=-1
+    )
+    checkpoint_every: int = setting(
+        1,
+        "checkpoint every K-th epoch (the last and a diverged epoch always): fewer checkpoints of big models, "
+        "a retry re-runs up to K-1 epochs",
+        kind="int",
+        minimum=1,
+    )
+    hooks: dict[str, Any] = setting({}, "test hooks", kind="mapping", cli=False)
+    description: str = setting("", "what the study is", kind="path", cli=False)
+    calibrate: bool = setting(False, "calibrate DEBA thresholds from the study's fixed runs", kind="bool", cli=False)
 
 
 def trial_label(arch: str, dataset: str, seed: int, method: str, variant: str) -> str:
@@ -301,8 +320,8 @@ def _methods_paper() -> StudySpec:
     )
 
 
-# One reading per reconstructed element of SPEC §2 (trainables/policies/readings.py); SPEC §4's
-# reconstruction study runs each with thresholds calibrated for it.
+# One reading per reconstructed element of SPEC §2 (built-in variants, trainables/policies/variants.py);
+# SPEC §4's reconstruction study runs each with thresholds calibrated for it.
 RECONSTRUCTION_READINGS: dict[str, dict[str, Any]] = dict(READINGS)
 # Seeds of the reconstruction study: the paper's five and one more (SPEC §4 asks for at least six).
 RECONSTRUCTION_SEEDS: tuple[int, ...] = PAPER_SEEDS + (256,)
@@ -319,7 +338,6 @@ def _reconstruction() -> StudySpec:
         seeds=RECONSTRUCTION_SEEDS,
         methods=("fixed", "deba"),
         variants=("baseline",) + tuple(RECONSTRUCTION_READINGS),
-        variant_defs=dict(RECONSTRUCTION_READINGS),
         epochs=100,
         loop={
             "train_limit": RECONSTRUCTION_TRAIN_LIMIT,
@@ -420,73 +438,50 @@ def load_thresholds(path: str) -> dict[str, dict[str, float]]:
 # ------------------------------------------------------------------------------------------- validation
 
 
-def _fail(field_name: str, value: Any, allowed: str) -> NoReturn:
-    raise ValueError(f"{field_name}={value!r} is not allowed; {allowed}")
-
-
-def _check_names(field_name: str, values: tuple, allowed: tuple[str, ...]) -> None:
-    if not isinstance(values, tuple) or not values:
-        _fail(field_name, values, f"give at least one of: {', '.join(allowed)}")
-    for v in values:
-        if v not in allowed:
-            _fail(field_name, v, f"allowed values: {', '.join(allowed)}")
-    if len(set(values)) != len(values):
-        _fail(field_name, values, "each value may appear once")
-
-
-def _check_archs(archs: tuple) -> None:
-    from trainables.models import ARCHITECTURES, check_arch
-
-    if not isinstance(archs, tuple) or not archs:
-        _fail("archs", archs, f"give at least one of: {', '.join(ARCHITECTURES)}, or timm/<name>")
-    for arch in archs:
-        try:
-            check_arch(arch)
-        except ValueError as exc:
-            raise ValueError(f"archs: {exc}") from None
-    if len(set(archs)) != len(archs):
-        _fail("archs", archs, "each value may appear once")
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
 def _check_thresholds(data: Any) -> None:
     from trainables.models import check_arch
 
     if not isinstance(data, dict):
-        _fail("thresholds", data, 'expected a mapping arch -> {"theta_stab": x, "theta_conf": y}')
+        fail("thresholds", data, 'a mapping arch -> {"theta_stab": x, "theta_conf": y}')
     for arch, pair in data.items():
         try:
             check_arch(arch)
         except ValueError as exc:
             raise ValueError(f"thresholds key: {exc}") from None
         if not isinstance(pair, dict) or set(pair) != {"theta_stab", "theta_conf"}:
-            _fail(f"thresholds[{arch!r}]", pair, 'expected exactly {"theta_stab": x, "theta_conf": y}')
+            fail(f"thresholds[{arch!r}]", pair, 'exactly {"theta_stab": x, "theta_conf": y}')
         for k, v in pair.items():
-            if not _is_number(v) or v <= 0:
-                _fail(f"thresholds[{arch!r}].{k}", v, "expected a finite number > 0")
+            check(f"thresholds[{arch!r}].{k}", v, THRESHOLD_META)
+
+
+THRESHOLD_META = {
+    "kind": "float", "minimum": 0.0, "strict": True, "maximum": None, "below": None, "nullable": False,
+    "choices": None, "items": None,
+}  # fmt: skip
 
 
 def _check_calibrating(study: StudySpec) -> None:
     """A calibrating study needs fixed runs, sets no thresholds of its own, and records the
     epoch-mean statistics when a reading uses them."""
     if "fixed" not in study.methods:
-        _fail("methods", study.methods, "a calibrating study needs the fixed method: its runs calibrate the thresholds")
+        fail(
+            "methods",
+            study.methods,
+            "the fixed method among them: a calibrating study's fixed runs calibrate the thresholds",
+        )
     if study.thresholds:
-        _fail(
+        fail(
             "thresholds",
             sorted(study.thresholds),
-            "this study calibrates its thresholds from its own fixed runs; "
-            "drop --thresholds, or run a study without calibration",
+            "none: this study calibrates its thresholds from its own fixed runs; drop --thresholds, or run a "
+            "study without calibration",
         )
     given = sorted({"theta_stab", "theta_conf", "thresholds"} & set(study.policy))
     if given:
-        _fail(
+        fail(
             "policy",
             given,
-            "this study calibrates its thresholds from its own fixed runs; set them per variant "
+            "no thresholds: this study calibrates them from its own fixed runs; set them per variant "
             "(--define-variant NAME:theta_stab=X,theta_conf=Y) or run a study without calibration",
         )
     table = variant_table(study)
@@ -494,11 +489,11 @@ def _check_calibrating(study: StudySpec) -> None:
         v for v in study.variants if {**study.policy, **table[v]}.get("signal_source") in ("epoch_mean", "mixed")
     ]
     if epoch_mean and study.loop.get("record_epoch_mean") is not True:
-        _fail(
-            "loop.record_epoch_mean",
+        fail(
+            "record_epoch_mean",
             study.loop.get("record_epoch_mean"),
-            f"variants {', '.join(epoch_mean)} read epoch-mean signals, so the fixed runs that calibrate them "
-            "must record them: --loop-opt record_epoch_mean=true",
+            f"true: variants {', '.join(epoch_mean)} read epoch-mean signals, so the fixed runs that calibrate "
+            "them must record them (--record-epoch-mean true)",
         )
 
 
@@ -506,67 +501,61 @@ def variant_table(study: StudySpec) -> dict[str, dict[str, Any]]:
     """Built-in plus user-defined variants (user definitions may not redefine built-ins)."""
     for name in study.variant_defs:
         if name in VARIANTS:
-            _fail("variant_defs", name, f"built-in variants cannot be redefined: {', '.join(VARIANTS)}")
+            fail("variant_defs", name, f"a new name: built-in variants cannot be redefined ({', '.join(VARIANTS)})")
         if not name or not name.replace("_", "").replace("-", "").isalnum():
-            _fail("variant_defs", name, "variant names use letters, digits, '_' and '-'")
+            fail("variant_defs", name, "a name of letters, digits, '_' and '-'")
     return {**VARIANTS, **study.variant_defs}
 
 
 def validate_study(study: StudySpec) -> None:
-    """Study-level checks (names, numbers, resources); per-trial checks happen in `expand`."""
+    """Every setting of the study checked (the one wording of trainables/settings.py), then the checks
+    across settings; per-trial checks happen in `expand`."""
     from trainables.data import DATASETS
-    from trainables.policies import POLICY_NAMES
+    from trainables.models import check_arch
 
+    validate(study)  # normalises too: lists become tuples, an int given for a float a float
     if (
-        not isinstance(study.name, str)
-        or not study.name[:1].isalnum()
+        not study.name[:1].isalnum()
         or not all(c.isascii() and (c.isalnum() or c in "_-.") for c in study.name)
+        or len(study.name) > STUDY_NAME_MAX
     ):
-        _fail(
+        fail(
             "study",
             study.name,
-            "a study name is a plain folder name: letters, digits, '_', '-' and '.', "
+            f"a plain folder name of at most {STUDY_NAME_MAX} characters: letters, digits, '_', '-' and '.', "
             "starting with a letter or digit (it names <results>/<study>/)",
         )
-    _check_archs(study.archs)
-    _check_names("datasets", study.datasets, tuple(DATASETS))
-    _check_names("methods", study.methods, tuple(POLICY_NAMES))
-    _check_names("variants", study.variants, tuple(variant_table(study)))
-    if not isinstance(study.seeds, tuple) or not study.seeds:
-        _fail("seeds", study.seeds, "give at least one integer seed >= 0")
-    for s in study.seeds:
-        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
-            _fail("seeds", s, "seeds are integers >= 0")
-    if len(set(study.seeds)) != len(study.seeds):
-        _fail("seeds", study.seeds, "each seed may appear once")
-    if isinstance(study.epochs, bool) or not isinstance(study.epochs, int) or study.epochs < 1:
-        _fail("epochs", study.epochs, "epochs is an integer >= 1")
-    if not _is_number(study.cpus_per_trial) or study.cpus_per_trial <= 0:
-        _fail("cpus_per_trial", study.cpus_per_trial, "expected a number > 0")
+    for arch in study.archs:
+        try:
+            check_arch(arch)
+        except ValueError as exc:
+            raise ValueError(f"archs: {exc}") from None
+    for dataset in study.datasets:
+        if dataset not in DATASETS:
+            fail("datasets", dataset, "one of " + ", ".join(DATASETS))
+    variants = variant_table(study)
+    for variant in study.variants:
+        if variant not in variants:
+            fail("variants", variant, "one of " + ", ".join(variants))
     g = study.gpus_per_trial
-    if g is not None and (not _is_number(g) or g < 0 or (g > 1 and g != int(g))):
-        _fail("gpus_per_trial", g, "expected 0, a fraction in (0, 1], or a whole number of GPUs")
-    if isinstance(study.max_failures, bool) or not isinstance(study.max_failures, int) or study.max_failures < -1:
-        _fail("max_failures", study.max_failures, "expected an integer >= 0 (or -1 for unlimited retries)")
-    k = study.checkpoint_every
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        _fail("checkpoint_every", k, "expected an integer >= 1 (1: a checkpoint every epoch)")
+    if g is not None and g > 1 and g != int(g):
+        fail("gpus_per_trial", g, "0, a fraction in (0, 1], or a whole number of GPUs")
     reserved = sorted(RESERVED_LOOP_KEYS & set(study.loop))
     if reserved:
-        _fail(
+        fail(
             "loop",
             reserved,
-            "arch, dataset, seed, method, variant, policy and epochs come from the study grid, data_dir from "
-            "the study's data_dir (--data-dir)",
+            "trial settings other than arch, dataset, seed, method, variant, policy and epochs (the study grid "
+            "sets them) and data_dir (the study's --data-dir)",
         )
     _check_thresholds(study.thresholds)
     if study.calibrate:
         _check_calibrating(study)
     unknown_hooks = sorted(set(study.hooks) - TEST_HOOKS)
     if unknown_hooks:
-        _fail("hooks", unknown_hooks, f"allowed test hooks: {', '.join(sorted(TEST_HOOKS))}")
+        fail("hooks", unknown_hooks, f"test hooks among {', '.join(sorted(TEST_HOOKS))}")
     if "fail_at_epoch" in study.hooks and not str(study.hooks.get("fail_marker_dir", "")).startswith("/"):
-        _fail("hooks.fail_marker_dir", study.hooks.get("fail_marker_dir"), "an absolute directory is required")
+        fail("hooks.fail_marker_dir", study.hooks.get("fail_marker_dir"), "an absolute directory")
 
 
 # -------------------------------------------------------------------------------------------- expansion
@@ -621,11 +610,13 @@ def _cells(study: StudySpec) -> list[tuple[str, str, int, str, str, dict[str, An
     known = set().union(*(policy_options(m) for m in POLICY_NAMES))
     for key in study.policy:
         if key not in known:
-            _fail("policy", key, f"no policy accepts this option; options: {', '.join(sorted(known))}")
+            fail("policy", key, f"an option some policy accepts: {', '.join(sorted(known))}")
     for v in study.variants:
         if not any(_applies(m, v, variants) for m in study.methods):
-            _fail(
-                "variants", v, f"no method of the study ({', '.join(study.methods)}) accepts its options {variants[v]}"
+            fail(
+                "variants",
+                v,
+                f"a variant whose options {variants[v]} some method of the study ({', '.join(study.methods)}) accepts",
             )
     return [
         (arch, dataset, seed, method, variant, policy_options_for(study, method, arch, variant))

@@ -66,7 +66,7 @@ def test_phase_two_takes_thresholds_per_signal_reading():
         ({"methods": ["deba"]}, "methods"),
         ({"thresholds": {"tiny_cnn": {"theta_stab": 0.3, "theta_conf": 1.0}}}, "thresholds"),
         ({"policy": {"theta_conf": 1.0}}, "policy"),
-        ({"loop": {}}, "loop.record_epoch_mean"),
+        ({"loop": {}}, "record_epoch_mean"),
     ],
 )
 def test_calibrating_study_refuses_what_it_would_ignore(overrides, field):

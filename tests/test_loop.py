@@ -505,11 +505,8 @@ def test_cudnn_benchmark_validates_and_leaves_cpu_alone(setting: Any) -> None:
 def test_cli_runs_resumes_and_writes_jsonl(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
-    from trainables.run import main, parse_policy_opt
+    from trainables.run import main
 
-    assert parse_policy_opt("cooldown=2") == ("cooldown", 2)
-    assert parse_policy_opt("thresholds=universal") == ("thresholds", "universal")
-    assert parse_policy_opt("full_history=true") == ("full_history", True)
     base = [
         "--arch",
         "tiny_cnn",
@@ -523,10 +520,10 @@ def test_cli_runs_resumes_and_writes_jsonl(tmp_path: Any, capsys: pytest.Capture
         "30",
         "--threads",
         "1",
-        "--policy-opt",
-        "thresholds=universal",
-        "--policy-opt",
-        "b0=32",
+        "--threshold-source",
+        "universal",
+        "--batch-size",
+        "32",
         "--checkpoint-dir",
         str(tmp_path / "ck"),
         "--out",
@@ -561,7 +558,7 @@ def test_cli_speed_knobs() -> None:
     [
         (["--arch", "tiny", "--dataset", "digits"], "arch='tiny' is not allowed"),
         (["--arch", "timm/resnet10t", "--dataset", "digits", "--method", "deba"], "no Table 1 thresholds"),
-        (["--arch", "tiny_cnn", "--dataset", "digits", "--policy-opt", "b0"], "expected key=value"),
+        (["--arch", "tiny_cnn", "--dataset", "digits", "--policy-opt", "b0"], "expected KEY=VALUE"),
         (["--arch", "tiny_cnn", "--dataset", "digits", "--lr", "-1"], "lr=-1.0 is not allowed"),
     ],
 )

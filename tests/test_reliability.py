@@ -77,7 +77,10 @@ def test_thresholds_file_keys_must_be_archs_of_the_study(tmp_path):
             {"tiny_cnn": {"theta_stab": 0.3, "theta_conf": 0.5}, "resnet18": {"theta_stab": 0.3, "theta_conf": 0.5}}
         )
     )
-    with pytest.raises(ValueError, match=r"resnet18, which this study does not run \(its archs: tiny_cnn, tiny_mlp\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"study's archs only \(tiny_cnn, tiny_mlp\): the file has resnet18, which this study does not run",
+    ):
         _study(["--thresholds", str(path)])
     study = _study(["--thresholds", str(path), "--archs", "tiny_cnn,resnet18"])
     assert study.thresholds["resnet18"] == {"theta_stab": 0.3, "theta_conf": 0.5}

@@ -156,6 +156,7 @@ class TrialConfig:
         from trainables.data import DATASETS, DEFAULT_AUGMENTATION, NUM_CLASSES
         from trainables.models import check_arch
         from trainables.policies import POLICY_NAMES, policy_context_check, policy_options_object
+        from trainables.policies.variants import VARIANTS
 
         if isinstance(self.augment, bool):  # the meaning before per-dataset defaults: crop + flip, or nothing
             object.__setattr__(self, "augment", "crop_flip" if self.augment else "none")
@@ -184,6 +185,16 @@ class TrialConfig:
             )
         options = policy_options_object(self.method, self.policy)
         policy_context_check(self.method, options, arch=self.arch, dataset=self.dataset)
+        for name, value in VARIANTS.get(self.variant, {}).items():  # a built-in variant's name means its options
+            got = getattr(options, name, MISSING)
+            if got is MISSING or got != value:
+                fail(
+                    "variant",
+                    self.variant,
+                    f"a variant whose options hold: {self.variant!r} sets {name}={value!r}, which "
+                    + (f"policy {self.method!r} does not take" if got is MISSING else f"this trial has as {got!r}")
+                    + " (drop the variant name, or the option that differs)",
+                )
         object.__setattr__(self, "_options", options)
         # The policy as every option's checked value, defaults included (what is stored and what ran):
         # `{"alpha": 1.5}` and `{}`, or `alpha=2` and `alpha=2.0`, are one config.

@@ -2,7 +2,7 @@
 
     python -m trainables.run --arch resnet18 --dataset digits --method deba --epochs 5
     python -m trainables.run --arch tiny_cnn --dataset digits --method deba \\
-        --policy-opt thresholds=universal --policy-opt cooldown=2 --checkpoint-dir /tmp/ck --out run.jsonl
+        --threshold-source universal --cooldown 2 --checkpoint-dir /tmp/ck --out run.jsonl
 
 With --checkpoint-dir the state is saved after every epoch and an existing checkpoint there is
 resumed. --out writes every record of the trial (resumed ones included) as JSON lines.
@@ -20,65 +20,53 @@ from collections.abc import Sequence
 from typing import Any
 
 from trainables.config import TrialConfig
+from trainables.flags import add_policy_arguments, given_policy_options, known_keys, pairs, policy_flag
 from trainables.loop import CHECKPOINT_FILE, TrialLoop
-from trainables.policies import PolicyOptions
+from trainables.policies import option_fields
+from trainables.policies.variants import VARIANTS
 from trainables.records import progress_line, trial_summary
-from trainables.settings import add_arguments, fields_of, parse_text
+from trainables.settings import add_arguments, given_values, merge_old_spelling
 
-# Fields with a flag of their own below (or none): the policy's options come with --policy-opt.
+# Fields with flags of their own: the policy's options (one flag each, trainables/flags.py).
 _MANUAL = {"policy"}
-B0_FIELD = next(f for f in fields_of(PolicyOptions) if f.name == "b0")  # --batch-size
-
-
-def parse_policy_opt(text: str) -> tuple[str, Any]:
-    """`key=value` -> (key, value); the value is read as JSON when it parses (3, 0.5, true, null)."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key:
-        raise ValueError(f"--policy-opt {text!r}: expected key=value")
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw
-    return key, value
+POLICY_PREFIX = "policy_option_"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command-line interface of one trial: a flag per TrialConfig field (its help from the
-    field), plus the policy's options, the batch size, checkpoints and the JSON-lines output."""
-    p = argparse.ArgumentParser(prog="python -m trainables.run", description="Train one trial without Ray.")
-    add_arguments(p, TrialConfig, skip=_MANUAL, group="trial settings (trainables/config.py)")
-    g = p.add_argument_group("policy, outputs, compatibility")
-    g.add_argument(
-        "--policy-opt",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="policy option (repeatable), e.g. cooldown=5 or thresholds=universal; "
-        '`python -c "from trainables.policies import policy_options; '
-        "print(policy_options('deba'))\"` lists them",
+    """The command-line interface of one trial: a flag per TrialConfig field and per policy option (help
+    and allowed values from their typed settings), checkpoints and the JSON-lines output."""
+    p = argparse.ArgumentParser(
+        prog="python -m trainables.run", description="Train one trial without Ray.", allow_abbrev=False
     )
-    g.add_argument("--batch-size", metavar="B", help="the policy's first batch size (policy option b0)")
-    g.add_argument("--no-augment", action="store_true", help="same as --augment none")
-    g.add_argument("--no-download", action="store_true", help="same as --download false")
+    add_arguments(p, TrialConfig, skip=_MANUAL, group="trial settings (trainables/config.py)")
+    add_policy_arguments(p, "policy options of --method (trainables/policies/options.py)", POLICY_PREFIX)
+    g = p.add_argument_group("outputs")
     g.add_argument("--checkpoint-dir", default=None, help="save every epoch; resume if a checkpoint is there")
     g.add_argument("--out", default=None, help="write all records as JSON lines to this file")
+    # Old spellings, kept working with a notice (not shown: one spelling per setting in --help).
+    p.add_argument("--policy-opt", action="append", default=[], metavar="KEY=VALUE", help=argparse.SUPPRESS)
+    p.add_argument("--no-augment", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--no-download", action="store_true", help=argparse.SUPPRESS)
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> TrialConfig:
-    """The TrialConfig of the parsed arguments (ValueError naming a bad value)."""
-    values: dict[str, Any] = {}
-    for f in fields_of(TrialConfig):
-        text = getattr(args, f.name, None)
-        if f.name not in _MANUAL and text is not None:
-            values[f.name] = parse_text(f.name, text, f.metadata)
-    policy = dict(parse_policy_opt(t) for t in args.policy_opt)
-    if args.batch_size is not None:
-        policy["b0"] = parse_text("batch_size", args.batch_size, B0_FIELD.metadata)
-    if args.no_augment:
-        values["augment"] = "none"
-    if args.no_download:
-        values["download"] = False
+    """The TrialConfig of the parsed arguments (ValueError naming a bad value). A built-in variant
+    (--variant cooldown2) brings its options, as in run_grid."""
+    values = merge_old_spelling(
+        given_values(args, TrialConfig, skip=frozenset(_MANUAL)),
+        {**({"augment": "none"} if args.no_augment else {}), **({"download": False} if args.no_download else {})},
+        "--no-{key}",
+        lambda key: f"--{key}",
+    )
+    policy = merge_old_spelling(
+        given_policy_options(args, POLICY_PREFIX),
+        known_keys("policy_opt", pairs("policy_opt", args.policy_opt), option_fields()),
+        "--policy-opt {key}={value}",
+        policy_flag,
+    )
+    variant = values.get("variant", "baseline")
+    policy = {**VARIANTS.get(variant, {}), **policy}  # a differing option is refused by TrialConfig, naming both
     return TrialConfig.from_dict({**values, "policy": policy})
 
 

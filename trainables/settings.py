@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from typing import Any, NoReturn
 
 MISSING = dataclasses.MISSING
-KINDS = ("int", "float", "bool", "choice", "str", "path", "mapping")
+KINDS = ("int", "float", "bool", "choice", "str", "path", "mapping", "list")
 
 
 def setting(
@@ -39,6 +39,9 @@ def setting(
     flag: str | None = None,
     const: str | None = None,
     neutral: Any = MISSING,
+    items: str | None = None,
+    cli: bool = True,
+    switch: bool = False,
 ) -> Any:
     """A dataclass field with its metadata.
 
@@ -50,8 +53,13 @@ def setting(
     text a bare flag stands for (`--compile` alone = `--compile true`). neutral: the value that
     reproduces the behaviour from before the setting existed; every setting added after config schema 1
     declares one (trainables/config_schema.py: stored configs that lack the setting read as this
-    value, and a trial holding it keeps the id it had before the setting existed).
+    value, and a trial holding it keeps the id it had before the setting existed). items: the kind of a
+    list's items ("int", "str" or "choice"; numbers bounded by minimum/maximum, choices by `choices`);
+    a list is a tuple of distinct items, given on a command line comma- or space-separated. cli: whether
+    the command lines get a flag for it; switch: a bool flag that takes no value (`--dry-run`).
     """
+    if (kind == "list") != (items is not None):
+        raise ValueError("items= is required for kind='list' and allowed only there")
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r} is not allowed; expected one of {', '.join(KINDS)}")
     meta = {
@@ -67,6 +75,9 @@ def setting(
         "flag": flag,
         "const": const,
         "neutral": neutral,
+        "items": items,
+        "cli": cli,
+        "switch": switch,
     }
     if isinstance(default, (dict, list)):
         value = default
@@ -80,13 +91,16 @@ def fail(name: str, value: Any, expected: str) -> NoReturn:
 
 
 def _number_text(meta: Mapping[str, Any], integer: bool) -> str:
+    def show(x: float) -> str:
+        return str(int(x)) if integer or float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
+
     parts = ["an integer" if integer else "a finite number"]
     if meta["minimum"] is not None:
-        parts.append(f"{'>' if meta['strict'] else '>='} {meta['minimum']:g}")
+        parts.append(f"{'>' if meta['strict'] else '>='} {show(meta['minimum'])}")
     if meta["maximum"] is not None:
-        parts.append(f"<= {meta['maximum']:g}")
+        parts.append(f"<= {show(meta['maximum'])}")
     if meta["below"] is not None:
-        parts.append(f"< {meta['below']:g}")
+        parts.append(f"< {show(meta['below'])}")
     text = parts[0] + (" " + " and ".join(parts[1:]) if len(parts) > 1 else "")
     return text + (" or null" if meta["nullable"] else "")
 
@@ -102,6 +116,9 @@ def expected(meta: Mapping[str, Any]) -> str:
         return "one of " + ", ".join(map(repr, meta["choices"])) + (" or null" if meta["nullable"] else "")
     if kind == "mapping":
         return "a mapping of options"
+    if kind == "list":
+        item = expected({**meta, "kind": meta["items"], "nullable": False})
+        return f"a non-empty list of distinct items, each {item}"
     return "a non-empty string" + (" or null" if meta["nullable"] else "")
 
 
@@ -139,6 +156,14 @@ def check(name: str, value: Any, meta: Mapping[str, Any]) -> Any:
         if not isinstance(value, Mapping):
             fail(name, value, expected(meta))
         return dict(value)
+    if kind == "list":
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or not value:
+            fail(name, value, expected(meta))
+        item_meta = {**meta, "kind": meta["items"], "nullable": False}
+        out = tuple(check(name, v, item_meta) for v in value)
+        if len(set(out)) != len(out):
+            fail(name, value, expected(meta) + " (each value once)")
+        return out
     if not isinstance(value, str) or (kind == "str" and not value):
         fail(name, value, expected(meta))
     return value
@@ -215,6 +240,10 @@ def parse_text(name: str, text: str, meta: Mapping[str, Any]) -> Any:
         fail(name, text, expected(meta))
     if kind == "mapping":
         return json.loads(text)
+    if kind == "list":
+        item_meta = {**meta, "kind": meta["items"], "nullable": False}
+        words = [w for chunk in (text if isinstance(text, list) else [text]) for w in chunk.split(",") if w]
+        return tuple(parse_text(name, w, item_meta) for w in words)
     return text
 
 
@@ -232,20 +261,71 @@ def add_arguments(
     target = parser.add_argument_group(group) if group else parser
     dests = {}
     for f in fields_of(cls):
-        if f.name in skip:
+        if f.name in skip or not f.metadata["cli"]:
             continue
-        meta = f.metadata
-        metavar = (
-            ("{" + ",".join(str(c) for c in meta["choices"]) + "}")
-            if meta["kind"] == "choice"
-            else meta["kind"].upper()
-        )
         dest = dest_prefix + f.name
-        default = defaults(cls).get(f.name, MISSING)
-        shown = "" if default is MISSING or default is None else f" (default: {default})"
-        optional = {"nargs": "?", "const": meta["const"]} if meta["const"] is not None else {}
-        target.add_argument(
-            flag_of(f), dest=dest, default=None, metavar=metavar, help=(meta["help"] or f.name) + shown, **optional
-        )
+        add_flag(target, f, dest, defaults(cls).get(f.name, MISSING))
         dests[dest] = f.name
     return dests
+
+
+def metavar_of(meta: Mapping[str, Any]) -> str:
+    """How a setting's value looks in --help."""
+    kind = meta["items"] if meta["kind"] == "list" else meta["kind"]
+    one = ("{" + ",".join(str(c) for c in meta["choices"]) + "}") if kind == "choice" else kind.upper()
+    return one
+
+
+def add_flag(target: Any, f: dataclasses.Field, dest: str, default: Any = MISSING, help: str | None = None) -> None:
+    """Add the flag of one setting (see `add_arguments`)."""
+    meta = f.metadata
+    if isinstance(default, tuple):
+        default = ",".join(map(str, default))
+    shown = "" if default is MISSING or default is None or meta["switch"] else f" (default: {default})"
+    text = (help or meta["help"] or f.name) + shown
+    if meta["switch"]:
+        target.add_argument(flag_of(f), dest=dest, action="store_const", const="true", default=None, help=text)
+        return
+    optional = {"nargs": "?", "const": meta["const"]} if meta["const"] is not None else {}
+    if meta["kind"] == "list":
+        optional = {"nargs": "+"}
+    target.add_argument(flag_of(f), dest=dest, default=None, metavar=metavar_of(meta), help=text, **optional)
+
+
+def given_values(args: Any, cls: Any, dest_prefix: str = "", skip: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """name -> value of the settings of `cls` given on a command line (`add_arguments`' flags), parsed
+    from their text and checked (ValueError naming the flag's setting)."""
+    out = {}
+    for f in fields_of(cls):
+        text = getattr(args, dest_prefix + f.name, None)
+        if f.name not in skip and text is not None:
+            out[f.name] = parse_given(f, text)
+    return out
+
+
+def parse_given(f: dataclasses.Field, text: Any) -> Any:
+    """The checked value of setting `f` from its command-line text."""
+    return check(f.name, parse_text(f.name, text, f.metadata), f.metadata)
+
+
+def merge_old_spelling(
+    given: dict[str, Any], old: Mapping[str, Any], old_text: str, new_flag: Any, warn: Any = None
+) -> dict[str, Any]:
+    """`given` (values of the current flags) plus values given with a deprecated spelling (`old`, whose
+    items were written as `old_text.format(key=, value=)`), each with a one-line notice through `warn`
+    (default: stderr). The same setting given both ways with different values is refused."""
+    import sys
+
+    out = dict(given)
+    for key, value in old.items():
+        spelled = old_text.format(key=key, value=json.dumps(value) if not isinstance(value, str) else value)
+        flag = new_flag(key)
+        (warn or (lambda line: print(line, file=sys.stderr, flush=True)))(
+            f"note: {spelled} is deprecated; use {flag} {json.dumps(value) if not isinstance(value, str) else value}"
+        )
+        if key in out and out[key] != value:
+            raise ValueError(
+                f"{key} is given twice with different values ({flag} {out[key]!r} and {spelled}); give it once"
+            )
+        out[key] = value
+    return out

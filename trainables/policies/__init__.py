@@ -25,7 +25,7 @@ from trainables.policies.fixed import FixedPolicy
 from trainables.policies.gns import GnsPolicy
 from trainables.policies.options import LR_SCALINGS, PolicyOptions
 from trainables.policies.signal_tracker import SIGNAL_OPTIONS
-from trainables.settings import build, defaults, fail
+from trainables.settings import build, defaults, fail, fields_of
 
 POLICIES: dict[str, type[BatchSizePolicy]] = {
     FixedPolicy.name: FixedPolicy,
@@ -70,6 +70,17 @@ def non_default_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]
     return {k: v for k, v in options.items() if k not in base or v != base[k]}
 
 
+def option_fields() -> dict[str, tuple[Any, tuple[str, ...]]]:
+    """Every policy option by name: (its field in the first policy that has it, the policies that accept
+    it). The command lines' policy flags are generated from these (one flag per option name)."""
+    out: dict[str, tuple[Any, tuple[str, ...]]] = {}
+    for name, cls in POLICIES.items():
+        for f in fields_of(cls.Options):
+            field, methods = out.get(f.name, (f, ()))
+            out[f.name] = (field, methods + (name,))
+    return out
+
+
 def signal_reading(options: Mapping[str, Any]) -> dict[str, Any]:
     """The signal options (SIGNAL_OPTIONS) of a policy's options mapping, defaults filled in: how its
     signals are computed, and so which calibrated thresholds apply to it."""
@@ -90,6 +101,7 @@ __all__ = [
     "PolicyOptions",
     "make_policy",
     "non_default_options",
+    "option_fields",
     "policy_context_check",
     "policy_options",
     "policy_options_object",

@@ -26,7 +26,7 @@ DIVERSITY_SUMS: tuple[str, ...] = ("training", "per_sample")
 class PolicyOptions:
     """Options every policy accepts (policies/base.py describes the lr co-adaptation rules)."""
 
-    b0: int = setting(paper.B0, "batch size of the first epoch (B_0)", kind="int", minimum=1)
+    b0: int = setting(paper.B0, "batch size of the first epoch (B_0)", kind="int", minimum=1, flag="--batch-size")
     window: int = setting(
         paper.WINDOW, "how many epochs of gradient variance the confidence's reference sees (W)", kind="int", minimum=1
     )
@@ -133,6 +133,7 @@ class DebaOptions(CooldownOptions):
         "where missing thresholds come from: the arch's Table 1 row, or the universal (0.3, 0.5) of the ablation",
         kind="choice",
         choices=THRESHOLD_SOURCES,
+        flag="--threshold-source",
     )
     alpha: float = setting(paper.GROWTH, "growth factor of an increase", kind="float", minimum=1.0, strict=True)
     beta: float = setting(
