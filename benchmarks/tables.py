@@ -16,7 +16,7 @@ from typing import Any
 
 from benchmarks.common import fmt_ratio
 
-ORDER = ("signals", "data", "batch_curve", "speedups", "orchestration")
+ORDER = ("smoke", "signals", "data", "batch_curve", "speedups", "orchestration", "packing")
 
 
 def _f(x: Any, fmt: str = ".3f") -> str:
@@ -269,12 +269,100 @@ def _orchestration(doc: dict[str, Any]) -> list[str]:
     return out
 
 
+def _smoke(doc: dict[str, Any]) -> list[str]:
+    rows = []
+    for res in doc["numbers"]["archs"]:
+        if "error" in res:
+            rows.append([res["arch"], "", f"error: {res['error'].splitlines()[0][:120]}"] + [""] * 8)
+            continue
+        for r in res.get("rows") or []:
+            if "skipped" in r or r.get("oom"):
+                rows.append([res["arch"], r["batch_size"], r.get("skipped") or "out of memory"] + [""] * 8)
+                continue
+            rows.append(
+                [
+                    res["arch"],
+                    r["batch_size"],
+                    f"{'finite' if r['finite'] else 'NOT FINITE'} ({r['status']})",
+                    " ".join(f"{x:.3f}" for x in r["losses"]),
+                    _f(r["first_epoch_s"], ".2f"),
+                    _f(r.get("train_s"), ".3f"),
+                    _f(r.get("samples_per_s"), ".0f"),
+                    _f(r.get("full_epoch_s"), ".2f"),
+                    _f(r.get("full_eval_s"), ".2f"),
+                    _f(100 * r["mfu"], ".1f") if r.get("mfu") is not None else "n/a",
+                    _f(r.get("peak_mem_mb"), ".0f"),
+                ]
+            )
+    p = doc["params"]
+    return [
+        f"{p['samples']} synthetic samples per epoch, {p['repeats']} timed epoch(s) after one warm-up per batch size; "
+        f"peak for MFU {p['peak_tflops']} TFLOP/s.",
+        "",
+    ] + _table(
+        [
+            "arch",
+            "B",
+            "loss",
+            "losses",
+            "first epoch s",
+            "epoch s",
+            "samples/s",
+            "full 50k epoch s",
+            "eval 10k s",
+            "MFU %",
+            "peak mem MB",
+        ],
+        rows,
+    )
+
+
+def _packing(doc: dict[str, Any]) -> list[str]:
+    p = doc["params"]
+    rows = [
+        [
+            a["trials"],
+            f"{a['resources']['gpu']:g} / {a['resources']['cpu']:g}",
+            f"{a['completed']}/{a['trials']}",
+            _f(a["wall_s"], ".1f"),
+            _f(a.get("steady_samples_per_s"), ".0f"),
+            _f(a.get("wall_samples_per_s"), ".0f"),
+            _f(a.get("mean_steady_epoch_s"), ".3f"),
+            _f(a.get("slowdown"), ".2f"),
+            _f(a.get("concurrency"), ".2f"),
+            a["packing_recorded"],
+        ]
+        for a in doc["numbers"]["arms"]
+    ]
+    return [
+        f"{p['arch']} on {p['dataset']}, B={p['batch_size']}, {p['samples']} samples x {p['epochs']} epochs per "
+        "trial, one run_grid call per arm.",
+        "",
+    ] + _table(
+        [
+            "trials",
+            "GPU / CPU per trial",
+            "completed",
+            "wall s",
+            "steady samples/s",
+            "wall samples/s",
+            "epoch s",
+            "slowdown",
+            "concurrency",
+            "runs table recorded",
+        ],
+        rows,
+    )
+
+
 RENDER = {
     "signals": _signals,
     "data": _data,
     "batch_curve": _batch,
     "speedups": _speedups,
     "orchestration": _orchestration,
+    "smoke": _smoke,
+    "packing": _packing,
 }
 
 
