@@ -24,21 +24,17 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from orchestrator.store import ResultsStore
-from trainables.policies import SIGNAL_OPTIONS, signal_reading
+from trainables.policies import SIGNAL_OPTIONS, PolicyOptions, signal_reading
+from trainables.settings import MISSING, fields_of
 
 CALIBRATION_FILE = "calibration.json"
-THRESHOLD_OPTIONS: frozenset[str] = frozenset({"theta_stab", "theta_conf", "thresholds"})
-# Signal options added after calibration files existed, with the value that reproduces the readings
-# pinned before them (an entry without the key was calibrated under this value).
-_PINNED_BEFORE: dict[str, Any] = {"confidence_reference": "median", "confidence_includes_current": True}
-
-
-def needs_calibration(method: str, options: dict[str, Any]) -> bool:
-    """Whether a trial of a calibrating study takes its thresholds from the calibration: its method
-    has thresholds and neither the study nor its variant sets them."""
-    from trainables.policies import policy_options
-
-    return {"theta_stab", "theta_conf"} <= set(policy_options(method)) and not THRESHOLD_OPTIONS & set(options)
+# Signal options added after calibration files existed: an entry without the key was calibrated under
+# the option's neutral value (the behaviour before it existed, declared on the option).
+_PINNED_BEFORE: dict[str, Any] = {
+    f.name: f.metadata["neutral"]
+    for f in fields_of(PolicyOptions)
+    if f.name in SIGNAL_OPTIONS and f.metadata["neutral"] is not MISSING
+}
 
 
 def _key(arch: str, reading: dict[str, Any]) -> str:
@@ -50,30 +46,33 @@ def _significant(x: float) -> float:
     return float(f"{x:.6g}")
 
 
-def study_calibration(study: Any, results: str, finished: Collection[str]) -> CalibrationLookup:
+def study_calibration(
+    study: str, results: str, finished: Collection[str], fixed: Iterable[tuple[str, str]]
+) -> CalibrationLookup:
     """The `calibration(arch, method, options)` lookup `studies.expand` takes for a calibrating study
-    (`finished`: ids of the trials that need no more work, with the study's epochs). It computes but
-    pins nothing: `StudyCalibration.pin` does, in the driver that holds the study lock."""
-    return CalibrationLookup(study, StudyCalibration(results, study.name), finished)
+    (`finished`: ids of the trials that need no more work, with the study's epochs; `fixed`: (arch,
+    trial_id) of the study's fixed trials). It computes but pins nothing: `StudyCalibration.pin` does,
+    in the driver that holds the study lock."""
+    return CalibrationLookup(StudyCalibration(results, study), finished, fixed)
 
 
 class CalibrationLookup:
-    """Pinned thresholds, else thresholds computed (and pinned) once every fixed trial of the arch in
-    the study's grid has finished with the study's epochs; else None. When the finished fixed runs
-    give no thresholds (all diverged, say), None too, and `problems[arch]` says why."""
+    """Pinned thresholds, else thresholds computed once every fixed trial of the arch in the study's
+    grid has finished with the study's epochs; else None. When the finished fixed runs give no
+    thresholds (all diverged, say), None too, and `problems[arch]` says why."""
 
-    def __init__(self, study: Any, calibration: StudyCalibration, finished: Collection[str]) -> None:
-        from orchestrator.studies import expand
-
+    def __init__(
+        self, calibration: StudyCalibration, finished: Collection[str], fixed: Iterable[tuple[str, str]]
+    ) -> None:
         self.calibration = calibration
         self.finished = set(finished)
-        self.fixed = [t for t in expand(study) if t.method == "fixed"]
+        self.fixed = list(fixed)
         self.problems: dict[str, str] = {}
 
     def __call__(self, arch: str, method: str, options: dict[str, Any]) -> dict[str, float] | None:
         reading = signal_reading(options)
         found = self.calibration.thresholds(arch, reading)
-        ids = [t.trial_id for t in self.fixed if t.arch == arch]
+        ids = [trial_id for fixed_arch, trial_id in self.fixed if fixed_arch == arch]
         if found is None and ids and arch not in self.problems and set(ids) <= self.finished:
             try:
                 self.calibration.calibrate(arch, [reading], ids)

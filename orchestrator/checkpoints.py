@@ -166,3 +166,47 @@ def prune(found: dict[str, list[StoredCheckpoint]], points: dict[str, ResumePoin
             except OSError:
                 pass  # already gone, or not ours to delete: harmless
     return deleted
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """What `prune_finished` deleted."""
+
+    checkpoints: tuple[str, ...]
+    experiments: tuple[str, ...]
+
+
+def prune_finished(root: str, experiments: dict[str, Collection[str]], finished: Collection[str]) -> Pruned:
+    """Disk kept by finished trials: each keeps only its newest intact checkpoint (the one a longer study
+    resumes from), and an experiment folder all of whose trials are finished and that holds none of those
+    checkpoints is deleted whole. `experiments`: this study's experiment name -> the trial ids it ran (its
+    plan); experiments of other studies sharing the storage are never touched. Safe only under the study
+    lock, once no trial of the study runs."""
+    done = set(finished)
+    found = find_checkpoints(root, done, experiments=set(experiments))
+    deleted: list[str] = []
+    kept_in: set[str] = set()
+    for checkpoints in found.values():
+        final = next((c for c in checkpoints if intact(c) is None), None)
+        if final is not None:
+            kept_in.add(final.experiment)
+        for c in checkpoints:
+            if final is None or c.uri == final.uri:
+                continue
+            fs, path = resolve_uri(c.uri, field="storage")
+            try:
+                fs.delete_dir(path)
+                deleted.append(c.uri)
+            except OSError:
+                pass
+    gone = []
+    fs, base = resolve_uri(root, field="storage")
+    for name, trial_ids in sorted(experiments.items()):
+        if name in kept_in or not set(trial_ids) <= done:
+            continue
+        try:
+            fs.delete_dir(posixpath.join(base, name))
+            gone.append(name)
+        except OSError:
+            pass
+    return Pruned(tuple(deleted), tuple(gone))

@@ -16,7 +16,15 @@ import argparse
 import os
 from dataclasses import dataclass
 
-from orchestrator.studies import PRESETS, RESERVED_LOOP_KEYS, StudySpec, load_thresholds, preset, with_overrides
+from orchestrator.studies import (
+    PRESETS,
+    RESERVED_LOOP_KEYS,
+    THRESHOLD_OPTIONS,
+    StudySpec,
+    load_thresholds,
+    preset,
+    with_overrides,
+)
 from trainables.config import TrialConfig
 from trainables.flags import add_policy_arguments, given_policy_options, known_keys, pairs, policy_flag
 from trainables.policies import option_fields, policy_options
@@ -62,6 +70,13 @@ class DriverOptions:
     quiet: bool = setting(False, "no per-epoch progress lines", kind="bool", switch=True)
     verbose: int = setting(1, "Ray Tune verbosity", kind="choice", choices=(0, 1, 2))
     no_analysis: bool = setting(False, "skip the analysis tables at the end", kind="bool", switch=True)
+    keep_checkpoints: bool = setting(
+        False,
+        "keep every checkpoint and experiment folder (default: finished trials keep only their final checkpoint, "
+        "and experiment folders whose trials are all finished are deleted)",
+        kind="bool",
+        switch=True,
+    )
 
     def __post_init__(self) -> None:
         validate(self)
@@ -138,7 +153,7 @@ def study_from_args(args: argparse.Namespace) -> StudySpec:
     thresholds = dict(base.thresholds)
     given = load_thresholds(driver.thresholds) if driver.thresholds else {}
     if given:
-        both = sorted({"theta_stab", "theta_conf", "thresholds"} & set(policy_given))
+        both = sorted(THRESHOLD_OPTIONS & set(policy_given))
         if both:
             fail(
                 "thresholds",

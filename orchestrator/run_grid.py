@@ -23,16 +23,20 @@ if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from analysis.report import summarize  # noqa: E402
+from orchestrator.checkpoints import prune_finished  # noqa: E402
 from orchestrator.cli import DriverOptions, build_parser, driver_from_args, study_from_args  # noqa: E402
 from orchestrator.lock import StudyLock, StudyLocked  # noqa: E402
 from orchestrator.runner import (  # noqa: E402
     Plan,
+    check_local_resources,
+    cluster_cpus,
     cluster_gpus,
     cluster_slots,
     connect,
     local_slots,
     make_plan,
     ray_overhead,
+    read_plans,
     repair,
     resolve_resources,
     run_plan,
@@ -139,15 +143,25 @@ def format_summary(results: str, study: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The run_grid command; returns the exit status (module docstring)."""
+    """The run_grid command; returns the exit status (module docstring). A Ctrl-C before Tune's graceful
+    stop is installed (while planning, or while Ray starts) ends it with one line and status 130."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("run_grid: interrupted; re-run the same command to continue the study", file=sys.stderr)
+        return 128 + signal.SIGINT
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     t0 = time.perf_counter()
     try:
         driver = driver_from_args(args)
-        check_location(driver.results, "results")
+        study = study_from_args(args)
+        check_location(driver.results, "results", study=study.name)
         if driver.storage:
             check_location(driver.storage, "storage")  # Tune would only fail on it after Ray started
-        study = study_from_args(args)
+        check_local_resources(study, driver.address)
         if driver.dry_run:  # planning reads only: no lock, no file written or moved
             plan = make_plan(study, driver.results, storage=driver.storage)
         else:
@@ -213,13 +227,13 @@ def _run(driver: DriverOptions, study: StudySpec, plan: Plan, t0: float) -> int:
     """Start or attach to Ray and run the plan (both phases of a calibrating study), holding the lock."""
     from orchestrator.interrupt import GracefulStop
 
-    how = connect(driver.address, driver.dashboard)
-    print(how, flush=True)
+    connection = connect(driver.address, driver.dashboard)
+    print(connection.description, flush=True)
     stop = GracefulStop().install()  # after ray.init, which replaces the SIGTERM handler
     gpus = cluster_gpus()
-    attached = how.startswith("attached")
+    attached = connection.attached
     try:
-        resources = resolve_resources(study, gpus, autoscaling=attached)
+        resources = resolve_resources(study, gpus, autoscaling=attached, cluster_cpus=cluster_cpus())
     except ValueError as exc:
         print(f"run_grid: invalid study: {exc}", file=sys.stderr)
         return 2
@@ -300,6 +314,21 @@ def _run(driver: DriverOptions, study: StudySpec, plan: Plan, t0: float) -> int:
     # Which trials the ledger now holds as finished (no new plan: that is the next invocation's).
     done = finished_ids(ResultsStore(driver.results, study.name).read_runs(), study.epochs)
     unfinished = [t.label for t in last.trials if t.trial_id not in done] + list(last.waiting)
+    if not driver.keep_checkpoints:
+        root = storage_root(driver.results, study.name, driver.storage)
+        ours = {
+            name: list(doc.get("trials", {}))
+            for name, doc in read_plans(root).items()
+            if doc.get("study") == study.name
+        }
+        pruned = prune_finished(root, ours, done)
+        if pruned.checkpoints or pruned.experiments:
+            print(
+                f"[{study.name}] disk: finished trials keep their final checkpoint only; deleted "
+                f"{len(pruned.checkpoints)} older checkpoint(s) and {len(pruned.experiments)} experiment folder(s) "
+                "whose trials are all finished (--keep-checkpoints keeps them)",
+                flush=True,
+            )
     if unfinished:
         print(f"{len(unfinished)} trial(s) not finished; re-run the same command to retry them", file=sys.stderr)
         return 1

@@ -23,6 +23,7 @@ import json
 import os
 import posixpath
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Collection
@@ -34,6 +35,7 @@ import pyarrow.fs as pafs
 from orchestrator.calibration import StudyCalibration, study_calibration
 from orchestrator.checkpoints import find_checkpoints, prune, resume_points
 from orchestrator.migrate import Rename, apply_renames, plan_renames, renamed_ids, renamed_view, stored_configs
+from orchestrator.reaper import start_reaper
 from orchestrator.schedule import CostEstimate, estimate_costs, longest_first
 from orchestrator.store import ResultsStore, contiguous_epochs, epoch_seconds, finished_ids, resolve_uri, storage_uri
 from orchestrator.studies import (
@@ -123,7 +125,10 @@ def make_plan(study: StudySpec, results: str, storage: str | None = None) -> Pla
     renames = plan_renames(store, renamed_ids(configs), stored_runs, stored_rows)
     runs, with_rows, source = renamed_view(renames, stored_runs, stored_rows)
     done = finished_ids(runs, study.epochs)
-    calibration = study_calibration(study, results, done) if study.calibrate else None
+    calibration = None
+    if study.calibrate:
+        fixed = [(t.arch, t.trial_id) for t in expand(study) if t.method == "fixed"]
+        calibration = study_calibration(study.name, results, done, fixed)
     trials = tuple(expand(study, calibration))
     ids = [t.trial_id for t in trials]
     if len(set(ids)) != len(ids):
@@ -210,23 +215,41 @@ def check_one_configuration(
 # ------------------------------------------------------------------------------------------------ Ray
 
 
-def connect(address: str | None = None, dashboard: bool = False) -> str:
-    """Attach to the cluster at `address` (or $RAY_ADDRESS), else start a local Ray; returns which."""
+@dataclass(frozen=True)
+class Connection:
+    """How this process reached Ray: `attached` to a running cluster (which may still add nodes), or a
+    local Ray it started (or found started) itself."""
+
+    attached: bool
+    description: str
+
+
+TMPDIR_ENV = "DEBA_TMPDIR"  # where trials write a checkpoint before Tune copies it (trainables/ray_trainable.py)
+
+
+def connect(address: str | None = None, dashboard: bool = False) -> Connection:
+    """Attach to the cluster at `address` (or $RAY_ADDRESS), else start a local Ray. A local Ray gets a
+    reaper (orchestrator/reaper.py): its processes and the trials' temporary folder do not outlive this
+    process, whatever signal ends it."""
     import ray
 
     if ray.is_initialized():
-        return "already connected"
+        return Connection(attached=False, description="already connected")
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address)
-        return f"attached to {address}"
+        return Connection(attached=True, description=f"attached to {address}")
+    temp_dir = tempfile.mkdtemp(prefix="deba-driver-")
+    start_reaper(temp_dir)
     # Local workers import the project from this checkout.
     path = os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH")) if p)
-    ray.init(include_dashboard=dashboard, runtime_env={"env_vars": {"PYTHONPATH": path}})
-    return "started local Ray"
+    ray.init(include_dashboard=dashboard, runtime_env={"env_vars": {"PYTHONPATH": path, TMPDIR_ENV: temp_dir}})
+    return Connection(attached=False, description="started local Ray")
 
 
-def resolve_resources(study: StudySpec, cluster_gpus: float, autoscaling: bool = False) -> dict[str, float]:
+def resolve_resources(
+    study: StudySpec, cluster_gpus: float, autoscaling: bool = False, cluster_cpus: float | None = None
+) -> dict[str, float]:
     """Per-trial resources: one GPU per trial when the cluster has GPUs (unless given), and CPUs.
 
     `autoscaling`: the cluster may still add nodes (attached to a cluster rather than a local Ray),
@@ -240,6 +263,11 @@ def resolve_resources(study: StudySpec, cluster_gpus: float, autoscaling: bool =
             f"gpus_per_trial={gpus:g} is not allowed: this Ray has {cluster_gpus:g} GPU(s); "
             "give --gpus-per-trial 0 for CPU-only trials"
         )
+    if cluster_cpus is not None and study.cpus_per_trial > cluster_cpus and not autoscaling:
+        raise ValueError(
+            f"cpus_per_trial={study.cpus_per_trial:g} is not allowed: this Ray has {cluster_cpus:g} CPU(s), and "
+            "a trial that asks for more would wait forever"
+        )
     if gpus == 0 and study.loop.get("device") == "cuda":
         # A CPU-only trial runs on the CPU whatever its config says: refuse rather than ignore it.
         raise ValueError(
@@ -248,6 +276,20 @@ def resolve_resources(study: StudySpec, cluster_gpus: float, autoscaling: bool =
             + "); give --gpus-per-trial 1 on a GPU cluster, or device=auto"
         )
     return {"cpu": float(study.cpus_per_trial), "gpu": float(gpus)}
+
+
+def check_local_resources(study: StudySpec, address: str | None) -> None:
+    """Before a local Ray starts: refuse a trial that asks for more CPUs or GPUs than this machine has
+    (Tune would wait for them forever). With a cluster (`address` or $RAY_ADDRESS) the cluster's own
+    resources are checked once attached (`resolve_resources`)."""
+    if address or os.environ.get("RAY_ADDRESS"):
+        return
+    cpus = os.cpu_count() or 1
+    if study.cpus_per_trial > cpus:
+        raise ValueError(
+            f"cpus_per_trial={study.cpus_per_trial:g} is not allowed; expected at most {cpus}: this machine has "
+            f"{cpus} CPU(s), and a trial that asks for more would wait forever (give --address for a cluster)"
+        )
 
 
 def local_slots(study: StudySpec) -> int:
@@ -276,6 +318,13 @@ def cluster_gpus() -> float:
     import ray
 
     return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def cluster_cpus() -> float:
+    """CPUs in the connected cluster."""
+    import ray
+
+    return float(ray.cluster_resources().get("CPU", 0.0))
 
 
 # ----------------------------------------------------------------------------------------- experiments

@@ -26,10 +26,12 @@ from trainables.records import (
     EPOCH_COLUMNS,
     ID_NAMES,
     RUN_COLUMNS,
+    STORE_TIMEOUT_S,
     arrow_schema,
     epoch_column_names,
     resolve_uri,
-    trial_summary,
+    summary_figures,
+    with_time_limit,
 )
 
 __all__ = [
@@ -58,12 +60,18 @@ def inside_ray_job() -> bool:
     return JOB_ENV in os.environ
 
 
-def check_location(value: str, field: str = "results") -> None:
+def check_location(value: str, field: str = "results", study: str | None = None) -> None:
     """Refuse, before anything starts, a results/storage location that cannot hold the study: a
-    malformed URI, an existing file, an unwritable directory, or (inside a Ray job) a relative path
-    or one inside Ray's temporary session folders, which vanish with the job."""
+    malformed URI, a store that does not answer in time, an existing file, an unwritable directory
+    (the study's own folders too, when `study` is given: a read-only epochs folder would otherwise be
+    found only after every trial trained), or (inside a Ray job) a relative path or one inside Ray's
+    temporary session folders, which vanish with the job."""
     fs, path = resolve_uri(value, field=field)
     if not isinstance(fs, pafs.LocalFileSystem):
+        try:
+            with_time_limit(lambda: fs.get_file_info(path), STORE_TIMEOUT_S, f"{field}={value!r}: the store")
+        except OSError as exc:
+            raise ValueError(f"{field}={value!r} cannot be reached: {type(exc).__name__}: {exc}") from exc
         return
     if inside_ray_job():
         ray_tmp = os.environ.get("RAY_TMPDIR", "/tmp/ray")
@@ -83,6 +91,14 @@ def check_location(value: str, field: str = "results") -> None:
             f"{field}={value!r}: {parent} is not a writable directory, so {path} cannot be "
             "created or written; choose a directory you can write"
         )
+    if study is not None:
+        for sub in ("", "epochs", "runs", "_ray", "_quarantine"):
+            folder = os.path.join(path, study, sub)
+            if os.path.exists(folder) and not (os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK)):
+                raise ValueError(
+                    f"{field}={value!r}: {folder} is not a writable directory, and the study writes there; "
+                    "fix its permissions or run the study under another --results"
+                )
 
 
 def storage_uri(results: str) -> str:
@@ -262,14 +278,6 @@ class ResultsStore:
                     out[row["trial_id"]] = row
         return out
 
-    def ledger(self) -> dict[str, str]:
-        """trial_id -> status of every trial with a runs row."""
-        return {tid: row["status"] for tid, row in self.read_runs().items()}
-
-    def finished(self, epochs: int | None = None) -> set[str]:
-        """`finished_ids` of the stored runs rows."""
-        return finished_ids(self.read_runs(), epochs)
-
 
 def finished_ids(runs: dict[str, dict[str, Any]], epochs: int | None = None) -> set[str]:
     """Ids of the trials of these runs rows that need no more work: diverged, or completed (with at least
@@ -316,7 +324,7 @@ def run_row(
         "config_json": spec.config_json,
         "status": status,
         "error": error,
-        **trial_summary(epochs),
+        **summary_figures(epochs),
     }
     row.update(extra)
     return row

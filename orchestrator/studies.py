@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +28,7 @@ from trainables.config import (
 from trainables.policies import POLICY_NAMES
 from trainables.policies.deba import TEST_ARCH_THRESHOLDS
 from trainables.policies.variants import ABLATIONS, BASELINE, READINGS, VARIANTS
-from trainables.records import ID_NAMES
+from trainables.records import ID_NAMES, check_text
 from trainables.settings import MISSING, check, fail, fields_of, setting, validate
 
 __all__ = ["EXECUTION_KEYS", "PRESETS", "StudySpec", "TrialSpec", "canonical_json", "expand", "preset",
@@ -426,9 +427,12 @@ def with_overrides(study: StudySpec, **overrides: Any) -> StudySpec:
 
 def load_thresholds(path: str) -> dict[str, dict[str, float]]:
     """Read a thresholds file: JSON mapping arch -> {"theta_stab": x, "theta_conf": y}."""
+    check_text(path, "thresholds")
     try:
-        with open(path) as f:
+        with open(os.path.expanduser(path), encoding="utf-8") as f:
             data = json.load(f)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"thresholds={path!r} is not UTF-8 text (byte {exc.start}); save it as UTF-8 JSON") from None
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"thresholds={path!r} cannot be read as JSON: {exc}") from exc
     _check_thresholds(data)
@@ -476,7 +480,7 @@ def _check_calibrating(study: StudySpec) -> None:
             "none: this study calibrates its thresholds from its own fixed runs; drop --thresholds, or run a "
             "study without calibration",
         )
-    given = sorted({"theta_stab", "theta_conf", "thresholds"} & set(study.policy))
+    given = sorted(THRESHOLD_OPTIONS & set(study.policy))
     if given:
         fail(
             "policy",
@@ -574,6 +578,17 @@ def _applies(method: str, variant: str, variants: dict[str, dict[str, Any]]) -> 
     return _accepts(method, variants[variant])
 
 
+THRESHOLD_OPTIONS: frozenset[str] = frozenset({"theta_stab", "theta_conf", "thresholds"})
+
+
+def needs_calibration(method: str, options: dict[str, Any]) -> bool:
+    """Whether a trial of a calibrating study takes its thresholds from the calibration: its method
+    has thresholds and neither the study nor its variant sets them."""
+    from trainables.policies import policy_options
+
+    return {"theta_stab", "theta_conf"} <= set(policy_options(method)) and not THRESHOLD_OPTIONS & set(options)
+
+
 def policy_options_for(study: StudySpec, method: str, arch: str, variant: str) -> dict[str, Any]:
     """Policy options of one trial: per-arch thresholds < study-wide options < the variant's.
 
@@ -641,8 +656,6 @@ def expand(study: StudySpec, calibration: Calibration | None = None) -> list[Tri
     `calibration(arch, method, options)`; it is left out while that returns None (or without one):
     `waiting_for_calibration` lists it.
     """
-    from orchestrator.calibration import needs_calibration
-
     specs: list[TrialSpec] = []
     for arch, dataset, seed, method, variant, opts in _cells(study):
         where = f"trial arch={arch} dataset={dataset} seed={seed} method={method} variant={variant}"
@@ -673,8 +686,6 @@ def expand(study: StudySpec, calibration: Calibration | None = None) -> list[Tri
 
 def waiting_for_calibration(study: StudySpec, calibration: Calibration | None = None) -> list[str]:
     """Labels of the trials `expand` leaves out until their thresholds are calibrated."""
-    from orchestrator.calibration import needs_calibration
-
     if not study.calibrate:
         return []
     return [

@@ -151,6 +151,7 @@ def test_summarize_api(small, tmp_path):
     assert "Analysis not available" in summarize(str(empty)) and "no study found" in summarize(str(empty))
 
 
+@pytest.mark.slow
 def test_python_m_analysis_subprocess(small, tmp_path):
     env = dict(os.environ, PYTHONPATH=REPO)
     cmd = [sys.executable, "-m", "analysis", small, "--out", str(tmp_path / "o"), "--json", "--no-plots"]

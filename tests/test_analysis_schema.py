@@ -8,6 +8,7 @@ import pytest
 from analysis import schema
 
 
+@pytest.mark.slow
 def test_analysis_does_not_import_torch_or_ray():
     import subprocess
     import sys

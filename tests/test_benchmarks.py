@@ -129,6 +129,7 @@ def test_set_batch_size_changes_the_next_epoch(tiny_loop):
 # --------------------------------------------------------------------------------- benchmarks, tiny
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "module,name",
     [(bench_signals, "signals"), (bench_data, "data"), (bench_batch, "batch_curve"), (bench_speedups, "speedups")],
@@ -158,6 +159,7 @@ def test_orchestration_quick_run_on_ray_records_the_packing(tmp_path):
     assert doc["numbers"]["ray_overhead_study"]["completed"] == 1
 
 
+@pytest.mark.slow
 def test_schedule_benchmark_replays_the_paper_grid(tmp_path):
     from benchmarks import bench_schedule
 

@@ -120,6 +120,7 @@ def test_not_json_is_refused(tmp_path):
         read_epoch_times(str(path))
 
 
+@pytest.mark.slow
 def test_the_reader_imports_no_torch():
     import subprocess
 

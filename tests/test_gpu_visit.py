@@ -167,6 +167,7 @@ def test_script_without_ray_skips_packing_with_a_message(tmp_path):
     assert {"log.txt", "nvidia-smi.txt", "steps.tsv", "tables.md", "visit.tar.gz"} <= set(os.listdir(out))
 
 
+@pytest.mark.slow
 def test_script_refuses_unknown_steps(tmp_path):
     proc = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "run_gpu.sh"), "nonsense"], capture_output=True,
                           text=True, env={**os.environ, "OUT": str(tmp_path)})  # fmt: skip

@@ -42,7 +42,14 @@ def test_registry_keys_and_specs():
     assert "224" in ARCHITECTURES["vit_b16"].input_adaptation
 
 
-@pytest.mark.parametrize("arch", STUDY_ARCHS + ("tiny_cnn", "tiny_mlp"))
+# The big ones take seconds to build on a CPU: end-to-end tier.
+HEAVY = {"vit_b16", "resnet50", "densenet121"}
+
+
+@pytest.mark.parametrize(
+    "arch",
+    [pytest.param(a, marks=pytest.mark.slow) if a in HEAVY else a for a in STUDY_ARCHS + ("tiny_cnn", "tiny_mlp")],
+)
 def test_builds_and_outputs_logits(arch):
     torch.manual_seed(0)
     x = torch.randn(2, 3, 32, 32)

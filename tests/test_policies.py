@@ -227,6 +227,7 @@ def test_registry_and_options_are_public():
     assert policy_options("deba")["cooldown"] == 10 and policy_options("deba")["b_max"] == 1024
 
 
+@pytest.mark.slow
 def test_policies_do_not_import_torch():
     import subprocess
     import sys

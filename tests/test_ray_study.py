@@ -21,7 +21,7 @@ import ray  # noqa: E402
 
 from orchestrator.run_grid import main  # noqa: E402
 from orchestrator.runner import make_plan, read_plans, run_plan, storage_root  # noqa: E402
-from orchestrator.store import EPOCH_SCHEMA, RUN_SCHEMA, ResultsStore  # noqa: E402
+from orchestrator.store import EPOCH_SCHEMA, RUN_SCHEMA, ResultsStore, finished_ids  # noqa: E402
 from orchestrator.studies import StudySpec  # noqa: E402
 from trainables.loop import TrialLoop  # noqa: E402
 
@@ -126,7 +126,7 @@ def test_study_end_to_end_then_rerun_and_extend(tmp_path):
     after = mtimes(results, "e2e")
     assert all(after[p] == t for p, t in before.items())  # old trials' files untouched
     assert len(epochs_table(results, "e2e")) == 4 * 3
-    assert len(ResultsStore(results, "e2e").finished()) == 4
+    assert len(finished_ids(ResultsStore(results, "e2e").read_runs())) == 4
 
 
 def test_cli_rerun_of_finished_study_starts_nothing(tmp_path, capsys):

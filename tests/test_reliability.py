@@ -200,6 +200,7 @@ def test_a_second_driver_is_refused_and_a_dead_ones_lock_taken_over(tmp_path, ca
     lock.release()
 
 
+@pytest.mark.slow
 def test_a_live_driver_keeps_its_study_however_long_it_is_silent_and_loses_it_when_killed(tmp_path):
     results = str(tmp_path)
     holder = subprocess.Popen(

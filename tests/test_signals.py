@@ -45,6 +45,7 @@ def test_last_step_matches_numpy(resnet: torch.nn.Module) -> None:
     assert var > 0 and norm > 0
 
 
+@pytest.mark.slow
 def test_epoch_mean_matches_numpy(resnet: torch.nn.Module) -> None:
     opt = torch.optim.SGD(resnet.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     acc = EpochGradAccumulator(resnet.parameters())

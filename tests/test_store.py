@@ -7,7 +7,7 @@ import os
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator.store import EPOCH_SCHEMA, RUN_SCHEMA, ResultsStore, run_row
+from orchestrator.store import EPOCH_SCHEMA, RUN_SCHEMA, ResultsStore, finished_ids, run_row
 from orchestrator.studies import TrialSpec
 from trainables.config import TrialConfig
 from trainables.records import EPOCH_COLUMNS, RUN_COLUMNS
@@ -84,14 +84,15 @@ def test_run_row_from_epochs():
 def test_runs_and_ledger(tmp_path, as_uri):
     results = f"file://{tmp_path}" if as_uri else str(tmp_path)
     store = ResultsStore(results, "s")
-    assert store.ledger() == {} and store.finished() == set()
+    assert store.read_runs() == {}
     t1, t2, t3 = (_spec(seed) for seed in (1, 2, 3))
     for spec, status in ((t1, "completed"), (t2, "diverged"), (t3, "failed")):
         store.write_run(run_row(spec, [_row(1)], status=status))
     store.write_run(run_row(t3, [_row(1)], status="completed"))
     (tmp_path / "s" / "runs" / ".t9.parquet.tmp").write_bytes(b"half a file")  # an interrupted write: ignored
-    assert store.ledger() == {t1.trial_id: "completed", t2.trial_id: "diverged", t3.trial_id: "completed"}
-    assert store.finished() == {t1.trial_id, t2.trial_id, t3.trial_id}
+    statuses = {tid: row["status"] for tid, row in store.read_runs().items()}
+    assert statuses == {t1.trial_id: "completed", t2.trial_id: "diverged", t3.trial_id: "completed"}
+    assert finished_ids(store.read_runs()) == {t1.trial_id, t2.trial_id, t3.trial_id}
     table = pq.read_table(tmp_path / "s" / "runs" / f"{t2.trial_id}.parquet")
     assert table.schema.equals(RUN_SCHEMA) and table.num_rows == 1
 

@@ -24,6 +24,7 @@ def test_input_choices_follow_timm_not_guesses():
         parse_input("img_size=32,patch=4")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", [CNN, VIT])
 @pytest.mark.parametrize("classes", [10, 100])
 def test_a_cnn_and_a_transformer_build_at_32_and_train_one_step(arch, classes):

@@ -21,6 +21,7 @@ from torch import nn
 from torchvision import models as tvm
 
 from trainables import timm_archs
+from trainables.timm_archs import ResizeInput
 
 INPUT_SIZE = 32  # every dataset of the study is 32x32x3
 
@@ -77,20 +78,6 @@ def _build_mobilenetv3(num_classes: int) -> nn.Module:
     model = tvm.mobilenet_v3_large(weights=None, num_classes=num_classes)
     _set_stem_stride_one(model.features[0])
     return model
-
-
-class ResizeInput(nn.Module):
-    """Bilinearly resize the input to ``size`` x ``size`` before running ``model``."""
-
-    def __init__(self, model: nn.Module, size: int) -> None:
-        super().__init__()
-        self.size = size
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-2:] != (self.size, self.size):
-            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
-        return self.model(x)
 
 
 def _build_vit_b16(num_classes: int) -> nn.Module:

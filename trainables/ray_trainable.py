@@ -136,6 +136,15 @@ def resume(
     return loop, None, skipped
 
 
+def _checkpoint_tmp() -> str | None:
+    """Where a checkpoint is written before Tune copies it: the driver's temporary folder (removed with
+    the driver, whatever ends it: orchestrator/reaper.py) when it gave one, else the system's."""
+    folder = os.environ.get("DEBA_TMPDIR")
+    if folder:
+        os.makedirs(folder, exist_ok=True)  # a node of a cluster has no such folder yet
+    return folder or None
+
+
 def checkpoint_due(epoch: int, every: int, done: bool) -> bool:
     """Whether epoch `epoch` saves a checkpoint: every `every`-th epoch, and the trial's last one."""
     return done or epoch % every == 0
@@ -182,7 +191,7 @@ def train_trial(config: dict[str, Any], payloads: dict[str, dict[str, Any]]) -> 
         metrics = {**rec, **static, "loop_status": loop.status, "report_prev_s": report_prev_s}
         if checkpoint_due(rec["epoch"], every, loop.done):
             t0 = time.perf_counter()
-            with tempfile.TemporaryDirectory(prefix="deba-ckpt-") as ckpt_dir:
+            with tempfile.TemporaryDirectory(prefix="deba-ckpt-", dir=_checkpoint_tmp()) as ckpt_dir:
                 loop.save_checkpoint(ckpt_dir)
                 t1 = time.perf_counter()
                 tune.report({**metrics, "ckpt_save_s": t1 - t0}, checkpoint=tune.Checkpoint.from_directory(ckpt_dir))

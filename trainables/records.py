@@ -1,7 +1,7 @@
 """Contracts of the results store (DESIGN.md "Results store"), in one place for every package.
 
 Every column the epoch loop emits and the orchestrator writes, with its Arrow type; the layout of
-a checkpoint directory; where a store lives (`resolve_uri`); the per-trial summary and the
+a checkpoint directory; where a store lives (`resolve_uri`); the per-trial summary figures and the
 one-line progress format. The loop, the Parquet sink, the analysis and the tests all read these.
 Importing this module imports neither torch nor pyarrow (pyarrow only inside the functions that
 need it).
@@ -108,9 +108,6 @@ def epoch_column_names() -> list[str]:
     return [name for name, _ in EPOCH_COLUMNS]
 
 
-_ARROW_TYPES = ("string", "int64", "float64", "bool")
-
-
 def arrow_schema(columns: tuple[tuple[str, str], ...]) -> Any:
     """The pyarrow schema of a contract (EPOCH_COLUMNS or RUN_COLUMNS)."""
     import pyarrow as pa
@@ -124,18 +121,77 @@ def arrow_schema(columns: tuple[tuple[str, str], ...]) -> Any:
 _SCHEME_LIKE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
 
 
+# URI schemes pyarrow.fs opens, and those whose first path part is a bucket (it must be given).
+URI_SCHEMES: tuple[str, ...] = ("s3", "gs", "gcs", "hdfs", "viewfs", "file", "abfs", "abfss")
+BUCKET_SCHEMES: frozenset[str] = frozenset({"s3", "gs", "gcs", "abfs", "abfss"})
+# Seconds an object store may take to answer before a check gives up (an unreachable endpoint, or a
+# cloud SDK probing for credentials, would otherwise hang the command).
+STORE_TIMEOUT_S = float(os.environ.get("DEBA_STORE_TIMEOUT_S", "20"))
+
+
+def with_time_limit(fn: Any, seconds: float, what: str) -> Any:
+    """`fn()`, or ValueError saying `what` did not answer within `seconds` (the call is left running in a
+    daemon thread: it cannot be cancelled, and the process may exit without it)."""
+    import threading
+
+    box: dict[str, Any] = {}
+
+    def call() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # handed to the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise ValueError(f"{what} did not answer within {seconds:g} s (DEBA_STORE_TIMEOUT_S sets the limit)")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def check_text(value: str, field: str) -> None:
+    """Refuse a path or name that is not valid UTF-8 text (bytes the file system holds that decode to
+    nothing), naming the field, before anything is written under it."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"{field}={value!r} is not allowed; expected UTF-8 text (position {exc.start} holds a byte that "
+            "is not UTF-8): rename the folder or give another path"
+        ) from None
+
+
 def resolve_uri(location: str, field: str = "results") -> tuple[Any, str]:
-    """(pyarrow filesystem, root path) of a local path or a pyarrow.fs URI (s3://, gs://, file://);
-    ValueError naming `field`. A value that starts like a URI without being one (`s3:/bucket`) is
-    refused rather than taken for a local folder named `s3:`."""
+    """(pyarrow filesystem, root path) of a local path (`~` expanded) or a pyarrow.fs URI (s3://, gs://,
+    file://); ValueError naming `field`. A value that starts like a URI without being one (`s3:/bucket`),
+    an unknown scheme, a bucket URI without its bucket (`s3://`) and a store that does not answer within
+    STORE_TIMEOUT_S are refused rather than taken for something else or waited for."""
+    import urllib.parse
+
     import pyarrow as pa
     import pyarrow.fs as pafs
 
     if not isinstance(location, str) or not location.strip():
         raise ValueError(f"{field}={location!r} is not allowed; expected a directory path or a URI (s3://bucket/dir)")
+    check_text(location, field)
     if "://" in location:
+        parts = urllib.parse.urlsplit(location)
+        if parts.scheme not in URI_SCHEMES:
+            raise ValueError(
+                f"{field}={location!r} is not allowed; expected a path or a URI of a scheme pyarrow.fs opens "
+                f"({', '.join(URI_SCHEMES)})"
+            )
+        if parts.scheme in BUCKET_SCHEMES and not parts.netloc:
+            raise ValueError(
+                f"{field}={location!r} is not allowed; expected {parts.scheme}://BUCKET/PATH: the bucket is missing"
+            )
         try:
-            return pafs.FileSystem.from_uri(location)
+            return with_time_limit(
+                lambda: pafs.FileSystem.from_uri(location), STORE_TIMEOUT_S, f"{field}={location!r}: the store"
+            )
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
             raise ValueError(
                 f"{field}={location!r} is not allowed; expected a path or a URI pyarrow.fs can open ({exc})"
@@ -145,13 +201,13 @@ def resolve_uri(location: str, field: str = "results") -> tuple[Any, str]:
             f"{field}={location!r} is not allowed; it looks like a URI but is malformed: write "
             "SCHEME://BUCKET/PATH (e.g. s3://my-bucket/results), or ./NAME for a local folder"
         )
-    return pafs.LocalFileSystem(), os.path.abspath(location)
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(location))
 
 
 # ----------------------------------------------------------------------------- one trial, summarised
 
 
-def trial_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
+def summary_figures(records: list[dict[str, Any]]) -> dict[str, Any]:
     """The runs-table figures of a trial from its epoch records (in epoch order): epochs_done,
     final_test_acc, best_test_acc, train_time_s, wall_time_s, n_increase, n_rollback,
     final_batch_size (the batch size the last epoch trained with)."""

@@ -24,7 +24,7 @@ from trainables.flags import add_policy_arguments, given_policy_options, known_k
 from trainables.loop import CHECKPOINT_FILE, TrialLoop
 from trainables.policies import option_fields
 from trainables.policies.variants import VARIANTS
-from trainables.records import progress_line, trial_summary
+from trainables.records import progress_line, summary_figures
 from trainables.settings import add_arguments, given_values, merge_old_spelling
 
 # Fields with flags of their own: the policy's options (one flag each, trainables/flags.py).
@@ -74,7 +74,7 @@ def summary_lines(loop: TrialLoop) -> list[str]:
     """The final summary of a trial (the figures of its runs-table row)."""
     if not loop.history:
         return [f"status {loop.status}: no epoch was run"]
-    s = trial_summary(loop.history)
+    s = summary_figures(loop.history)
     return [
         f"status {loop.status} after {s['epochs_done']} epochs on {loop.device_name}",
         f"final test acc {s['final_test_acc']:.4f}  best {s['best_test_acc'] or float('nan'):.4f}",

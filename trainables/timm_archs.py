@@ -31,11 +31,26 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 PREFIX = "timm/"
 INPUT_SIZE = 32
 MIN_GRID = 8  # a transformer's patch grid at 32x32 should be at least 8x8 (64 tokens)
+
+
+class ResizeInput(nn.Module):
+    """Bilinearly resize the input to ``size`` x ``size`` before running ``model``."""
+
+    def __init__(self, model: nn.Module, size: int) -> None:
+        super().__init__()
+        self.size = size
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2:] != (self.size, self.size):
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return self.model(x)
 
 
 def is_timm(arch: Any) -> bool:
@@ -107,8 +122,6 @@ def format_input(kwargs: dict[str, Any]) -> str:
 
 def _create(name: str, num_classes: int, kwargs: dict[str, Any], device: str | None = None) -> nn.Module:
     import timm
-
-    from trainables.models import ResizeInput
 
     build = {k: v for k, v in kwargs.items() if k != "resize"}
     with _quiet(), torch.device(device) if device else contextlib.nullcontext():
