@@ -26,7 +26,14 @@ from orchestrator.studies import (
     with_overrides,
 )
 from trainables.config import TrialConfig
-from trainables.flags import add_policy_arguments, given_policy_options, known_keys, pairs, policy_flag
+from trainables.flags import (
+    add_policy_arguments,
+    check_subset_seed,
+    given_policy_options,
+    known_keys,
+    pairs,
+    policy_flag,
+)
 from trainables.policies import option_fields, policy_options
 from trainables.settings import add_arguments, fail, fields_of, given_values, merge_old_spelling, setting, validate
 
@@ -173,6 +180,7 @@ def study_from_args(args: argparse.Namespace) -> StudySpec:
         variant_defs=variant_defs,
         thresholds=thresholds,
     )
+    check_subset_seed(loop_given, study.loop)
     unused = sorted(k for k in policy_given if not any(k in policy_options(m) for m in study.methods))
     if unused:
         takers = {k: option_fields()[k][1] if k in option_fields() else () for k in unused}

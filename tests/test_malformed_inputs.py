@@ -26,6 +26,10 @@ def files(tmp_path):
     }.items():
         (tmp_path / name).write_text(json.dumps(data))
     (tmp_path / "thr_broken.json").write_text("{not json")
+    (tmp_path / "thr_latin1.json").write_bytes(
+        '{"tiny_cnn": {"theta_stab": 0.3, "theta_conf": 0.5}} # é'.encode("latin-1")
+    )
+    (tmp_path / "thr_nan.json").write_text('{"tiny_cnn": {"theta_stab": NaN, "theta_conf": 0.5}}')
     synthetic_store(
         str(tmp_path / "store"),
         "s",
@@ -68,7 +72,67 @@ GRID_CASES = [  # (argv, text the error names)
     (["--loop-opt", "train_limt=100"], "did you mean 'train_limit'"),
     (["--loop-opt", "record_epoch_mean=1"], "record_epoch_mean"),
     (["--study", "reconstruction", "--thresholds", "{tmp}/thr_outside.json", "--archs", "resnet18"], "thresholds"),
+    # Requests with no effect, or in conflict (the red team's list).
+    (["--methods", "fixed", "--theta-stab", "0.3"], "--theta-stab is an option of deba"),
+    (["--methods", "fixed", "--policy-opt", "theta_stab=0.3"], "--theta-stab is an option of deba"),
+    (["--loop-opt", "lr=0.2", "--lr", "0.05"], "lr is given twice"),
+    (["--batch-size", "48", "--policy-opt", "b0=128"], "b0 is given twice"),
+    (["--subset-seed", "5"], "subset_seed=5"),
+    # URIs, resources and everything else checkable before Ray starts.
+    (["--results", "gs://"], "the bucket is missing"),
+    (["--results", "s3://"], "the bucket is missing"),
+    (["--storage", "s3://"], "the bucket is missing"),
+    (["--results", "ftp://host/x"], "a scheme pyarrow.fs opens"),
+    (["--cpus-per-trial", "4096"], "cpus_per_trial=4096"),
+    (["--seeds", str(2**32)], "seeds=4294967296"),
+    (["--study", "s" * 300], "at most 100 characters"),
+    (["--study", "études"], "study='études'"),
+    (["--study", ""], "study=''"),
+    (["--results", "{tmp}/bad\udcff"], "UTF-8"),  # a byte the file system holds that is not UTF-8
+    (["--thresholds", "{tmp}/thr_latin1.json"], "not UTF-8 text"),
+    (["--thresholds", "{tmp}/thr_nan.json"], "theta_stab"),
+    # 30 more of our own.
+    (["--epochs", "-5"], "epochs=-5"),
+    (["--seeds", "1.5"], "seeds='1.5'"),
+    (["--archs", "tiny_cnn,tiny_cnn"], "each value once"),
+    (["--methods", "deba", "--variants", "rule_either,rule_either"], "each value once"),
+    (["--train-limit", "0"], "train_limit=0"),
+    (["--test-limit", "-1"], "test_limit=-1"),
+    (["--subset-seed", "-1", "--train-limit", "100"], "subset_seed=-1"),
+    (["--gpus-per-trial", "-1"], "gpus_per_trial=-1.0"),
+    (["--gpus-per-trial", "nan"], "gpus_per_trial=nan"),
+    (["--cpus-per-trial", "inf"], "cpus_per_trial=inf"),
+    (["--max-failures", "1.5"], "max_failures='1.5'"),
+    (["--cooldown", "-1"], "cooldown=-1"),
+    (["--window", "0"], "window=0"),
+    (["--alpha", "1"], "alpha=1.0"),
+    (["--beta", "1.2"], "beta=1.2"),
+    (["--b-min", "0"], "b_min=0"),
+    (["--b-max", "16"], "b0=64"),
+    (["--signal-source", "mean"], "signal_source='mean'"),
+    (["--confidence-reference", "mode"], "confidence_reference='mode'"),
+    (["--lr", "0"], "lr=0.0"),
+    (["--momentum", "1"], "momentum=1.0"),
+    (["--weight-decay=-0.1"], "weight_decay=-0.1"),
+    (["--compile", "fast"], "compile='fast'"),
+    (["--threads", "0"], "threads=0"),
+    (["--eval-batch-size", "0"], "eval_batch_size=0"),
+    (["--define-variant", "x y:cooldown=2", "--variants", "x y"], "variant_defs='x y'"),
+    (["--define-variant", "rule_either:decision_rule=both"], "built-in variants cannot be redefined"),
+    (["--variants", "nosuch"], "variants='nosuch'"),
+    (["--verbose", "5"], "verbose='5'"),
+    (["--preset", "nosuch"], "preset='nosuch'"),
+    (["--timm-input", "native"], "timm_input='native'"),
+    (["--archs", "timm/no_such_model_xyz"], "timm/no_such_model_xyz"),
+    (["--methods", "divebatch", "--delta", "0"], "delta=0.0"),
+    (["--record-epoch-mean", "maybe"], "record_epoch_mean='maybe'"),
+    (["--methods", "fixed", "--variants", "cooldown2"], "variants='cooldown2'"),
 ]
+
+
+def _written(root) -> set[str]:
+    """Every path under `root` (a refused command must add none)."""
+    return {str(p) for p in root.rglob("*")}
 
 
 @pytest.mark.parametrize("argv, named", GRID_CASES)
@@ -77,11 +141,13 @@ def test_run_grid_refuses_before_ray(files, capsys, argv, named):
 
     argv = [a.replace("{tmp}", str(files)) for a in argv]
     results = [] if "--results" in argv else ["--results", str(files / "results")]
-    assert grid_main(argv + results + ["--seeds", "0"]) == 2
+    seeds = [] if "--seeds" in argv else ["--seeds", "0"]
+    before = _written(files)
+    assert grid_main(argv + results + seeds) == 2
     err = capsys.readouterr().err
     assert "invalid study" in err and named in err, err
     assert not ray.is_initialized()
-    assert not (files / "s3:").exists() and not (files / "gs:bucket").exists()
+    assert _written(files) == before  # nothing was written
 
 
 def test_run_grid_refuses_a_relative_results_path_inside_a_ray_job(files, capsys, monkeypatch):
@@ -104,6 +170,12 @@ TRIAL_CASES = [
     (["--policy-opt", "nokeyvalue"], "KEY=VALUE"),
     (["--method", "deba", "--decision-rule", "strict", "--threshold-source", "universal"], "decision_rule"),
     (["--checkpoint-dir", "{tmp}/a_file"], "--checkpoint-dir"),
+    (["--no-augment", "--augment", "crop_flip"], "augment is given twice"),
+    (["--method", "fixed", "--cooldown", "3"], "'cooldown'"),
+    (["--seed", "-1"], "seed=-1"),
+    (["--method", "fixed", "--variant", "cooldown2"], "variant='cooldown2'"),
+    (["--method", "deba", "--variant", "cooldown2", "--cooldown", "5"], "variant='cooldown2'"),
+    (["--subset-seed", "3", "--train-limit", "null", "--test-limit", "null"], "subset_seed=3"),
     (["--out", "{tmp}"], "--out"),
     (["--out", "{tmp}/a_file/x.jsonl"], "--out"),
 ]
@@ -115,10 +187,13 @@ def test_trainables_run_refuses_before_training(files, capsys, argv, named):
     base = {"--arch": "tiny_cnn", "--dataset": "digits", "--epochs": "1"}
     given = set(argv[::2])
     full = [x for k, v in base.items() if k not in given for x in (k, v)] + argv
-    assert trial_main(full + ["--train-limit", "64", "--test-limit", "32"]) == 2
+    limits = [] if "--train-limit" in argv else ["--train-limit", "64", "--test-limit", "32"]
+    before = _written(files)
+    assert trial_main(full + limits) == 2
     out, err = capsys.readouterr()
-    assert err.startswith("error: ") and named in err, err
+    assert err.strip().splitlines()[-1].startswith("error: ") and named in err, err
     assert "epoch   1/" not in out  # nothing trained
+    assert _written(files) == before  # nothing was written
 
 
 ANALYSIS_CASES = [
@@ -137,3 +212,19 @@ def test_analysis_refuses_bad_arguments(files, capsys, argv, named):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and named in err, err
     assert not os.path.exists("reports/nope")
+
+
+def test_a_quoted_tilde_is_the_home_folder_not_a_folder_named_tilde(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert grid_main(["--results", "~/x", "--seeds", "0", "--dry-run"]) == 0
+    assert f"results: {tmp_path / 'home' / 'x' / 'demo'}" in capsys.readouterr().out
+    assert not (tmp_path / "~").exists()
+
+
+def test_a_variant_name_means_its_options_in_trainables_run_as_in_run_grid():
+    from trainables.run import build_parser, config_from_args
+
+    cfg = config_from_args(build_parser().parse_args(["--arch", "tiny_cnn", "--dataset", "digits", "--method", "deba",
+                                                      "--variant", "cooldown2"]))  # fmt: skip
+    assert (cfg.variant, cfg.policy["cooldown"]) == ("cooldown2", 2)

@@ -55,6 +55,17 @@ def known_keys(name: str, given: dict[str, Any], known: Any) -> dict[str, Any]:
     return given
 
 
+def check_subset_seed(given: dict[str, Any], settings: dict[str, Any]) -> None:
+    """Refuse a subset_seed the user gave when no subset is drawn (no train_limit or test_limit in the
+    trial settings `settings`): it would change nothing."""
+    if "subset_seed" in given and settings.get("train_limit") is None and settings.get("test_limit") is None:
+        fail(
+            "subset_seed",
+            given["subset_seed"],
+            "a --train-limit or --test-limit with it: without one no subset is drawn, so it would change nothing",
+        )
+
+
 def _value(text: str) -> Any:
     try:
         return json.loads(text)

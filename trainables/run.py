@@ -20,9 +20,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from trainables.config import TrialConfig
-from trainables.flags import add_policy_arguments, given_policy_options, known_keys, pairs, policy_flag
+from trainables.flags import (
+    add_policy_arguments,
+    check_subset_seed,
+    given_policy_options,
+    known_keys,
+    pairs,
+    policy_flag,
+)
 from trainables.loop import CHECKPOINT_FILE, TrialLoop
-from trainables.policies import option_fields
+from trainables.policies import POLICY_NAMES, option_fields, policy_options
 from trainables.policies.variants import VARIANTS
 from trainables.records import progress_line, summary_figures
 from trainables.settings import add_arguments, given_values, merge_old_spelling
@@ -65,8 +72,12 @@ def config_from_args(args: argparse.Namespace) -> TrialConfig:
         "--policy-opt {key}={value}",
         policy_flag,
     )
+    check_subset_seed(values, values)
     variant = values.get("variant", "baseline")
-    policy = {**VARIANTS.get(variant, {}), **policy}  # a differing option is refused by TrialConfig, naming both
+    # The variant's options the method takes (TrialConfig refuses the variant, naming it, when the method
+    # does not take them or the user gave another value).
+    accepted = policy_options(values.get("method", "fixed")) if values.get("method", "fixed") in POLICY_NAMES else {}
+    policy = {**{k: v for k, v in VARIANTS.get(variant, {}).items() if k in accepted}, **policy}
     return TrialConfig.from_dict({**values, "policy": policy})
 
 

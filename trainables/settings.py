@@ -304,8 +304,10 @@ def given_values(args: Any, cls: Any, dest_prefix: str = "", skip: frozenset[str
 
 
 def parse_given(f: dataclasses.Field, text: Any) -> Any:
-    """The checked value of setting `f` from its command-line text."""
-    return check(f.name, parse_text(f.name, text, f.metadata), f.metadata)
+    """The checked value of setting `f` from its command-line text; a refusal names the flag the user
+    typed (`study=''` for --study, `batch_size=0` for --batch-size)."""
+    name = flag_of(f).lstrip("-").replace("-", "_")
+    return check(name, parse_text(name, text, f.metadata), f.metadata)
 
 
 def merge_old_spelling(
