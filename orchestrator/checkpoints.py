@@ -21,6 +21,7 @@ scratch): the resumed trial re-reports every epoch after k.
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 import re
 import zipfile
@@ -159,13 +160,19 @@ def prune(found: dict[str, list[StoredCheckpoint]], points: dict[str, ResumePoin
         for c in checkpoints:
             if c.uri in point.candidates or c.epoch is None or c.epoch > point.epoch or intact(c) is not None:
                 continue
-            fs, path = resolve_uri(c.uri, field="storage")
-            try:
-                fs.delete_dir(path)
+            if _delete(c.uri):
                 deleted.append(c.uri)
-            except OSError:
-                pass  # already gone, or not ours to delete: harmless
     return deleted
+
+
+def _delete(uri: str) -> bool:
+    """Delete a folder (a checkpoint, an experiment); False when it is already gone or not ours to delete."""
+    fs, path = resolve_uri(uri, field="storage")
+    try:
+        fs.delete_dir(path)
+        return True
+    except OSError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -191,22 +198,15 @@ def prune_finished(root: str, experiments: dict[str, Collection[str]], finished:
         if final is not None:
             kept_in.add(final.experiment)
         for c in checkpoints:
-            if final is None or c.uri == final.uri:
-                continue
-            fs, path = resolve_uri(c.uri, field="storage")
-            try:
-                fs.delete_dir(path)
+            if final is not None and c.uri != final.uri and _delete(c.uri):
                 deleted.append(c.uri)
-            except OSError:
-                pass
-    gone = []
-    fs, base = resolve_uri(root, field="storage")
-    for name, trial_ids in sorted(experiments.items()):
-        if name in kept_in or not set(trial_ids) <= done:
-            continue
-        try:
-            fs.delete_dir(posixpath.join(base, name))
-            gone.append(name)
-        except OSError:
-            pass
+    gone = [
+        name
+        for name, trial_ids in sorted(experiments.items())
+        if name not in kept_in and set(trial_ids) <= done and _delete(_join(root, name))
+    ]
     return Pruned(tuple(deleted), tuple(gone))
+
+
+def _join(root: str, name: str) -> str:
+    return posixpath.join(root, name) if "://" in root else os.path.join(root, name)
