@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from trainables.manifest import manifest_of
 from trainables.records import (
     EPOCH_COLUMNS,
     ID_NAMES,
@@ -325,6 +326,8 @@ def run_row(
         "status": status,
         "error": error,
         **summary_figures(epochs),
+        # What the epochs file holds now: the rows as the store writes them (one per epoch, the last wins).
+        **manifest_of(to_table(list({int(r["epoch"]): r for r in epochs}.values()), EPOCH_COLUMNS, EPOCH_SCHEMA)),
     }
     row.update(extra)
     return row

@@ -81,6 +81,10 @@ RUN_COLUMNS: tuple[tuple[str, str], ...] = ID_COLUMNS + (
     ("python_version", "string"),
     ("torch_version", "string"),
     ("ray_version", "string"),
+    # The trial's manifest (trainables/manifest.py): what its epochs file held when this row was written.
+    ("manifest_rows", "int64"),
+    ("manifest_epochs", "string"),  # ranges: "1-100"
+    ("manifest_checksums", "string"),  # JSON: column -> 16 hex digits of its content
 )
 
 # A checkpoint directory (TrialLoop.save_checkpoint): the loop's state, and what it ends (readable
