@@ -81,4 +81,5 @@ def test_it_analyses_to_the_numbers_its_version_computed(store: str) -> None:
     expected = json.loads((FIXTURE / "analysis.json").read_text())
     got = json.loads(json.dumps(to_json(analyse(store)), allow_nan=False))
     for key, value in expected.items():
-        assert _numbers(got[key]) == _numbers(value), key
+        if key not in TEXT_FIELDS:
+            assert _numbers(got[key]) == _numbers(value), key
