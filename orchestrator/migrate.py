@@ -70,6 +70,7 @@ def rename_trials(
     by_new: dict[str, list[str]] = {}
     for old, new in sorted(renames.items()):
         by_new.setdefault(new, []).append(old)
+    store.release([*renames, *by_new])  # copies in compacted parts get their own files (set aside or renamed)
     lines = []
     for new, olds in sorted(by_new.items()):
         present = [new] if new in runs or new in with_rows else []

@@ -35,7 +35,15 @@ from orchestrator.calibration import study_calibration
 from orchestrator.checkpoints import find_checkpoints, prune, resume_points
 from orchestrator.migrate import rename_trials, renamed_ids, stored_configs
 from orchestrator.schedule import CostEstimate, estimate_costs, longest_first
-from orchestrator.store import ResultsStore, contiguous_epochs, epoch_seconds, finished_ids, resolve_uri, storage_uri
+from orchestrator.store import (
+    PLAN_COLUMNS,
+    ResultsStore,
+    contiguous_epochs,
+    epoch_seconds,
+    finished_ids,
+    resolve_uri,
+    storage_uri,
+)
 from orchestrator.studies import StudySpec, TrialSpec, config_differences, expand, trial_label, waiting_for_calibration
 
 PLAN_FILE = "orchestrator_plan.json"
@@ -108,7 +116,7 @@ def make_plan(study: StudySpec, results: str, write: bool = True, storage: str |
     check_one_configuration(study, trials, stored_configs(runs, plans, with_rows), runs)
     finished = done & set(ids)
     # Costs from the epoch times stored so far (any trial of the study), for the epochs left.
-    started = {tid: store.read_epochs(tid) for tid in with_rows & set(ids)}
+    started = store.epochs_of(with_rows & set(ids), PLAN_COLUMNS)
     return Plan(
         study=study,
         trials=trials,
@@ -416,6 +424,7 @@ def run_plan(
     root = storage_root(results, study.name, storage)
     specs = {t.trial_id: t for t in plan.trials}
     store = ResultsStore(results, study.name, fix_damage=True)
+    store.release(ids)  # compacted trials that run again (an extension) get their own files first
     plans = read_plans(root)
     # Only this study's experiments: another study sharing --storage may hold the same trial ids.
     ours = {name for name, doc in plans.items() if doc.get("study") == study.name}
