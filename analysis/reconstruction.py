@@ -77,13 +77,14 @@ def reading_table(
     config = runs.set_index(["study", "trial_id"])["config_json"] if "config_json" in runs else pd.Series(dtype=object)
     b0 = policy_options(method).get("b0", 64)
     p = pairs[pairs["method"].eq(method)]
+    by_key = {k: g for k, g in p.groupby(KEYS, sort=False)}  # each reading's pairs, in their order
     rows = []
     for key, g in t.groupby(KEYS, sort=True):
         g = g.sort_values("seed")
         first = (g["study"].iloc[0], g["trial_id"].iloc[0])
         reading = describe_reading(config.get(first), method)
         start = _b0(config.get(first), b0)
-        pp = p[(p[KEYS] == pd.Series(dict(zip(KEYS, key)))).all(axis=1)]
+        pp = by_key.get(key, p.iloc[:0])
         n = len(g)
         rows.append(
             dict(zip(KEYS, key))
