@@ -221,3 +221,23 @@ def test_the_command_line(tmp_path, capsys):
     assert len(_files(results, "b")) == 8
     assert main([os.path.join(results, "b")]) == 0  # DIR may be one study's folder
     assert len(_files(results, "b")) == 1
+
+
+@pytest.mark.slow
+def test_the_scaling_benchmark_runs_locally_and_on_a_local_s3_server(tmp_path):
+    """benchmarks/bench_analysis.py --scaling at a tiny size: its table rows (no timing is asserted)."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [sys.executable, os.path.join(root, "benchmarks", "bench_analysis.py"), "--scaling", "48",
+           "--epochs", "3", "--s3", "--repeats", "1", "--keep", str(tmp_path)]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=root, env={**os.environ, "PYTHONPATH": root})
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line.split(" | ") for line in done.stdout.splitlines() if line.startswith("| 48 ")]
+    assert [(r[1], r[2], r[3]) for r in rows] == [
+        ("local", "per-trial files", "96"),
+        ("local", "compacted", "2"),
+        ("S3 (moto)", "per-trial files", "96"),
+        ("S3 (moto)", "compacted", "2"),
+    ]
