@@ -132,6 +132,9 @@ def _read_table(
 
     def one(path: str) -> tuple[pa.Schema | None, pa.Table | None, str | None]:
         try:
+            if store_files.is_part(posixpath.basename(path)):  # large: only the wanted columns' bytes
+                physical, table = store_files.read_part(fs, path, wanted)
+                return physical, table, None
             pf = pq.ParquetFile(pa.BufferReader(store_files.read_bytes(fs, path)))
             physical = pf.schema_arrow
             table = pf.read(columns=[n for n in physical.names if wanted is None or n in wanted])

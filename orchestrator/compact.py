@@ -165,11 +165,12 @@ def _compact(store: ResultsStore, rows_per_part: int) -> Compaction:
         raise
     report.parts_written = written
     # Everything the new parts replace, now that they are complete and checked.
-    for path in [*parts_e, *parts_r]:
-        store.fs.delete_file(path)
-        report.parts_removed.append(path)
-    for path in [own_e[t] for t in fold_ids] + [own_r[t] for t in runs_ids]:
-        store.fs.delete_file(path)
+    store_files.parallel(store.fs.delete_file, [*parts_e, *parts_r], store.threads)
+    report.parts_removed = [*parts_e, *parts_r]
+    # Many small deletes: concurrently (a request each on an object store).
+    store_files.parallel(
+        store.fs.delete_file, [own_e[t] for t in fold_ids] + [own_r[t] for t in runs_ids], store.threads
+    )
     store._index.clear()
     report.folded = len(fold_ids)
     report.trials = len(trials)

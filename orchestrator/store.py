@@ -162,6 +162,16 @@ class ResultsStore:
         Reading the bytes and parsing them are kept apart: an error reading (permissions, a network
         filesystem's hiccup) is raised, since the file may be fine; only bytes that do not parse
         as Parquet mark the file damaged."""
+        if store_files.is_part(posixpath.basename(path)):
+            # A part is large: only the columns asked for are read. Only a footer that does not parse
+            # marks it damaged (it holds many trials); any other error is raised, naming it.
+            try:
+                return store_files.read_part(self.fs, path, columns)[1]
+            except FileNotFoundError:
+                return None
+            except pa.ArrowInvalid as exc:
+                self.quarantine(path, f"{type(exc).__name__}: {exc}")
+                return None
         try:
             data = store_files.read_bytes(self.fs, path)
         except FileNotFoundError:

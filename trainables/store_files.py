@@ -103,6 +103,19 @@ def read_bytes(fs: Any, path: str) -> bytes:
         return f.read()
 
 
+def read_part(fs: Any, path: str, columns: Iterable[str] | None = None) -> tuple[Any, Any]:
+    """(file schema, table) of a compacted part, reading only the row groups' chunks of `columns` (those
+    it has; all when None): ranged reads, several in flight (pre_buffer), instead of the whole object.
+    A missing or malformed footer raises pyarrow.ArrowInvalid; other read errors OSError."""
+    import pyarrow.parquet as pq
+
+    with fs.open_input_file(path) as f:
+        pf = pq.ParquetFile(f, pre_buffer=True)
+        schema = pf.schema_arrow
+        names = None if columns is None else [c for c in dict.fromkeys(columns) if c in set(schema.names)]
+        return schema, pf.read(columns=names, use_threads=True)
+
+
 def parse(data: bytes, columns: Iterable[str] | None = None) -> Any:
     """The Parquet table in `data`, only `columns` of it (those it has) when given."""
     import pyarrow as pa
