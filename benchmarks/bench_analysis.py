@@ -97,6 +97,7 @@ def _row(n: int, where: str, layout: str, location: str, compaction: str, repeat
     if plots:
         pw, pc, _ = _measure(lambda: _cli(location, out, plots=True))
         row.append(f"{pw:.1f} / {pc:.1f}")
+    row.append(f"{os.getloadavg()[0]:.1f}")  # the machine is shared: how busy it was
     print("# " + " | ".join(row), file=sys.stderr, flush=True)
     return row
 
@@ -164,6 +165,7 @@ def scaling(sizes: list[int], epochs: int, s3: bool, repeats: int, keep: str | N
             "`python -m analysis DIR --json --no-plots` s (wall / CPU)", "compaction s (wall / CPU)"]  # fmt: skip
     if plots:
         head.append("with plots s (wall / CPU)")
+    head.append("load avg (1 min)")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for row in rows:

@@ -84,6 +84,8 @@ def check_trial(trial_id: str, epochs: pa.Table | None, run: dict[str, Any] | No
         return f"not finished (status {run.get('status')})"
     if epochs is None or epochs.num_rows == 0:
         return "no epoch rows"
+    if not {"trial_id", "epoch"} <= set(epochs.column_names):
+        return "epoch rows without a trial_id or epoch column"
     if set(_values(epochs.column("trial_id"))) != {trial_id}:
         return "epoch rows that carry another trial id"
     got = sorted(epochs.column("epoch").to_pylist())

@@ -35,15 +35,7 @@ from orchestrator.calibration import study_calibration
 from orchestrator.checkpoints import find_checkpoints, prune, resume_points
 from orchestrator.migrate import rename_trials, renamed_ids, stored_configs
 from orchestrator.schedule import CostEstimate, estimate_costs, longest_first
-from orchestrator.store import (
-    PLAN_COLUMNS,
-    ResultsStore,
-    contiguous_epochs,
-    epoch_seconds,
-    finished_ids,
-    resolve_uri,
-    storage_uri,
-)
+from orchestrator.store import ResultsStore, contiguous_epochs, epoch_seconds, finished_ids, resolve_uri, storage_uri
 from orchestrator.studies import StudySpec, TrialSpec, config_differences, expand, trial_label, waiting_for_calibration
 
 PLAN_FILE = "orchestrator_plan.json"
@@ -116,7 +108,7 @@ def make_plan(study: StudySpec, results: str, write: bool = True, storage: str |
     check_one_configuration(study, trials, stored_configs(runs, plans, with_rows), runs)
     finished = done & set(ids)
     # Costs from the epoch times stored so far (any trial of the study), for the epochs left.
-    started = store.epochs_of(with_rows & set(ids), PLAN_COLUMNS)
+    started = store.plan_rows(with_rows & set(ids))
     return Plan(
         study=study,
         trials=trials,

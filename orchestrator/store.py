@@ -352,6 +352,10 @@ class ResultsStore:
                 out[tid] = _rows(data, names)
         return out
 
+    def plan_rows(self, trial_ids: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+        """`epochs_of` with only the columns the plan reads (`PLAN_COLUMNS`)."""
+        return self.epochs_of(trial_ids, PLAN_COLUMNS)
+
     # runs -----------------------------------------------------------------------------------------
     def write_run(self, row: dict[str, Any]) -> None:
         """Store (or replace) the trial's runs row."""
