@@ -108,6 +108,7 @@ class _CrashingFS:
         return getattr(self.fs, name)
 
 
+@pytest.mark.slow  # nine compactions of a 48-trial store
 @pytest.mark.parametrize("crash_at", [1, 2, 3, 4, 5, 6, 7, 16, 26])  # 26 changes in all
 def test_a_compaction_killed_at_any_step_loses_nothing(tmp_path, monkeypatch, crash_at):
     results = str(tmp_path / "r")

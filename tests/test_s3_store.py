@@ -1,6 +1,6 @@
 """The results store, the analysis, compaction and the study lock against a real S3 API: moto's server on
 a loopback port (tests/conftest.py), reached through pyarrow's S3 filesystem with the endpoint taken from
-AWS_ENDPOINT_URL, as on a cluster."""
+AWS_ENDPOINT_URL, as on a cluster. Slow: the server is a process of its own (started once per session)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from orchestrator.lock import StudyLock, StudyLocked
 from orchestrator.store import ResultsStore
 from trainables.records import resolve_uri
 
+pytestmark = pytest.mark.slow
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -147,7 +148,6 @@ def test_a_stale_s3_lock_is_taken_over_once_and_its_old_driver_stops(s3_results,
     assert held[0].holder() is None
 
 
-@pytest.mark.slow
 def test_two_driver_processes_racing_for_an_s3_lock(s3_results):
     """Two processes (as two `run_grid` drivers would) take the same study's lock at the same instant."""
     start = time.time() + 3.0
