@@ -49,7 +49,7 @@ class LocalS3:
         """The variables that point S3 clients (pyarrow, boto3, Ray) at this server."""
         return {"AWS_ENDPOINT_URL": self.url, **CREDENTIALS}
 
-    def start(self, timeout: float = 60.0) -> LocalS3:
+    def start(self, timeout: float = 180.0) -> LocalS3:
         for _ in range(3):  # a port taken between choosing it and binding it: choose another
             self.port = _free_port()
             with open(self.log, "ab") as out:
