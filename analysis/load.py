@@ -9,12 +9,14 @@ also point at one study directory itself. Every file's footer is checked against
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.dataset as ds
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from analysis.schema import (
     EPOCH_COLUMNS,
@@ -24,9 +26,15 @@ from analysis.schema import (
     arrow_schema,
     schema_problems,
 )
+from trainables import store_files
 from trainables.records import resolve_uri
 
 TABLES = ("epochs", "runs")
+# What de-duplication needs of the epochs table, whatever columns are asked for.
+REQUIRED_EPOCH_KEYS = frozenset({"study", "trial_id", "epoch", "wall_time_s"})
+# The epochs columns the analysis uses (tables, plots, calibration and null control of the stored signals
+# under every signal source).
+ANALYSIS_EPOCH_COLUMNS = REQUIRED_EPOCH_COLUMNS | {"grad_norm", "grad_var_epoch_mean", "grad_norm_epoch_mean"}
 
 
 class StoreError(ValueError):
@@ -89,8 +97,19 @@ def _parquet_files(fs: pafs.FileSystem, path: str) -> list[str]:
     )
 
 
-def _hive_keys(path: str) -> set[str]:
-    return {seg.split("=", 1)[0] for seg in path.split("/") if "=" in seg}
+def _hive_values(rel_dir: str) -> dict[str, str]:
+    """key -> value of the `key=value` folders in a path relative to the table folder."""
+    return dict(seg.split("=", 1) for seg in rel_dir.split("/") if "=" in seg)
+
+
+def _plain(table: pa.Table) -> pa.Table:
+    """`table` with dictionary-encoded columns decoded (their values' type is what the contract checks)."""
+    if not any(pa.types.is_dictionary(f.type) for f in table.schema):
+        return table
+    return pa.table(
+        [c.cast(c.type.value_type) if pa.types.is_dictionary(c.type) else c for c in table.columns],
+        names=table.column_names,
+    )
 
 
 def _read_table(
@@ -100,47 +119,60 @@ def _read_table(
     columns: tuple[tuple[str, str], ...],
     optional: frozenset[str],
     label: str,
+    wanted: frozenset[str] | None = None,
 ) -> tuple[pa.Table, list[str]]:
-    """Check every file's schema, then read all files cast to the contract (+ extra columns).
+    """Read every file (concurrently, each in one request), check its schema against the contract,
+    and return the rows cast to the contract types (+ extra columns), with only the columns of
+    ``wanted`` when given (every file's whole schema is still checked).
 
     ``base`` is the table directory (``<study>/epochs``); ``key=value`` folders below it are
-    hive partitions and count as columns.
+    hive partitions and count as columns. Compacted parts and per-trial files are combined by the
+    rule of trainables/store_files.py (a part's rows of a trial that has its own file, or that a
+    newer part holds, are left out).
     """
 
-    def make(paths: list[str]) -> ds.Dataset:
-        # An explicit schema: discovery would merge the first file's types with the partition keys.
-        return ds.dataset(
-            paths,
-            filesystem=fs,
-            format="parquet",
-            schema=arrow_schema(columns),
-            partitioning="hive",
-            partition_base_dir=base,
-        )
+    def one(path: str) -> tuple[pa.Schema | None, pa.Table | None, str | None]:
+        try:
+            if store_files.is_part(posixpath.basename(path)):  # large: only the wanted columns' bytes
+                physical, table = store_files.read_part(fs, path, wanted)
+                return physical, table, None
+            pf = pq.ParquetFile(pa.BufferReader(store_files.read_bytes(fs, path)))
+            physical = pf.schema_arrow
+            table = pf.read(columns=[n for n in physical.names if wanted is None or n in wanted])
+        except FileNotFoundError:
+            return None, None, None  # moved away meanwhile (a driver set a damaged file aside)
+        except (pa.ArrowInvalid, OSError) as exc:  # truncated or not Parquet: name it, leave it out
+            return None, None, f"{type(exc).__name__}: {exc}"
+        return physical, table, None
 
-    dataset = make(files)
+    read = store_files.parallel(one, files, store_files.threads_for(fs))
     problems: list[str] = []
     notes: list[str] = []
     extras: dict[str, list[pa.DataType]] = {}
     filled: dict[str, int] = {}
-    damaged: list[str] = []
     contract = {name for name, _ in columns}
-    for fragment in dataset.get_fragments():
-        try:
-            physical = fragment.physical_schema
-        except (pa.ArrowInvalid, OSError) as exc:  # truncated or not Parquet: name it, leave it out
-            damaged.append(fragment.path)
-            notes.append(f"{label} file {fragment.path} cannot be read ({type(exc).__name__}: {exc}); left out")
+    checked: dict[pa.Schema, list[str]] = {}  # a store's files share a few schemas: check each once
+    tables: dict[str, pa.Table] = {}
+    for path, (physical, table, error) in zip(files, read):
+        if error is not None:
+            notes.append(f"{label} file {path} cannot be read ({error}); left out")
             continue
-        hive = _hive_keys(posixpath.relpath(posixpath.dirname(fragment.path), base))
+        if physical is None:
+            continue
+        hive = _hive_values(posixpath.relpath(posixpath.dirname(path), base))
         present = pa.schema(list(physical) + [pa.field(k, pa.string()) for k in hive if k not in physical.names])
-        for problem in schema_problems(present, columns, optional):
-            problems.append(f"{label} file {fragment.path}: {problem}")
+        if present not in checked:
+            checked[present] = schema_problems(present, columns, optional)
+        problems += [f"{label} file {path}: {problem}" for problem in checked[present]]
         for name in contract - set(present.names):
             filled[name] = filled.get(name, 0) + 1
         for f in physical:
             if f.name not in contract:
                 extras.setdefault(f.name, []).append(f.type)
+        for key, value in hive.items():
+            if key not in physical.names and (wanted is None or key in wanted):
+                table = table.append_column(key, pa.array([value] * table.num_rows, pa.string()))
+        tables[path] = _plain(table)
     if problems:
         shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
         raise StoreError(f"{label} table does not match the column contract:\n  " + "\n  ".join(shown))
@@ -149,20 +181,29 @@ def _read_table(
             f"{label}: columns missing from some files, read as null: "
             + ", ".join(f"{name} ({n} file{'s' if n > 1 else ''})" for name, n in sorted(filled.items()))
         )
-    if damaged:
-        dataset = make([f for f in files if f not in set(damaged)])
-    schema = arrow_schema(columns)
+    schema = pa.schema([f for f in arrow_schema(columns) if wanted is None or f.name in wanted])
     for name, types in sorted(extras.items()):
+        if wanted is not None and name not in wanted:
+            continue
         try:
             merged = pa.unify_schemas([pa.schema([(name, t)]) for t in types], promote_options="permissive")
             schema = schema.append(merged.field(name))
         except (pa.ArrowInvalid, pa.ArrowTypeError):
             notes.append(f"{label}: extra column {name!r} has conflicting types across files; skipped")
+    parts = sorted((p for p in tables if store_files.is_part(posixpath.basename(p))), key=posixpath.basename)[::-1]
+    if parts:  # newest first
+        own = {t for p, table in tables.items() if p not in parts for t in _ids(table)}
+        kept = store_files.resolve(tables, own, parts)
+    else:
+        kept = list(tables.values())
     try:
-        # Same fragments (their footers are already read), read as the contract types.
-        return dataset.replace_schema(schema).to_table(), notes
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        return store_files.conform(kept, schema), notes
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
         raise StoreError(f"{label} table could not be read with the contract types: {exc}") from exc
+
+
+def _ids(table: pa.Table) -> list[str]:
+    return pc.unique(table.column("trial_id")).to_pylist() if "trial_id" in table.column_names else []
 
 
 def _read_all(
@@ -172,16 +213,18 @@ def _read_all(
     optional: frozenset[str],
     label: str,
     notes: list[str],
+    wanted: frozenset[str] | None = None,
 ) -> pd.DataFrame:
     """Read one table of every selected study (``parts`` = [(table dir, files)]) into pandas."""
     tables = []
     for base, files in parts:
         if files:
-            table, part_notes = _read_table(fs, base, files, columns, optional, label)
+            table, part_notes = _read_table(fs, base, files, columns, optional, label, wanted)
             tables.append(table)
             notes += part_notes
     if not tables:
-        return arrow_schema(columns).empty_table().to_pandas()
+        schema = arrow_schema(columns)
+        return pa.schema([f for f in schema if wanted is None or f.name in wanted]).empty_table().to_pandas()
     try:
         table = pa.concat_tables(tables, promote_options="permissive")
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
@@ -199,8 +242,12 @@ def _dedupe(df: pd.DataFrame, keys: list[str], order: list[str], label: str, not
     return df
 
 
-def load_store(results_dir: str, study: str | None = None) -> Store:
+def load_store(results_dir: str, study: str | None = None, columns: Iterable[str] | None = None) -> Store:
     """Load the epochs and runs tables of one study (``study``) or of every study in the store.
+
+    ``columns``: the epochs columns to read (default: all, extra columns included); the analysis
+    reads only those it uses (``ANALYSIS_EPOCH_COLUMNS``). Every file's schema is checked either way.
+    The files are read concurrently; compacted and per-trial files alike (trainables/store_files.py).
 
     Raises :class:`StoreError` when the directory holds no study, the named study is absent,
     a study has no epoch files, or a file misses/mistypes a contract column.
@@ -229,7 +276,8 @@ def load_store(results_dir: str, study: str | None = None) -> Store:
         run_parts.append((rdir, r))
     epoch_optional = frozenset(n for n, _ in EPOCH_COLUMNS) - REQUIRED_EPOCH_COLUMNS
     run_optional = frozenset(n for n, _ in RUN_COLUMNS) - REQUIRED_RUN_COLUMNS
-    epochs = _read_all(fs, epoch_parts, EPOCH_COLUMNS, epoch_optional, "epochs", notes)
+    wanted = None if columns is None else frozenset(columns) | REQUIRED_EPOCH_KEYS
+    epochs = _read_all(fs, epoch_parts, EPOCH_COLUMNS, epoch_optional, "epochs", notes, wanted)
     epochs = _dedupe(epochs, ["study", "trial_id", "epoch"], ["wall_time_s"], "epochs", notes)
     runs = _read_all(fs, run_parts, RUN_COLUMNS, run_optional, "runs", notes)
     runs = _dedupe(runs, ["study", "trial_id"], ["epochs_done"], "runs", notes)

@@ -51,44 +51,59 @@ def _label(method: str, variant: str) -> str:
     return method if variant == "baseline" else f"{method}/{variant}"
 
 
+SEED_LINES = 8  # up to this many seeds per panel and dataset one line each; more: median and band
+SCATTER_POINTS = 20_000  # points drawn per scatter plot (a fixed random sample; medians use every row)
+
+
 def batch_size_trajectories(
     epochs: pd.DataFrame, path: str, fixed_method: str = "fixed", trajectory: pd.DataFrame | None = None
 ):
     """Batch size per epoch of every adaptive run, one panel per (arch, method/variant), one line per
-    seed (coloured by dataset), and the paper's path (dashed) scaled to the panel's planned epochs
-    (``trajectory``'s epochs_planned, else the longest run)."""
+    seed (coloured by dataset) or, past SEED_LINES seeds of a dataset, their median with a 10-90%
+    band, and the paper's path (dashed) scaled to the panel's planned epochs (``trajectory``'s
+    epochs_planned, else the longest run)."""
     e = epochs[epochs["method"].ne(fixed_method)]
     if e.empty:
         return None
-    panels = sorted({(a, m, v) for a, m, v in e[["arch", "method", "variant"]].itertuples(index=False)})
+    e = e[["arch", "dataset", "method", "variant", "trial_id", "epoch", "batch_size"]]
+    panels = sorted(e[["arch", "method", "variant"]].drop_duplicates().itertuples(index=False, name=None))
     fig, axes = _grid(len(panels))
     colors = {d: f"C{i % 10}" for i, d in enumerate(sorted(e["dataset"].unique()))}
-    for ax, (arch, method, variant) in zip(axes, panels):
-        sub = e[e["arch"].eq(arch) & e["method"].eq(method) & e["variant"].eq(variant)]
-        seen = set()
-        for (ds, _tid), run in sub.groupby(["dataset", "trial_id"], sort=True):
-            ax.step(
-                run["epoch"],
-                run["batch_size"],
-                where="post",
-                color=colors[ds],
-                alpha=0.7,
-                lw=1.2,
-                label=None if ds in seen else ds,
-            )
-            seen.add(ds)
-        planned = None
-        if trajectory is not None and len(trajectory):
-            planned = trajectory.loc[trajectory["trial_id"].isin(sub["trial_id"]), "epochs_planned"].max()
+    planned_by_trial = (
+        dict(zip(trajectory["trial_id"], trajectory["epochs_planned"]))
+        if trajectory is not None and len(trajectory)
+        else {}
+    )
+    banded = False
+    for ax, ((arch, method, variant), sub) in zip(axes, _panels(e, ["arch", "method", "variant"], panels)):
+        for ds, runs in sub.groupby("dataset", sort=True):
+            if runs["trial_id"].nunique() <= SEED_LINES:
+                for i, (_tid, run) in enumerate(runs.groupby("trial_id", sort=True)):
+                    ax.step(run["epoch"], run["batch_size"], where="post", color=colors[ds], alpha=0.7, lw=1.2,
+                            label=None if i else ds)  # fmt: skip
+                continue
+            banded = True
+            q = runs.groupby("epoch")["batch_size"].quantile([0.1, 0.5, 0.9]).unstack()
+            n_runs = runs["trial_id"].nunique()
+            ax.step(q.index, q[0.5], where="post", color=colors[ds], lw=1.6, label=f"{ds} median (n={n_runs})")
+            ax.fill_between(q.index, q[0.1], q[0.9], step="post", color=colors[ds], alpha=0.2, lw=0)
+        planned = max((planned_by_trial.get(t, float("nan")) for t in sub["trial_id"].unique()), default=None)
         n = int(planned) if planned is not None and pd.notna(planned) else int(sub["epoch"].max())
         ax.step(range(1, n + 1), paper_path(n), where="post", color="black", ls="--", lw=1.0, label="paper's path")
         ax.set_yscale("log", base=2)
         ax.set_title(f"{arch} {_label(method, variant)}", fontsize=9)
         ax.set_xlabel("epoch")
         ax.set_ylabel("batch size")
-        ax.legend(fontsize=7)
-    fig.suptitle("Batch-size trajectories (one line per seed)")
+        ax.legend(fontsize=7, loc="upper left")
+    band = f"; past {SEED_LINES} seeds: median, band = 10-90%" if banded else ""
+    fig.suptitle(f"Batch-size trajectories (one line per seed{band})")
     return _save(fig, path)
+
+
+def _panels(e: pd.DataFrame, keys: list[str], panels: list[tuple]):
+    """(panel key, its rows) for each of `panels`, from one groupby (not one filter per panel)."""
+    groups = dict(iter(e.groupby(keys, sort=False)))
+    return [(key, groups[key]) for key in panels]
 
 
 def _per_arch_vs_batch(epochs: pd.DataFrame, column: str, path: str, ylabel: str, logy: bool, title: str):
@@ -98,18 +113,22 @@ def _per_arch_vs_batch(epochs: pd.DataFrame, column: str, path: str, ylabel: str
     fig = Figure(figsize=(6.5, 4.5), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()
+    shown = e if len(e) <= SCATTER_POINTS else e.sample(SCATTER_POINTS, random_state=0)
     for i, (arch, g) in enumerate(e.groupby("arch", sort=True)):
         color = f"C{i % 10}"
-        ax.scatter(g["batch_size"], g[column], s=6, alpha=0.25, color=color)
+        points = shown[shown["arch"] == arch]
+        ax.scatter(points["batch_size"], points[column], s=6, alpha=0.25, color=color)
         med = g.groupby("batch_size")[column].median()
         ax.plot(med.index, med.values, "-o", ms=3, color=color, label=f"{arch} (median)")
+    if len(shown) < len(e):
+        title += f" ({len(shown):,} of {len(e):,} epochs drawn)"
     ax.set_xscale("log", base=2)
     if logy:
         ax.set_yscale("log")
     ax.set_xlabel("batch size")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper right")
     return _save(fig, path)
 
 
@@ -134,20 +153,23 @@ def accuracy_curves(epochs: pd.DataFrame, summary: pd.DataFrame, path: str):
         return None
     panels = sorted(e[["arch", "dataset"]].drop_duplicates().itertuples(index=False, name=None))
     fig, axes = _grid(len(panels))
-    series = sorted({(m, v) for m, v in e[["method", "variant"]].itertuples(index=False)})
+    series = sorted(e[["method", "variant"]].drop_duplicates().itertuples(index=False, name=None))
     colors = {k: f"C{i % 10}" for i, k in enumerate(series)}
     colors[("fixed", "baseline")] = "black"
+    # Every curve's statistics in one group-by, then one panel at a time.
+    keys = ["arch", "dataset", "method", "variant"]
+    acc = (100.0 * e["test_acc"]).groupby([e[k] for k in keys] + [e["epoch"]]).agg(["mean", "min", "max"])
+    n_runs = e.groupby(keys)["trial_id"].nunique()
     for ax, (arch, ds) in zip(axes, panels):
-        sub = e[e["arch"].eq(arch) & e["dataset"].eq(ds)]
-        for (m, v), g in sub.groupby(["method", "variant"], sort=True):
-            stats = (100.0 * g["test_acc"]).groupby(g["epoch"]).agg(["mean", "min", "max"])
+        for m, v in sorted(n_runs.loc[(arch, ds)].index):
+            stats = acc.loc[(arch, ds, m, v)]
             ax.plot(stats.index, stats["mean"], color=colors[(m, v)], lw=1.4,
-                    label=f"{_label(m, v)} (n={g['trial_id'].nunique()})")  # fmt: skip
+                    label=f"{_label(m, v)} (n={n_runs.loc[(arch, ds, m, v)]})")  # fmt: skip
             ax.fill_between(stats.index, stats["min"], stats["max"], color=colors[(m, v)], alpha=0.15)
         ax.set_title(f"{arch} / {ds}")
         ax.set_xlabel("epoch")
         ax.set_ylabel("test accuracy (%)")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="lower right")
     fig.suptitle("Test accuracy: mean over seeds, band = min..max")
     return _save(fig, path)
 

@@ -66,6 +66,7 @@ def reading_table(
         return pd.DataFrame(columns=columns)
     configs = stored_configs(runs)
     p = pairs[pairs["method"].eq(method)]
+    by_key = {k: g for k, g in p.groupby(KEYS, sort=False)}  # each reading's pairs, in their order
     rows = []
     for key, g in t.groupby(KEYS, sort=True):
         g = g.sort_values("seed")
@@ -73,7 +74,7 @@ def reading_table(
         config = configs.get(first)
         reading = describe_reading(config, method)
         start = config["policy"]["b0"] if config is not None else policy_options(method)["b0"]
-        pp = p[(p[KEYS] == pd.Series(dict(zip(KEYS, key)))).all(axis=1)]
+        pp = by_key.get(key, p.iloc[:0])
         n = len(g)
         rows.append(
             dict(zip(KEYS, key))

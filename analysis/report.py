@@ -23,7 +23,7 @@ from analysis import markdown as md
 from analysis.calibrate import calibrate, calibrated_study_command, thresholds, write_calibration
 from analysis.compare import Comparison, ablation_summary, compare
 from analysis.fidelity import NEAR_FACTOR, threshold_fidelity
-from analysis.load import list_studies, load_store
+from analysis.load import ANALYSIS_EPOCH_COLUMNS, list_studies, load_store
 from analysis.null_control import NULL_COLUMNS, null_control
 from analysis.reconstruction import reading_table
 from analysis.stability import TaxonomyOptions, deba_dynamics, taxonomy
@@ -64,7 +64,7 @@ def analyse(
     """
     opts = options or TaxonomyOptions()
     names = [study] if isinstance(study, str) else list(study) if study else [None]
-    stores = [load_store(results_dir, s) for s in dict.fromkeys(names)]
+    stores = [load_store(results_dir, s, columns=ANALYSIS_EPOCH_COLUMNS) for s in dict.fromkeys(names)]
     epochs = pd.concat([s.epochs for s in stores], ignore_index=True)
     runs = pd.concat([s.runs for s in stores], ignore_index=True)
     notes = [n for s in stores for n in s.notes]
@@ -121,7 +121,7 @@ def _partner_summaries(
     others = [s for s in list_studies(results_dir) if s not in studies]
     if not others or need.isin(have).all():
         return None
-    stores = [load_store(results_dir, s) for s in others]
+    stores = [load_store(results_dir, s, columns=ANALYSIS_EPOCH_COLUMNS) for s in others]
     return trial_summary(
         pd.concat([s.epochs for s in stores], ignore_index=True), pd.concat([s.runs for s in stores], ignore_index=True)
     )

@@ -1,17 +1,27 @@
 """Time the analysis on a synthetic store (default 240 trials x 100 epochs).
 
     PYTHONPATH=. python benchmarks/bench_analysis.py [--epochs 100] [--repeats 5] [--keep DIR]
+    PYTHONPATH=. python benchmarks/bench_analysis.py --scaling 240,2400,24000 [--s3] [--keep DIR]
 
 Prints the time to write the store (not part of the analysis), then the median over repeats of:
 load (Parquet -> DataFrames, schema checks, de-duplication), the per-trial metrics, comparison,
 taxonomy, calibration, all tables together end to end (analyse + Markdown + JSON), and,
 separately, the plots and the CLI as a subprocess (interpreter start and imports included).
+
+`--scaling N,...`: for synthetic stores of N trials x `--epochs` epochs (N/48 seeds of 6 archs x 2
+datasets x 4 methods), before and after `python -m orchestrator.compact`: the files, `load_store`,
+and `python -m analysis DIR --json --no-plots` end to end as a subprocess, locally and (`--s3`) from a
+local S3 server (moto, benchmarks/local_s3.py) that the store is uploaded to. Wall seconds and CPU
+seconds (user + sys, all threads, of the client; the machine is shared, so CPU is the steadier number);
+local rows are medians of `--repeats` (at most 3; 1 above 2,400 trials), S3 rows single runs. One
+Markdown table on stdout (BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -39,13 +49,143 @@ def _timed(fn, repeats: int):
     return statistics.median(times), out
 
 
+def _cpu() -> float:
+    """CPU seconds (user + sys) of this process and its waited-for children so far."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _measure(fn, repeats: int = 1) -> tuple[float, float, object]:
+    """(median wall s, median CPU s, last result) of `fn()` over `repeats` calls."""
+    walls, cpus, out = [], [], None
+    for _ in range(repeats):
+        w, c = time.perf_counter(), _cpu()
+        out = fn()
+        walls.append(time.perf_counter() - w)
+        cpus.append(_cpu() - c)
+    return statistics.median(walls), statistics.median(cpus), out
+
+
+def _cli(location: str, out: str, plots: bool = False) -> None:
+    cmd = [sys.executable, "-m", "analysis", location, "--json", "--out", out] + ([] if plots else ["--no-plots"])
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    subprocess.run(cmd, check=True, capture_output=True, env=env, cwd=ROOT)
+
+
+def _compact(location: str) -> None:
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    subprocess.run([sys.executable, "-m", "orchestrator.compact", location], check=True, capture_output=True,
+                   env=env, cwd=ROOT)  # fmt: skip
+
+
+def _files(location: str) -> int:
+    import pyarrow.fs as pafs
+
+    from trainables.records import resolve_uri
+
+    fs, root = resolve_uri(location)
+    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    return sum(i.type == pafs.FileType.File and i.base_name.endswith(".parquet") for i in infos)
+
+
+def _row(n: int, where: str, layout: str, location: str, compaction: str, repeats: int, out: str, plots: bool):
+    """One row of the --scaling table: files, load_store and the CLI end to end (wall / CPU s)."""
+    lw, lc, _ = _measure(lambda: load_store(location), repeats)
+    cw, cc, _ = _measure(lambda: _cli(location, out), repeats)
+    row = [f"{n:,}", where, layout, f"{_files(location):,}", f"{lw:.2f} / {lc:.2f}", f"{cw:.2f} / {cc:.2f}",
+           compaction]  # fmt: skip
+    if plots:
+        pw, pc, _ = _measure(lambda: _cli(location, out, plots=True))
+        row.append(f"{pw:.1f} / {pc:.1f}")
+    row.append(f"{os.getloadavg()[0]:.1f}")  # the machine is shared: how busy it was
+    print("# " + " | ".join(row), file=sys.stderr, flush=True)
+    return row
+
+
+def _compacted(location: str) -> str:
+    wall, cpu, _ = _measure(lambda: _compact(location))
+    return f"{wall:.1f} / {cpu:.1f}"
+
+
+def _upload(src: str, dst: str) -> str:
+    """Copy a local store to an s3:// location (threads: one request per file)."""
+    import pyarrow.fs as pafs
+
+    s3fs, path = pafs.FileSystem.from_uri(dst)
+    w = time.perf_counter()
+    pafs.copy_files(src, path, pafs.LocalFileSystem(), s3fs, use_threads=True)
+    print(f"# uploaded {src} in {time.perf_counter() - w:.0f} s", file=sys.stderr, flush=True)
+    return dst
+
+
+def scaling(sizes: list[int], epochs: int, s3: bool, repeats: int, keep: str | None, plots: bool) -> None:
+    """The `--scaling` table (module docstring)."""
+    import shutil
+
+    from benchmarks.local_s3 import LocalS3
+
+    base = keep or tempfile.mkdtemp(prefix="bench-analysis-")
+    server = None
+    if s3:
+        server = LocalS3(log=os.path.join(base, "moto.log")).start()
+        os.environ.update(server.env())
+        bucket = server.bucket("bench")
+    rows = []
+    out = os.path.join(base, "report")
+    try:
+        for n in sizes:
+            plain, packed = os.path.join(base, f"s{n}"), os.path.join(base, f"c{n}")
+            if not os.path.isdir(plain):
+                w = time.perf_counter()
+                made = synthetic_store(plain, study="synthetic", seeds=range(max(1, n // 48)), n_epochs=epochs)
+                print(f"# wrote {made} trials in {time.perf_counter() - w:.0f} s", file=sys.stderr, flush=True)
+            if os.path.isdir(packed):
+                shutil.rmtree(packed)
+            shutil.copytree(plain, packed)
+            reps = repeats if n <= 2400 else 1
+            rows.append(_row(n, "local", "per-trial files", plain, "", reps, out, plots))
+            rows.append(_row(n, "local", "compacted", packed, _compacted(packed), reps, out, plots))
+            if server is not None:
+                if n <= 2400:  # per-trial files from S3: a request each (48,000 at 24,000 trials: not run)
+                    there = _upload(plain, f"{bucket}/s{n}")
+                    rows.append(_row(n, "S3 (moto)", "per-trial files", there, "", 1, out, plots))
+                    there = _upload(plain, f"{bucket}/c{n}")
+                    rows.append(_row(n, "S3 (moto)", "compacted", there, _compacted(there), 1, out, plots))
+                else:
+                    there = _upload(packed, f"{bucket}/c{n}")
+                    rows.append(_row(n, "S3 (moto)", "compacted", there, "(compacted locally)", 1, out, plots))
+            if keep is None:
+                shutil.rmtree(packed)
+    finally:
+        if server is not None:
+            server.stop()
+        if keep is None:
+            shutil.rmtree(base, ignore_errors=True)
+    head = ["trials", "store on", "layout", "Parquet files", "load_store s (wall / CPU)",
+            "`python -m analysis DIR --json --no-plots` s (wall / CPU)", "compaction s (wall / CPU)"]  # fmt: skip
+    if plots:
+        head.append("with plots s (wall / CPU)")
+    head.append("load avg (1 min)")
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
 def main() -> None:
-    """Build the store, time each stage, print one line per stage."""
+    """Build the store, time each stage, print one line per stage (or the --scaling table)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--keep", help="write the store here instead of a temp dir (kept)")
+    p.add_argument("--scaling", help="comma-separated trial counts: the before/after compaction table")
+    p.add_argument("--s3", action="store_true", help="--scaling also from a local S3 server (moto)")
+    p.add_argument("--plots", action="store_true", help="--scaling also times the CLI with plots")
     args = p.parse_args()
+    if args.scaling:
+        sizes = [int(x) for x in args.scaling.split(",")]
+        scaling(sizes, args.epochs, args.s3, min(args.repeats, 3), args.keep, args.plots)
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         root = args.keep or os.path.join(tmp, "results")

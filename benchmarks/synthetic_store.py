@@ -85,6 +85,15 @@ def trial_rows(
     return df[EPOCH_SCHEMA.names + [c for c in df.columns if c not in EPOCH_SCHEMA.names]]
 
 
+def under_id(spec: Any, trial_id: str) -> Any:
+    """A TrialSpec as an older version stored it: the same config under another trial id (for the tests
+    of renames)."""
+    from types import SimpleNamespace
+
+    ids = {**spec.identifiers(), "trial_id": trial_id}
+    return SimpleNamespace(**ids, identifiers=lambda: ids, config=spec.config, config_json=spec.config_json)
+
+
 def spec_rows(spec: Any, epochs: int, **columns: Any) -> list[dict]:
     """Epoch rows 1..`epochs` of a TrialSpec as the sink stores them, with made-up values (each keyword
     a scalar for every row): batch size 64, test_acc 0.5, losses and gradient signals 1, 1 s epochs."""

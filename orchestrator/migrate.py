@@ -118,6 +118,8 @@ def renamed_view(
 
 def apply_renames(store: ResultsStore, renames: list[Rename]) -> list[str]:
     """Do `renames` (the caller holds the study lock); returns one line per trial."""
+    # Copies in compacted parts get their own files first (then set aside or renamed like any other).
+    store.release([tid for r in renames for tid in (r.keep, r.new, *r.aside)])
     for r in renames:
         for tid in r.aside:
             for table in ("runs", "epochs"):

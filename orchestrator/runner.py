@@ -136,7 +136,8 @@ def make_plan(study: StudySpec, results: str, storage: str | None = None) -> Pla
     check_one_configuration(study, trials, configs, stored_runs)
     finished = done & set(ids)
     # Costs from the epoch times stored so far (any trial of the study), for the epochs left.
-    started = {tid: store.read_epochs(source.get(tid, tid)) for tid in with_rows & set(ids)}
+    stored = store.plan_rows({source.get(tid, tid) for tid in with_rows & set(ids)})
+    started = {tid: stored.get(source.get(tid, tid), []) for tid in with_rows & set(ids)}
     repairs = Repairs(
         store=store,
         renames=tuple(renames),
@@ -525,6 +526,7 @@ def run_plan(
     root = storage_root(results, study.name, storage)
     specs = {t.trial_id: t for t in plan.trials}
     store = ResultsStore(results, study.name, fix_damage=True)
+    store.release(ids)  # compacted trials that run again (an extension) get their own files first
     plans = read_plans(root)
     # Only this study's experiments: another study sharing --storage may hold the same trial ids.
     ours = {name for name, doc in plans.items() if doc.get("study") == study.name}

@@ -1,10 +1,13 @@
 """The Parquet results store and the ledger of finished trials.
 
 Layout (DESIGN.md): `<results>/<study>/epochs/<trial_id>.parquet` (one row per epoch) and
-`<results>/<study>/runs/<trial_id>.parquet` (one row per trial). `<results>` is a local path or a
-URI that `pyarrow.fs` understands (s3://, gs://, file://). Every write goes to a temporary name
-starting with '.' (readers skip those) and is then moved over the final name, so a reader never
-sees a half-written file and a crash never loses rows that were already stored.
+`<results>/<study>/runs/<trial_id>.parquet` (one row per trial); a compacted study's finished trials
+live in a few larger `compacted-*.parquet` parts of the same folders instead (orchestrator/compact.py;
+which file holds a trial's rows: trainables/store_files.py). `<results>` is a local path or a URI that
+`pyarrow.fs` understands (s3://, gs://, file://). Every write goes to a temporary name starting with
+'.' (readers skip those) and is then moved over the final name, so a reader never sees a half-written
+file and a crash never loses rows that were already stored. Many files are read concurrently, and
+only the columns asked for are decoded.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ from collections.abc import Iterable
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from trainables import store_files
 from trainables.manifest import manifest_of
 from trainables.records import (
     EPOCH_COLUMNS,
@@ -51,6 +56,9 @@ EPOCH_SCHEMA: pa.Schema = arrow_schema(EPOCH_COLUMNS)
 RUN_SCHEMA: pa.Schema = arrow_schema(RUN_COLUMNS)
 # Runs with these statuses are finished: a re-run skips them. Failed trials run again.
 FINISHED_STATUSES: frozenset[str] = frozenset({"completed", "diverged"})
+# The epochs columns the plan reads (`contiguous_epochs`, `epoch_seconds`).
+PLAN_COLUMNS: tuple[str, ...] = ("arch", "dataset", "epoch", "epoch_time_s", "eval_time_s")
+TABLES: tuple[str, ...] = ("epochs", "runs")
 
 
 JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray for a `ray job submit` entrypoint
@@ -142,36 +150,91 @@ class ResultsStore:
         # driver that holds the study lock): moved aside (see `quarantine`).
         self.fix_damage = fix_damage
         self.quarantined: list[tuple[str, str, str]] = []  # (path, where it went or "" when left, why)
+        self.threads = store_files.threads_for(self.fs)
+        # table -> {part path: its trial ids}, for the parts listed last (read once per store: parts
+        # change only under the study lock, by compaction or `release`, which update it).
+        self._index: dict[str, dict[str, frozenset[str]]] = {}
+
+    def table_dir(self, table: str) -> str:
+        """The folder of `table` ("epochs" or "runs")."""
+        return posixpath.join(self.study_path, table)
 
     def table_path(self, table: str, trial_id: str) -> str:
-        """Where the trial's file of `table` ("epochs" or "runs") lives."""
+        """Where the trial's own file of `table` ("epochs" or "runs") lives."""
         return posixpath.join(self.study_path, table, f"{trial_id}.parquet")
 
-    def _write(self, table: pa.Table, path: str) -> None:
+    def _write(self, table: pa.Table, path: str, **options: Any) -> None:
         directory = posixpath.dirname(path)
         self.fs.create_dir(directory, recursive=True)
         tmp = posixpath.join(directory, f".{posixpath.basename(path)}.{uuid.uuid4().hex}.tmp")
         with self.fs.open_output_stream(tmp) as out:
-            pq.write_table(table, out)
+            pq.write_table(table, out, **options)
         # A rename on local disks and HDFS; object stores publish a whole object at once anyway.
         self.fs.move(tmp, path)
 
-    def _read(self, path: str) -> pa.Table | None:
-        """The table in `path`; None when absent, or damaged (then set aside, see `quarantine`).
+    def _read(self, path: str, columns: Iterable[str] | None = None) -> pa.Table | None:
+        """The table in `path` (only `columns`, those it has, when given); None when absent, or damaged
+        (then set aside, see `quarantine`).
 
         Reading the bytes and parsing them are kept apart: an error reading (permissions, a network
         filesystem's hiccup) is raised, since the file may be fine; only bytes that do not parse
         as Parquet mark the file damaged."""
+        if store_files.is_part(posixpath.basename(path)):
+            # A part is large: only the columns asked for are read. Only a footer that does not parse
+            # marks it damaged (it holds many trials); any other error is raised, naming it.
+            try:
+                return store_files.read_part(self.fs, path, columns)[1]
+            except FileNotFoundError:
+                return None
+            except pa.ArrowInvalid as exc:
+                self.quarantine(path, f"{type(exc).__name__}: {exc}")
+                return None
         try:
-            with self.fs.open_input_file(path) as f:
-                data = f.read()
+            data = store_files.read_bytes(self.fs, path)
         except FileNotFoundError:
             return None  # absent, or just moved aside by another reader
         try:
-            return pq.read_table(pa.BufferReader(data))
+            return store_files.parse(data, columns)
         except (pa.ArrowInvalid, OSError) as exc:  # bad magic, bad footer, corrupt pages
             self.quarantine(path, f"{type(exc).__name__}: {exc}")
             return None
+
+    def _read_many(self, paths: list[str], columns: Iterable[str] | None = None) -> list[pa.Table | None]:
+        """`_read` of each path, concurrently."""
+        cols = None if columns is None else tuple(columns)
+        return store_files.parallel(lambda p: self._read(p, cols), paths, self.threads)
+
+    def _files(self, table: str) -> tuple[dict[str, str], list[str], dict[str, frozenset[str]]]:
+        """(trial_id -> its own file, parts newest first, part -> its trial ids) of `table`."""
+        own, parts = store_files.list_table(self.fs, self.table_dir(table))
+        known = self._index.get(table, {})
+        if set(known) != set(parts):
+            new = [p for p in parts if p not in known]
+            index = {p: known[p] for p in parts if p in known}
+            for path, data in zip(new, self._read_many(new, ["trial_id"])):
+                if data is not None:  # a damaged part was named (or set aside) and is skipped
+                    index[path] = frozenset(_strings(data.column("trial_id")))
+            self._index[table] = known = index
+            parts = [p for p in parts if p in index]
+        return own, parts, known
+
+    def _part_rows(self, table: str, trial_ids: set[str], columns: Iterable[str] | None = None) -> dict[str, pa.Table]:
+        """trial_id -> its rows, for those of `trial_ids` whose rows are in a part (the newest part
+        that holds the trial, when it has no file of its own), sorted by epoch for epochs."""
+        own, parts, index = self._files(table)
+        want = set(trial_ids) - set(own)
+        out: dict[str, pa.Table] = {}
+        cols = None if columns is None else list(dict.fromkeys(["trial_id", *columns]))
+        for part in parts:
+            ids = want & index[part]
+            if not ids:
+                continue
+            data = self._read(part, cols)
+            if data is None:
+                continue
+            out.update(_split(data, ids, "epoch" if table == "epochs" else None))
+            want -= ids
+        return out
 
     def quarantine(self, path: str, reason: str, damaged: bool = True) -> str:
         """Move a damaged file (or, `damaged` False, a superseded copy) to `<study>/_quarantine/` (never
@@ -196,7 +259,10 @@ class ResultsStore:
             return ""  # another reader moved it first
         self.quarantined.append((path, dest, reason))
         if damaged:
-            message = f"{path} is damaged ({reason[:300]}); moved it to {dest}. The trial it belongs to will run again."
+            what = "every trial in it" if store_files.is_part(posixpath.basename(path)) else "the trial it belongs to"
+            message = (
+                f"{path} is damaged ({reason[:300]}); moved it to {dest}. {what[0].upper() + what[1:]} will run again."
+            )
         else:
             message = f"{path} set aside to {dest}: {reason}"
         print(f"results store: {message}", file=sys.stderr, flush=True)
@@ -204,9 +270,11 @@ class ResultsStore:
 
     def rename_trial(self, old: str, new: str) -> None:
         """Store trial `old`'s epochs and runs rows under the id `new`, then remove `old`'s files
-        (new files first: a stop in between leaves both, and renaming again overwrites the new)."""
+        (new files first: a stop in between leaves both, and renaming again overwrites the new).
+        A trial held in a compacted part gets its own files first (`release`)."""
+        self.release([old])
         moved = []
-        for table in ("epochs", "runs"):
+        for table in TABLES:
             path = self.table_path(table, old)
             data = self._read(path)
             if data is None:
@@ -219,6 +287,43 @@ class ResultsStore:
         for path in moved:
             self.fs.delete_file(path)
 
+    # compacted parts ------------------------------------------------------------------------------
+    def release(self, trial_ids: Iterable[str]) -> list[str]:
+        """Give each of `trial_ids` whose rows are in a compacted part its own files again and rewrite
+        the parts without them (before a trial runs again: an extension, a migration), so that at rest
+        each trial's rows stay in one file. The own files are written first and a part is deleted only
+        after its replacement is complete, so a stop at any point loses nothing (the rule in
+        trainables/store_files.py reads the same rows throughout). Returns the released ids. Only a
+        driver that holds the study lock may call it."""
+        ids = set(trial_ids)
+        released: set[str] = set()
+        for table in TABLES:
+            rows = self._part_rows(table, ids)
+            for tid, data in sorted(rows.items()):
+                self._write(data, self.table_path(table, tid))
+            released |= set(rows)
+            own, parts, index = self._files(table)
+            stale = store_files.superseded(own, parts, index)
+            for part in parts:
+                if index[part] & ids:
+                    self._rewrite_part(table, part, drop=stale[part] | ids)
+        return sorted(released)
+
+    def _rewrite_part(self, table: str, part: str, drop: set[str]) -> None:
+        """Replace `part` by a new part without the rows of `drop` (none left: just delete it)."""
+        data = self._read(part)
+        if data is None:
+            return
+        if drop:
+            ids = data.column("trial_id")
+            data = data.filter(pc.invert(pc.is_in(ids, value_set=pa.array(sorted(drop), _string_type(ids)))))
+        if data.num_rows:
+            new = posixpath.join(self.table_dir(table), store_files.part_name())
+            self._write(data, new, row_group_size=PART_ROW_GROUP)
+            self._index.setdefault(table, {})[new] = frozenset(_strings(data.column("trial_id")))
+        self.fs.delete_file(part)
+        self._index.get(table, {}).pop(part, None)
+
     # epochs ---------------------------------------------------------------------------------------
     def write_epochs(self, trial_id: str, rows: Iterable[dict[str, Any]]) -> None:
         """Replace the trial's epoch rows with `rows`, one per epoch (the last row of an epoch wins)."""
@@ -229,28 +334,44 @@ class ResultsStore:
         self._write(to_table(ordered, EPOCH_COLUMNS, EPOCH_SCHEMA), self.table_path("epochs", trial_id))
 
     def trials_with_epochs(self) -> set[str]:
-        """Ids of the trials that have an epochs file."""
-        directory = posixpath.join(self.study_path, "epochs")
-        infos = self.fs.get_file_info(pafs.FileSelector(directory, allow_not_found=True))
-        return {
-            i.base_name[: -len(".parquet")]
-            for i in infos
-            if i.type == pafs.FileType.File
-            and i.base_name.endswith(".parquet")
-            and not i.base_name.startswith((".", "_"))
-        }
+        """Ids of the trials that have epoch rows (an epochs file of their own, or rows in a part)."""
+        own, parts, index = self._files("epochs")
+        return set(own).union(*(index[p] for p in parts))
 
     def stored_epochs(self, trial_ids: Iterable[str]) -> dict[str, int]:
         """trial_id -> the last epoch k such that the trial's rows for epochs 1..k are all stored."""
-        return {tid: contiguous_epochs(self.read_epochs(tid)) for tid in trial_ids}
+        return {tid: contiguous_epochs(rows) for tid, rows in self.epochs_of(trial_ids, ("epoch",)).items()}
 
     def read_epochs(self, trial_id: str) -> list[dict[str, Any]]:
         """The trial's stored epoch rows, in epoch order (empty when none)."""
-        table = self._read(self.table_path("epochs", trial_id))
-        if table is None:
-            return []
-        names = [n for n in epoch_column_names() if n in table.column_names]
-        return table.select(names).to_pylist()
+        return self.epochs_of([trial_id])[trial_id]
+
+    def epochs_of(
+        self, trial_ids: Iterable[str], columns: Iterable[str] | None = None
+    ) -> dict[str, list[dict[str, Any]]]:
+        """trial_id -> its stored epoch rows in epoch order (empty when none), with only `columns`
+        (default: every contract column the files have); the files are read concurrently."""
+        ids = set(trial_ids)
+        names = epoch_column_names() if columns is None else list(columns)
+        if len(ids) <= 4:  # a few trials (the sink's one): look them up rather than list the folder
+            paths = {t: self.table_path("epochs", t) for t in ids}
+            infos = self.fs.get_file_info(list(paths.values()))
+            own = {t: info.path for t, info in zip(paths, infos) if info.type == pafs.FileType.File}
+        else:
+            own, _ = store_files.list_table(self.fs, self.table_dir("epochs"))
+        mine = sorted(t for t in ids if t in own)
+        out: dict[str, list[dict[str, Any]]] = {t: [] for t in ids}
+        for tid, data in zip(mine, self._read_many([own[t] for t in mine], names)):
+            if data is not None:
+                out[tid] = _rows(data, names)
+        if len(mine) < len(ids):
+            for tid, data in self._part_rows("epochs", ids - set(mine), names).items():
+                out[tid] = _rows(data, names)
+        return out
+
+    def plan_rows(self, trial_ids: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+        """`epochs_of` with only the columns the plan reads (`PLAN_COLUMNS`)."""
+        return self.epochs_of(trial_ids, PLAN_COLUMNS)
 
     # runs -----------------------------------------------------------------------------------------
     def write_run(self, row: dict[str, Any]) -> None:
@@ -258,26 +379,63 @@ class ResultsStore:
         self._write(to_table([row], RUN_COLUMNS, RUN_SCHEMA), self.table_path("runs", row["trial_id"]))
 
     def read_runs(self) -> dict[str, dict[str, Any]]:
-        """trial_id -> runs row, for every stored trial of the study."""
-        directory = posixpath.join(self.study_path, "runs")
-        infos = self.fs.get_file_info(pafs.FileSelector(directory, allow_not_found=True))
+        """trial_id -> runs row, for every stored trial of the study (files read concurrently)."""
+        own, parts, index = self._files("runs")
+        paths = sorted(own.values())
         out: dict[str, dict[str, Any]] = {}
-        for info in infos:
-            if (
-                info.type == pafs.FileType.File
-                and info.base_name.endswith(".parquet")
-                and not info.base_name.startswith((".", "_"))
-            ):
-                table = self._read(info.path)
-                if table is None:
-                    continue
-                missing = {"trial_id", "status"} - set(table.column_names)
-                if missing:
-                    self.quarantine(info.path, f"no column(s) {', '.join(sorted(missing))}")
-                    continue
-                for row in table.to_pylist():
-                    out[row["trial_id"]] = row
+        for path, table in zip(paths, self._read_many(paths)):
+            if table is None:
+                continue
+            missing = {"trial_id", "status"} - set(table.column_names)
+            if missing:
+                self.quarantine(path, f"no column(s) {', '.join(sorted(missing))}")
+                continue
+            for row in table.to_pylist():
+                out[row["trial_id"]] = row
+        in_parts = set().union(*(index[p] for p in parts)) - set(own) if parts else set()
+        for data in self._part_rows("runs", in_parts).values():
+            for row in data.to_pylist():
+                out.setdefault(row["trial_id"], row)
         return out
+
+
+PART_ROW_GROUP = 65_536  # rows per row group of a compacted part
+
+
+def _string_type(column: pa.ChunkedArray) -> pa.DataType:
+    t = column.type
+    return t.value_type if pa.types.is_dictionary(t) else t
+
+
+def _strings(column: pa.ChunkedArray) -> list[str]:
+    if pa.types.is_dictionary(column.type):
+        column = column.cast(column.type.value_type)
+    return pc.unique(column).to_pylist()
+
+
+def _split(data: pa.Table, ids: set[str], order: str | None) -> dict[str, pa.Table]:
+    """The rows of each of `ids` in `data` (sorted by `order` when given), trial by trial."""
+    column = data.column("trial_id")
+    if pa.types.is_dictionary(column.type):
+        column = column.cast(column.type.value_type)
+    data = data.filter(pc.is_in(column, value_set=pa.array(sorted(ids), column.type)))
+    data = data.sort_by([("trial_id", "ascending")] + ([(order, "ascending")] if order in data.column_names else []))
+    tids = data.column("trial_id").to_pylist()
+    out: dict[str, pa.Table] = {}
+    start = 0
+    for i in range(1, len(tids) + 1):
+        if i == len(tids) or tids[i] != tids[start]:
+            out[tids[start]] = data.slice(start, i - start)
+            start = i
+    return out
+
+
+def _rows(data: pa.Table, names: list[str]) -> list[dict[str, Any]]:
+    """The table's rows as dicts with the columns of `names` it has, in that order, by epoch."""
+    present = [n for n in names if n in data.column_names]
+    if "epoch" in data.column_names:
+        data = data.sort_by("epoch")
+    return data.select(present).to_pylist()
 
 
 def finished_ids(runs: dict[str, dict[str, Any]], epochs: int | None = None) -> set[str]:

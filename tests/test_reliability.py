@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import time
-from types import SimpleNamespace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -17,7 +16,7 @@ import torch
 
 from analysis.load import load_store
 from benchmarks.synthetic_store import run_row as synthetic_run_row
-from benchmarks.synthetic_store import spec_rows, trial_rows, write_trial
+from benchmarks.synthetic_store import spec_rows, trial_rows, under_id, write_trial
 from orchestrator.checkpoints import find_checkpoints, intact, prune, resume_points
 from orchestrator.cli import build_parser, study_from_args
 from orchestrator.lock import StudyLock, StudyLocked
@@ -34,12 +33,6 @@ from trainables.run import main as trial_main
 
 def _study(argv):
     return study_from_args(build_parser().parse_args(argv))
-
-
-def _under_id(spec, trial_id):
-    """A trial as an older version stored it: the same config under another id."""
-    ids = {**spec.identifiers(), "trial_id": trial_id}
-    return SimpleNamespace(**ids, identifiers=lambda: ids, config=spec.config, config_json=spec.config_json)
 
 
 def _store_trial(results, spec, epochs, status="completed", rows=None):
@@ -467,7 +460,7 @@ def test_trials_stored_under_the_ids_of_an_older_version_are_renamed_not_run_aga
     # As an older version stored them: other ids (epochs were part of the identity), the same configs.
     old = {fixed.trial_id: "0ld0ld0ld0f1", deba.trial_id: "0ld0ld0ld0d1"}
     for spec in (fixed, deba):
-        _store_trial(results, _under_id(spec, old[spec.trial_id]), 2)
+        _store_trial(results, under_id(spec, old[spec.trial_id]), 2)
     dry = make_plan(study, results)  # describes the store as it will be once the trials are renamed
     assert dry.pending == () and [r.line() for r in dry.repairs.renames] == [
         f"trial {old[t.trial_id]} (an id of an older version) is now {t.trial_id}"
@@ -482,7 +475,7 @@ def test_trials_stored_under_the_ids_of_an_older_version_are_renamed_not_run_aga
     assert [r["trial_id"] for r in ResultsStore(results, "demo").read_epochs(deba.trial_id)] == [deba.trial_id] * 2
     assert len(load_store(results, "demo").epochs) == 4  # no trial twice
     # The same trial stored under both ids (run again by a version that did not rename): one copy stays.
-    _store_trial(results, _under_id(fixed, "0ld0ld0ld0f1"), 2)
+    _store_trial(results, under_id(fixed, "0ld0ld0ld0f1"), 2)
     plan = make_plan(study, results)
     assert plan.pending == ()
     repair(plan)
@@ -496,8 +489,8 @@ def test_of_several_old_copies_of_a_trial_the_finished_one_is_kept(tmp_path, cap
     (spec,) = expand(study)
     # One trial under two old ids (it ran at 4 and at 1 epochs when epochs were in the id), and a failed
     # copy under its current id.
-    _store_trial(results, _under_id(spec, "0ld0ld0ld004"), 4)
-    _store_trial(results, _under_id(spec, "0ld0ld0ld001"), 1, status="failed")
+    _store_trial(results, under_id(spec, "0ld0ld0ld004"), 4)
+    _store_trial(results, under_id(spec, "0ld0ld0ld001"), 1, status="failed")
     _store_trial(results, spec, 2, status="failed")
     plan = make_plan(study, results)
     assert plan.pending == ()  # the completed copy, with its 4 epochs, is the trial now
