@@ -8,10 +8,13 @@ also point at one study directory itself. Every file's footer is checked against
 
 from __future__ import annotations
 
+import json
 import posixpath
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -27,6 +30,7 @@ from analysis.schema import (
     schema_problems,
 )
 from trainables import store_files
+from trainables.manifest import MANIFEST_COLUMNS, covered, grouped_checksums
 from trainables.records import resolve_uri
 
 TABLES = ("epochs", "runs")
@@ -164,7 +168,11 @@ def _read_table(
         if present not in checked:
             checked[present] = schema_problems(present, columns, optional)
         problems += [f"{label} file {path}: {problem}" for problem in checked[present]]
-        for name in contract - set(present.names):
+        foreign = "" if hive else _foreign(path, table)
+        if foreign:  # another trial's file under this trial's name (a copy, a mix-up): its rows are not this trial's
+            notes.append(f"{label} file {path} holds rows of another trial ({foreign}); left out")
+            continue
+        for name in contract - set(present.names) - set(MANIFEST_COLUMNS):  # before manifests: noted apart
             filled[name] = filled.get(name, 0) + 1
         for f in physical:
             if f.name not in contract:
@@ -202,6 +210,67 @@ def _read_table(
         raise StoreError(f"{label} table could not be read with the contract types: {exc}") from exc
 
 
+def _foreign(path: str, table: pa.Table) -> str:
+    """The other trial ids a trial's own file (not a compacted part) holds rows of ("" when none)."""
+    name = posixpath.basename(path)
+    if store_files.is_part(name) or "trial_id" not in table.column_names or not name.endswith(".parquet"):
+        return ""
+    others = sorted(set(_ids(table)) - {store_files.trial_of(name)})
+    return ", ".join(map(str, others[:3]))
+
+
+def _verify(epochs: pa.Table, runs: pd.DataFrame, notes: list[str]) -> tuple[pa.Table, set[tuple[str, str]]]:
+    """The epoch rows of the trials whose rows match their runs row's manifest (trainables/manifest.py),
+    checked on the columns read, vectorised over the whole table; the other trials' rows are left out and
+    named. Trials whose runs row has no manifest (written before manifests existed) are kept, with a note."""
+    if epochs.num_rows == 0 or "manifest_checksums" not in runs:
+        return epochs, set()
+    with_manifest = runs[runs["manifest_checksums"].notna() & runs["manifest_checksums"].ne("")]
+    before = len(runs) - len(with_manifest)
+    if before:
+        notes.append(f"{before} trial(s) were stored before manifests existed: their rows are read unverified")
+    if with_manifest.empty:
+        return epochs, set()
+    epochs = epochs.sort_by([("study", "ascending"), ("trial_id", "ascending"), ("epoch", "ascending")])
+    all_keys = epochs.select(["study", "trial_id", "epoch"]).to_pandas()
+    # Each trial's rows of the epochs its manifest covers (later epochs: an extension still running).
+    cover = (
+        with_manifest[["study", "trial_id", "manifest_epochs"]]
+        .assign(epoch=with_manifest["manifest_epochs"].map(covered))
+        .explode("epoch")
+    )
+    cover = cover.dropna(subset=["epoch"]).astype({"epoch": "int64"})[["study", "trial_id", "epoch"]]
+    in_manifest = all_keys.merge(cover.assign(_in=True), how="left", on=["study", "trial_id", "epoch"])["_in"]
+    in_manifest = in_manifest.fillna(False).to_numpy(dtype=bool)
+    checked = epochs.filter(pa.array(in_manifest))
+    keys = checked.select(["study", "trial_id"]).to_pandas()
+    codes, _ = pd.factorize(keys["study"] + "\0" + keys["trial_id"])
+    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+    sums = grouped_checksums(checked, starts)
+    firsts = keys.iloc[starts].reset_index(drop=True)
+    counts = np.diff(np.r_[starts, checked.num_rows])
+    manifest = with_manifest.set_index(["study", "trial_id"])
+    bad: set[tuple[str, str]] = set()
+    for i, (study, tid) in enumerate(firsts.itertuples(index=False)):
+        if (study, tid) not in manifest.index:
+            continue
+        row = manifest.loc[(study, tid)]
+        expected = json.loads(row["manifest_checksums"])
+        changed = sorted(c for c, values in sums.items() if c in expected and expected[c] != values[i])
+        if row["manifest_rows"] != counts[i] or changed:
+            why = (
+                f"{counts[i]} rows, its manifest {row['manifest_rows']}"
+                if not changed
+                else (f"its content differs from its manifest in column(s) {', '.join(changed)}")
+            )
+            notes.append(f"epochs of trial {tid} (study {study}): {why}; left out (the next run sets them aside)")
+            bad.add((study, tid))
+    if bad:
+        drop = pd.MultiIndex.from_frame(all_keys[["study", "trial_id"]]).isin(list(bad))
+        epochs = epochs.filter(pa.array(~drop))
+    return epochs, bad
+
+
 def _ids(table: pa.Table) -> list[str]:
     return pc.unique(table.column("trial_id")).to_pylist() if "trial_id" in table.column_names else []
 
@@ -214,8 +283,10 @@ def _read_all(
     label: str,
     notes: list[str],
     wanted: frozenset[str] | None = None,
-) -> pd.DataFrame:
-    """Read one table of every selected study (``parts`` = [(table dir, files)]) into pandas."""
+    as_arrow: bool = False,
+) -> Any:
+    """Read one table of every selected study (``parts`` = [(table dir, files)]) into pandas (or, with
+    ``as_arrow``, one Arrow table)."""
     tables = []
     for base, files in parts:
         if files:
@@ -224,12 +295,24 @@ def _read_all(
             notes += part_notes
     if not tables:
         schema = arrow_schema(columns)
-        return pa.schema([f for f in schema if wanted is None or f.name in wanted]).empty_table().to_pandas()
+        empty = pa.schema([f for f in schema if wanted is None or f.name in wanted]).empty_table()
+        return empty if as_arrow else empty.to_pandas()
     try:
         table = pa.concat_tables(tables, promote_options="permissive")
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise StoreError(f"{label} tables of different studies do not combine: {exc}") from exc
-    return table.to_pandas()
+    return table if as_arrow else table.to_pandas()
+
+
+def _latest_reports(epochs: pa.Table, notes: list[str]) -> pa.Table:
+    """One row per (study, trial_id, epoch), the latest report (largest wall_time_s: a retry re-reported
+    the epoch), sorted by those keys."""
+    keys = epochs.select(["study", "trial_id", "epoch", "wall_time_s"]).to_pandas()
+    order = keys.sort_values(["study", "trial_id", "epoch", "wall_time_s"], kind="stable", na_position="first").index
+    last = ~keys.loc[order].duplicated(["study", "trial_id", "epoch"], keep="last").to_numpy()
+    if not last.all():
+        notes.append(f"epochs: dropped {int((~last).sum())} duplicate rows on (study, trial_id, epoch)")
+    return epochs.take(pa.array(order.to_numpy()[last]))
 
 
 def _dedupe(df: pd.DataFrame, keys: list[str], order: list[str], label: str, notes: list[str]):
@@ -277,8 +360,11 @@ def load_store(results_dir: str, study: str | None = None, columns: Iterable[str
     epoch_optional = frozenset(n for n, _ in EPOCH_COLUMNS) - REQUIRED_EPOCH_COLUMNS
     run_optional = frozenset(n for n, _ in RUN_COLUMNS) - REQUIRED_RUN_COLUMNS
     wanted = None if columns is None else frozenset(columns) | REQUIRED_EPOCH_KEYS
-    epochs = _read_all(fs, epoch_parts, EPOCH_COLUMNS, epoch_optional, "epochs", notes, wanted)
-    epochs = _dedupe(epochs, ["study", "trial_id", "epoch"], ["wall_time_s"], "epochs", notes)
     runs = _read_all(fs, run_parts, RUN_COLUMNS, run_optional, "runs", notes)
     runs = _dedupe(runs, ["study", "trial_id"], ["epochs_done"], "runs", notes)
+    epochs = _read_all(fs, epoch_parts, EPOCH_COLUMNS, epoch_optional, "epochs", notes, wanted, as_arrow=True)
+    epochs, bad = _verify(_latest_reports(epochs, notes), runs, notes)
+    if bad:
+        runs = runs[~pd.MultiIndex.from_frame(runs[["study", "trial_id"]]).isin(list(bad))].reset_index(drop=True)
+    epochs = epochs.to_pandas()
     return Store(root=results_dir, studies=sorted(found), epochs=epochs, runs=runs, notes=notes)

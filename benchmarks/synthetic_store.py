@@ -16,6 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from trainables.manifest import manifest_of
 from trainables.records import EPOCH_COLUMNS, RUN_COLUMNS, arrow_schema
 
 EPOCH_SCHEMA = arrow_schema(EPOCH_COLUMNS)
@@ -37,14 +38,20 @@ def _table(rows: pd.DataFrame | Sequence[Mapping], schema: pa.Schema) -> pa.Tabl
 def write_trial(
     root: str, study: str, trial_id: str, epochs: pd.DataFrame | Sequence[Mapping] | None, run: Mapping | None
 ) -> None:
-    """Write one trial's epochs file and runs file (either may be None = not written)."""
+    """Write one trial's epochs file and runs file (either may be None = not written). A runs row written
+    with the trial's epochs carries their manifest, as the tool's own runs rows do (trainables/manifest.py),
+    unless the row says otherwise (`manifest_checksums` given, None for a row from before manifests)."""
+    table = None
     if epochs is not None:
         d = os.path.join(root, study, "epochs")
         os.makedirs(d, exist_ok=True)
-        pq.write_table(_table(epochs, EPOCH_SCHEMA), os.path.join(d, f"{trial_id}.parquet"))
+        table = _table(epochs, EPOCH_SCHEMA)
+        pq.write_table(table, os.path.join(d, f"{trial_id}.parquet"))
     if run is not None:
         d = os.path.join(root, study, "runs")
         os.makedirs(d, exist_ok=True)
+        if table is not None and "manifest_checksums" not in run:
+            run = {**run, **manifest_of(table)}
         pq.write_table(_table([run], RUN_SCHEMA), os.path.join(d, f"{trial_id}.parquet"))
 
 

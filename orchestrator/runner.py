@@ -64,6 +64,7 @@ class Repairs:
     store: ResultsStore
     renames: tuple[Rename, ...] = ()
     damaged: tuple[tuple[str, str], ...] = ()  # (path, why it does not read)
+    untrusted: tuple[tuple[str, str], ...] = ()  # (trial_id, why its rows are not its own)
     calibration: StudyCalibration | None = None  # holds the entries to pin, if any
 
     def lines(self) -> list[str]:
@@ -71,6 +72,7 @@ class Repairs:
         return (
             [r.line() for r in self.renames]
             + [f"set aside damaged file {path} ({why[:200]}); its trial runs again" for path, why in self.damaged]
+            + [f"set aside trial {tid}'s files: {why}; it runs again" for tid, why in self.untrusted]
             + (self.calibration.describe_unpinned() if self.calibration is not None else [])
         )
 
@@ -124,10 +126,18 @@ def make_plan(study: StudySpec, results: str, storage: str | None = None) -> Pla
     configs = stored_configs(stored_runs, plans, stored_rows)
     renames = plan_renames(store, renamed_ids(configs), stored_runs, stored_rows)
     runs, with_rows, source = renamed_view(renames, stored_runs, stored_rows)
+    # Rows a trial did not write (another trial's file under its name, edited values) are set aside by the
+    # repairs and the trial runs again: the plan reads the store without them.
+    base = expand(study)  # every trial but a calibrating study's phase 2 (it waits for its thresholds)
+    expected = {t.trial_id: t.identifiers() for t in base}
+    untrusted = store.mismatched(with_rows - set(source), stored_runs, expected) if with_rows else {}
+    for tid in untrusted:
+        runs.pop(tid, None)
+        with_rows.discard(tid)
     done = finished_ids(runs, study.epochs)
     calibration = None
     if study.calibrate:
-        fixed = [(t.arch, t.trial_id) for t in expand(study) if t.method == "fixed"]
+        fixed = [(t.arch, t.trial_id) for t in base if t.method == "fixed"]
         calibration = study_calibration(study.name, results, done, fixed)
     trials = tuple(expand(study, calibration))
     ids = [t.trial_id for t in trials]
@@ -142,6 +152,7 @@ def make_plan(study: StudySpec, results: str, storage: str | None = None) -> Pla
         store=store,
         renames=tuple(renames),
         damaged=tuple((path, why) for path, _, why in store.quarantined),
+        untrusted=tuple(sorted(untrusted.items())),
         calibration=calibration.calibration if calibration is not None else None,
     )
     return Plan(
@@ -169,6 +180,13 @@ def repair(plan: Plan) -> list[str]:
     fixer = ResultsStore(r.store.results, r.store.study, fix_damage=True)
     for path, why in r.damaged:  # named on stderr where they go
         fixer.quarantine(path, why)
+    if r.untrusted:
+        fixer.release([tid for tid, _ in r.untrusted])  # rows in a compacted part get their own files first
+    for tid, why in r.untrusted:
+        for table in ("epochs", "runs"):
+            path = fixer.table_path(table, tid)
+            if fixer.fs.get_file_info(path).type == pafs.FileType.File:
+                fixer.quarantine(path, why)
     if r.calibration is not None and r.calibration.unpinned:
         lines += r.calibration.describe_unpinned()
         r.calibration.pin()

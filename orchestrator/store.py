@@ -27,7 +27,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from trainables import store_files
-from trainables.manifest import manifest_of
+from trainables.manifest import manifest_of, verify
 from trainables.records import (
     EPOCH_COLUMNS,
     ID_NAMES,
@@ -367,6 +367,28 @@ class ResultsStore:
         if len(mine) < len(ids):
             for tid, data in self._part_rows("epochs", ids - set(mine), names).items():
                 out[tid] = _rows(data, names)
+        return out
+
+    def mismatched(
+        self, trial_ids: Iterable[str], runs: dict[str, dict[str, Any]], expected: dict[str, dict[str, Any]]
+    ) -> dict[str, str]:
+        """trial_id -> what is wrong with its stored epoch rows, for those of `trial_ids` whose rows it did
+        not write (trainables/manifest.py `verify`): rows of another trial, identifiers other than its
+        runs row's (or, without one, than `expected[trial_id]`, the identifiers the study gives it), and,
+        for a runs row with a manifest, other rows, epochs or values. Reads every column of their files."""
+        ids = sorted(set(trial_ids))
+        own, _ = store_files.list_table(self.fs, self.table_dir("epochs"))
+        mine = [t for t in ids if t in own]
+        tables = dict(zip(mine, self._read_many([own[t] for t in mine])))
+        tables.update(self._part_rows("epochs", set(ids) - set(mine)))
+        out = {}
+        for tid, data in tables.items():
+            if data is None:
+                continue  # damaged: named, and set aside by the repairs
+            problem = verify(data, tid, runs.get(tid) or expected.get(tid))
+            if problem is not None:
+                where = own.get(tid, "a compacted part")
+                out[tid] = f"the epoch rows of trial {tid} ({where}) {problem}"
         return out
 
     def plan_rows(self, trial_ids: Iterable[str]) -> dict[str, list[dict[str, Any]]]:

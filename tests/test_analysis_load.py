@@ -13,9 +13,12 @@ from analysis.load import StoreError, load_store
 from benchmarks.synthetic_store import EPOCH_SCHEMA, run_row, trial_rows, write_trial
 
 
-def _trial(root, study, tid, seed=1, method="fixed", n=3, run=True, **cols):
+def _trial(root, study, tid, seed=1, method="fixed", n=3, run=True, manifest=True, **cols):
+    """One trial's files; `manifest` False: a runs row without one (another writer, or before manifests),
+    for the tests that then change the epochs file by hand."""
     df = trial_rows(study, tid, "resnet18", "digits", seed, method, "baseline", n, **cols)
-    write_trial(str(root), study, tid, df, run_row(study, tid, "resnet18", "digits", seed, method)
+    extra = {} if manifest else {"manifest_checksums": None}
+    write_trial(str(root), study, tid, df, run_row(study, tid, "resnet18", "digits", seed, method, **extra)
                 if run else None)  # fmt: skip
     return df
 
@@ -61,19 +64,25 @@ def test_empty_and_missing_dirs(tmp_path):
 
 
 def test_dedup_keeps_latest_report(tmp_path):
-    df = _trial(tmp_path, "s", "a", test_acc=[0.1, 0.2, 0.3])
+    df = _trial(tmp_path, "s", "a", manifest=False, test_acc=[0.1, 0.2, 0.3])
     # A retry re-reported epoch 3 later (larger cumulative wall time) with another accuracy.
     again = df[df["epoch"] == 3].copy()
     again["test_acc"] = 0.9
     again["wall_time_s"] += 100.0
+    (tmp_path / "s" / "epochs" / "attempt=2").mkdir()  # a hive partition: its files are not named by trial
     pq.write_table(pa.Table.from_pandas(again, schema=EPOCH_SCHEMA, preserve_index=False),
-                   tmp_path / "s" / "epochs" / "a-retry.parquet")  # fmt: skip
+                   tmp_path / "s" / "epochs" / "attempt=2" / "rows.parquet")  # fmt: skip
     write_trial(str(tmp_path), "s", "a2", None, run_row("s", "a", "resnet18", "digits", 1, "fixed"))
     st = load_store(str(tmp_path))
     assert len(st.epochs) == 3 and len(st.runs) == 1
     assert st.epochs.loc[st.epochs["epoch"] == 3, "test_acc"].item() == 0.9
-    assert "epochs: dropped 1 duplicate rows" in st.notes[0]
-    assert "runs: dropped 1 duplicate rows" in st.notes[1]
+    assert any("epochs: dropped 1 duplicate rows" in n for n in st.notes)
+    assert any("runs file" in n and "a2.parquet holds rows of another trial (a); left out" in n for n in st.notes)
+    # A trial's own file that holds another trial's rows is named and left out (a foreign file, not a retry).
+    pq.write_table(pa.Table.from_pandas(again, schema=EPOCH_SCHEMA, preserve_index=False),
+                   tmp_path / "s" / "epochs" / "b.parquet")  # fmt: skip
+    st = load_store(str(tmp_path))
+    assert any("b.parquet holds rows of another trial (a); left out" in n for n in st.notes)
 
 
 def test_missing_and_mistyped_columns_are_named(tmp_path):
@@ -99,7 +108,7 @@ def test_missing_runs_column_is_named(tmp_path):
 
 def test_tolerated_variations(tmp_path):
     """int32/float32 columns, missing nullable extras, extra columns, temp files, hive dirs."""
-    df = _trial(tmp_path, "s", "a")
+    df = _trial(tmp_path, "s", "a", manifest=False)
     t = pa.Table.from_pandas(df.drop(columns=["lr_gain", "noise_scale"]), preserve_index=False)
     t = t.set_column(t.schema.get_field_index("epoch"), "epoch", t["epoch"].cast(pa.int32()))
     t = t.set_column(t.schema.get_field_index("lr"), "lr", t["lr"].cast(pa.float32()))

@@ -11,7 +11,7 @@ import pytest
 from orchestrator.store import EPOCH_SCHEMA, run_row, to_table
 from orchestrator.studies import TrialSpec
 from trainables.config import TrialConfig
-from trainables.manifest import column_checksums, epoch_ranges, has_manifest, manifest_of, verify
+from trainables.manifest import CHECKED_COLUMNS, column_checksums, epoch_ranges, has_manifest, manifest_of, verify
 from trainables.records import EPOCH_COLUMNS
 
 
@@ -38,7 +38,7 @@ def test_checksums_follow_the_content_not_the_row_order_or_the_null_spelling():
     rows = _rows(spec)
     base = column_checksums(_table(rows))
     assert base == column_checksums(_table(rows[::-1]))  # put in epoch order first
-    assert len(base) == len(EPOCH_COLUMNS) and all(len(h) == 16 for h in base.values())
+    assert set(base) == set(CHECKED_COLUMNS) and all(len(h) == 16 for h in base.values())  # not the identifiers
     edited = [dict(r) for r in rows]
     edited[1]["test_acc"] = 0.51
     changed = {c for c, h in column_checksums(_table(edited)).items() if h != base[c]}
@@ -64,7 +64,9 @@ def test_a_runs_row_carries_the_manifest_of_its_rows_and_verify_names_what_diffe
     edited = [dict(r) for r in rows]
     edited[2]["train_loss"] = 0.1
     assert verify(_table(edited), spec.trial_id, run) == "its content differs from its manifest in column(s) train_loss"
-    assert "holds 2 rows" in verify(_table(rows[:2]), spec.trial_id, run)
+    assert "covers epochs 1-2 of its manifest's 1-3" in verify(_table(rows[:2]), spec.trial_id, run)
+    longer = _rows(spec, 5)  # epochs past the manifest's: an extension of the trial, still running
+    assert verify(_table(longer), spec.trial_id, run) is None
     old = {k: v for k, v in run.items() if not k.startswith("manifest_")}  # written before manifests
     assert not has_manifest(old) and verify(_table(edited), spec.trial_id, old) is None
 

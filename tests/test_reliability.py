@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -501,3 +502,47 @@ def test_of_several_old_copies_of_a_trial_the_finished_one_is_kept(tmp_path, cap
     assert "trial 0ld0ld0ld004 (an id of an older version) is now" in capsys.readouterr().out
     assert len(os.listdir(os.path.join(results, "demo", "_quarantine"))) == 4  # 2 copies x (runs, epochs)
     assert sorted(store.read_runs()) == [spec.trial_id]
+
+
+# ------------------------------------------------------------------ manifests: the store trusts only its own rows
+TIMING_COLUMNS = {"epoch_time_s", "eval_time_s", "wall_time_s", "samples_per_s", "peak_mem_mb", "measure_time_s"}
+
+
+def _content(results: str, study: str):
+    """Every stored epoch row without its timings, by (trial_id, epoch)."""
+    rows = load_store(results, study).epochs
+    keep = [c for c in rows.columns if c not in TIMING_COLUMNS]
+    return rows[keep].sort_values(["trial_id", "epoch"]).reset_index(drop=True)
+
+
+@pytest.mark.slow
+def test_a_foreign_file_and_an_edited_value_are_set_aside_and_their_trials_run_again(tmp_path, capsys):
+    import pandas as pd
+
+    results = str(tmp_path)
+    argv = ["--results", results, "--study", "man", "--archs", "tiny_cnn", "--seeds", "0", "--epochs", "3",
+            "--train-limit", "200", "--test-limit", "60", "--threads", "1", "--quiet", "--no-analysis"]  # fmt: skip
+    assert grid_main(argv) == 0
+    clean = _content(results, "man")
+    runs = ResultsStore(results, "man").read_runs()
+    fixed = next(t for t, r in runs.items() if r["method"] == "fixed")
+    deba = next(t for t, r in runs.items() if r["method"] == "deba")
+    epochs = os.path.join(results, "man", "epochs")
+    # The red team's attack: another trial's valid Parquet under the DEBA trial's name; and an edited value.
+    shutil.copy(os.path.join(epochs, f"{fixed}.parquet"), os.path.join(epochs, f"{deba}.parquet"))
+    table = pq.read_table(os.path.join(epochs, f"{fixed}.parquet")).to_pandas()
+    table.loc[1, "test_acc"] = 0.999
+    pq.write_table(pa.Table.from_pandas(table, preserve_index=False), os.path.join(epochs, f"{fixed}.parquet"))
+    plan = make_plan(study_from_args(build_parser().parse_args(argv)), results)
+    lines = "\n".join(plan.repairs.lines())
+    assert f"set aside trial {deba}'s files" in lines and "holds rows of another trial" in lines
+    assert f"set aside trial {fixed}'s files" in lines and "differs from its manifest in column(s) test_acc" in lines
+    assert {t.trial_id for t in plan.pending} == {fixed, deba}
+    capsys.readouterr()
+    assert grid_main(argv) == 0  # sets both aside and runs both again
+    healed = _content(results, "man")
+    for tid in (fixed, deba):  # every stored row is its trial's own, and equal to the uninterrupted run's
+        ours = healed[healed["trial_id"].eq(tid)]
+        assert len(ours) == 3 and (ours["method"] == runs[tid]["method"]).all()
+    pd.testing.assert_frame_equal(healed, clean)
+    assert len(os.listdir(os.path.join(results, "man", "_quarantine"))) == 4
