@@ -38,6 +38,7 @@ import pyarrow.compute as pc
 from orchestrator.lock import StudyLock, StudyLocked
 from orchestrator.store import EPOCH_SCHEMA, FINISHED_STATUSES, PART_ROW_GROUP, RUN_SCHEMA, ResultsStore
 from trainables import store_files
+from trainables.manifest import epoch_ranges, has_manifest, verify
 
 ROWS_PER_PART = 1_000_000  # epoch rows per part: 10,000 trials of 100 epochs, ~40 MB
 
@@ -74,10 +75,8 @@ class Compaction:
 
 
 def check_trial(trial_id: str, epochs: pa.Table | None, run: dict[str, Any] | None) -> str | None:
-    """None when the trial's rows may go into a part, else why not (the trial keeps its files).
-
-    The manifest check belongs here: compare the rows' count, epochs and checksum with the ones the
-    runs row records."""
+    """None when the trial's rows may go into a part, else why not (the trial keeps its files): a finished
+    trial whose rows are epochs 1..n once each and match its manifest (trainables/manifest.py)."""
     if run is None:
         return "no runs row"
     if run.get("status") not in FINISHED_STATUSES:
@@ -94,7 +93,10 @@ def check_trial(trial_id: str, epochs: pa.Table | None, run: dict[str, Any] | No
     done = run.get("epochs_done")
     if done is not None and done != len(got):
         return f"{len(got)} epoch rows but the runs row says {done} epochs"
-    return None
+    if has_manifest(run) and run.get("manifest_epochs") != epoch_ranges(got):
+        return f"epoch rows {epoch_ranges(got)} but its manifest covers {run.get('manifest_epochs')}"
+    problem = verify(epochs, trial_id, run)
+    return None if problem is None else f"epoch rows that {problem}"
 
 
 def compact_study(results: str, study: str, rows_per_part: int = ROWS_PER_PART) -> Compaction:
