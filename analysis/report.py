@@ -71,7 +71,11 @@ def analyse(
     studies = sorted({n for s in stores for n in s.studies})
     summary = trial_summary(epochs, runs)
     partners = _partner_summaries(results_dir, studies, summary, opts.fixed_method)
-    comp = compare(summary, fixed_method=opts.fixed_method, partners=partners)
+    try:
+        comp = compare(summary, fixed_method=opts.fixed_method, partners=partners)
+    except ValueError as exc:  # say which files were left out: they may hold the missing baseline
+        left = [n for n in notes if "left out" in n]
+        raise ValueError(str(exc) + ("".join(f"\n  {n}" for n in left) if left else "")) from exc
     notes += comp.notes
     tax = taxonomy(summary, comp.pairs, opts)
     cal = calibrate(epochs, summary, fixed_method=opts.fixed_method)

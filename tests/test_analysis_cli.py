@@ -161,3 +161,16 @@ def test_python_m_analysis_subprocess(small, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "analysis", str(tmp_path / "missing")],
                          capture_output=True, text=True, env=env, cwd=REPO)  # fmt: skip
     assert bad.returncode == 2 and "does not exist" in bad.stderr
+
+
+def test_a_store_whose_only_baseline_file_is_truncated_names_the_file(tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    synthetic_store(str(tmp_path), "s", archs=("resnet18",), datasets=("cifar10",), seeds=(1,),
+                    methods=[("fixed", "baseline"), ("deba", "baseline")], n_epochs=3)  # fmt: skip
+    fixed = next(p for p in (tmp_path / "s" / "runs").iterdir() if "fixed" in pq.read_table(p)["method"].to_pylist())
+    epochs = tmp_path / "s" / "epochs" / fixed.name
+    epochs.write_bytes(epochs.read_bytes()[:40])
+    assert main([str(tmp_path), "--no-plots", "--out", str(tmp_path / "rep")]) == 1
+    err = capsys.readouterr().err
+    assert "no fixed baseline" in err and f"{epochs} cannot be read" in err
