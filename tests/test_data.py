@@ -150,9 +150,11 @@ def test_unknown_dataset_lists_known_ones():
         assert name in str(info.value)
 
 
-def test_bad_limit():
-    with pytest.raises(ValueError, match="train_limit"):
-        load_dataset("synthetic", train_limit=0)
+def test_bad_limit_is_refused_once_by_the_config():
+    from trainables.config import TrialConfig
+
+    with pytest.raises(ValueError, match="train_limit=0 is not allowed; expected an integer >= 1 or null"):
+        TrialConfig(arch="tiny_cnn", dataset="synthetic", train_limit=0)
 
 
 @pytest.fixture(scope="module")

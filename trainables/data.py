@@ -163,9 +163,6 @@ def load_dataset(
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
-    for field, value in (("train_limit", train_limit), ("test_limit", test_limit)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"{field} must be None or an integer >= 1, got {value!r}")
 
     if name == "synthetic":
         train_x, train_y, test_x, test_y = _synthetic(
