@@ -25,15 +25,8 @@ from orchestrator.studies import (
     preset,
     with_overrides,
 )
+from trainables import flags
 from trainables.config import TrialConfig
-from trainables.flags import (
-    add_policy_arguments,
-    check_subset_seed,
-    given_policy_options,
-    known_keys,
-    pairs,
-    policy_flag,
-)
 from trainables.policies import option_fields, policy_options
 from trainables.settings import add_arguments, fail, fields_of, given_values, merge_old_spelling, setting, validate
 
@@ -110,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         p, TrialConfig, skip=GRID_FIELDS, group="trial settings for every trial (trainables/config.py)",
         dest_prefix=LOOP_PREFIX,
     )  # fmt: skip
-    add_policy_arguments(
+    flags.add_policy_arguments(
         p, "policy options for every method of the study that takes them (trainables/policies/options.py)",
         POLICY_PREFIX,
     )  # fmt: skip
@@ -137,12 +130,12 @@ def study_from_args(args: argparse.Namespace) -> StudySpec:
         vname, sep, opts = item.partition(":")
         if not sep or not vname:
             fail("define_variant", item, "NAME:KEY=VALUE[,KEY=VALUE]")
-        variant_defs[vname] = pairs(f"define_variant[{vname}]", [o for o in opts.split(",") if o])
-    old_policy = known_keys("policy_opt", pairs("policy_opt", args.policy_opt), option_fields())
+        variant_defs[vname] = flags.pairs(f"define_variant[{vname}]", [o for o in opts.split(",") if o])
+    old_policy = flags.known_keys("policy_opt", flags.pairs("policy_opt", args.policy_opt), option_fields())
     policy_given = merge_old_spelling(
-        given_policy_options(args, POLICY_PREFIX), old_policy, "--policy-opt {key}={value}", policy_flag
+        flags.given_policy_options(args, POLICY_PREFIX), old_policy, "--policy-opt {key}={value}", flags.policy_flag
     )
-    old_loop = pairs("loop_opt", args.loop_opt)
+    old_loop = flags.pairs("loop_opt", args.loop_opt)
     reserved = sorted(GRID_FIELDS & set(old_loop))
     if reserved:
         fail(
@@ -153,7 +146,7 @@ def study_from_args(args: argparse.Namespace) -> StudySpec:
         )
     loop_given = merge_old_spelling(
         given_values(args, TrialConfig, LOOP_PREFIX, skip=GRID_FIELDS),
-        known_keys("loop_opt", old_loop, {f.name for f in fields_of(TrialConfig)}),
+        flags.known_keys("loop_opt", old_loop, {f.name for f in fields_of(TrialConfig)}),
         "--loop-opt {key}={value}",
         lambda key: f"--{key.replace('_', '-')}",
     )
@@ -165,7 +158,7 @@ def study_from_args(args: argparse.Namespace) -> StudySpec:
             fail(
                 "thresholds",
                 driver.thresholds,
-                f"no --thresholds file together with {', '.join(policy_flag(k) for k in both)}: both set DEBA's "
+                f"no --thresholds file together with {', '.join(flags.policy_flag(k) for k in both)}: both set DEBA's "
                 "thresholds; give one of them",
             )
         thresholds.update(given)
@@ -176,11 +169,11 @@ def study_from_args(args: argparse.Namespace) -> StudySpec:
         **grid,
         policy={**base.policy, **policy_given},
         loop={**base.loop, **loop_given},
-        hooks={**base.hooks, **pairs("test_hook", args.test_hook)},
+        hooks={**base.hooks, **flags.pairs("test_hook", args.test_hook)},
         variant_defs=variant_defs,
         thresholds=thresholds,
     )
-    check_subset_seed(loop_given, study.loop)
+    flags.check_subset_seed(loop_given, study.loop)
     unused = sorted(k for k in policy_given if not any(k in policy_options(m) for m in study.methods))
     if unused:
         takers = {k: option_fields()[k][1] if k in option_fields() else () for k in unused}
@@ -189,7 +182,7 @@ def study_from_args(args: argparse.Namespace) -> StudySpec:
             unused,
             f"options of a method of this study ({', '.join(study.methods)}); "
             + "; ".join(
-                f"{policy_flag(k) if takers[k] else k} is an option of {', '.join(takers[k]) or 'no policy'}"
+                f"{flags.policy_flag(k) if takers[k] else k} is an option of {', '.join(takers[k]) or 'no policy'}"
                 for k in unused
             )  # fmt: skip
             + ": add the method (--methods) or drop the option",
