@@ -39,8 +39,8 @@ PAPER_ARCHS, PAPER_SEEDS, PROFILE_SEEDS = paper.ARCHS, paper.SEEDS, paper.PROFIL
 # Built-in variants (trainables/policies/variants.py): the paper's ablations and the readings of SPEC §4.
 ABLATION_VARIANTS: tuple[str, ...] = tuple(ABLATIONS)
 # The reconstruction preset's CPU size (Fashion-MNIST subset sizes); see _reconstruction.
-RECONSTRUCTION_TRAIN_LIMIT = 4000
-RECONSTRUCTION_TEST_LIMIT = 2000
+RECONSTRUCTION_TRAIN_LIMIT = 2000
+RECONSTRUCTION_TEST_LIMIT = 1000
 
 # DEBA thresholds of the demo's tiny archs (they have no Table 1 row), calibrated by SPEC §2's rule
 # from fixed runs of the demo setting, seeds 0-2 (trainables/policies/deba.py):
@@ -329,7 +329,7 @@ RECONSTRUCTION_SEEDS: tuple[int, ...] = PAPER_SEEDS + (256,)
 
 
 def _reconstruction() -> StudySpec:
-    # CPU default sized for about two hours on 2 cores (docs/results/reconstruction-fashion-cpu/): tiny_cnn on
+    # CPU default sized for about an hour on 2 cores (docs/results/reconstruction-fashion-cpu/): tiny_cnn on
     # a fixed Fashion-MNIST subset (subset_seed 0 for every seed), the paper's 100 epochs, cooldown 10 and
     # window 15. On GPUs scale it up with --archs resnet18 --train-limit null --test-limit null.
     return StudySpec(
