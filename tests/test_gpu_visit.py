@@ -140,7 +140,7 @@ def test_table1_without_ray_writes_the_store_run_grid_would(tmp_path):
         ),
         2,
     )  # fmt: skip
-    plan = make_plan(study_from_args(build_parser().parse_args(grid)), results, write=False)
+    plan = make_plan(study_from_args(build_parser().parse_args(grid)), results)
     assert plan.finished == {run["trial_id"]} and not plan.pending
 
 

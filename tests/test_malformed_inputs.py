@@ -139,6 +139,7 @@ def _written(root) -> set[str]:
 def test_run_grid_refuses_before_ray(files, capsys, argv, named):
     import ray
 
+    ray.shutdown()  # an earlier test's in-process run_grid may have left its local Ray up
     argv = [a.replace("{tmp}", str(files)) for a in argv]
     results = [] if "--results" in argv else ["--results", str(files / "results")]
     seeds = [] if "--seeds" in argv else ["--seeds", "0"]

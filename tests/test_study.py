@@ -249,6 +249,8 @@ def test_bad_configs_fail_fast_naming_the_field(argv, field, allowed, capsys, tm
 def test_bad_storage_uri_fails_before_ray_naming_the_field(capsys, tmp_path):
     import ray
 
+    ray.shutdown()  # an earlier test's in-process run_grid may have left its local Ray up
+
     assert main(["--results", str(tmp_path), "--seeds", "0", "--storage", "nosuchfs://bucket/x"]) == 2
     err = capsys.readouterr().err
     assert "invalid study" in err and "storage='nosuchfs://bucket/x'" in err
@@ -276,6 +278,8 @@ def test_bad_thresholds_file(tmp_path):
 
 def test_dry_run_prints_the_plan_without_ray(capsys, tmp_path):
     import ray
+
+    ray.shutdown()  # an earlier test's in-process run_grid may have left its local Ray up
 
     assert main(["--dry-run", "--results", str(tmp_path), "--seeds", "0"]) == 0
     out = capsys.readouterr().out
