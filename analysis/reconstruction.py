@@ -34,15 +34,22 @@ def describe_reading(config: dict | None, method: str = "deba") -> str:
     return ", ".join(parts) or "defaults"
 
 
+# A diverged run is a reading's result (its path ends there); a failed one runs again.
+RANKED_STATUSES = ("completed", "diverged")
+
+
 def reading_table(
     trajectory: pd.DataFrame, pairs: pd.DataFrame, runs: pd.DataFrame, method: str = "deba"
 ) -> pd.DataFrame:
     """Readings ranked by mean trajectory distance (per study, arch, dataset); see the module docstring.
 
     Only studies whose ``method`` runs come in two or more variants are readings studies; the
-    table is empty otherwise.
+    table is empty otherwise. Only finished runs are ranked (RANKED_STATUSES): the partial path of a run
+    still going (a live store) or of a failed one (it runs again) is not a reading's result.
     """
-    t = trajectory[trajectory["method"].eq(method) & trajectory["n_epochs"].gt(0)]
+    t = trajectory[
+        trajectory["method"].eq(method) & trajectory["n_epochs"].gt(0) & trajectory["status"].isin(RANKED_STATUSES)
+    ]
     multi = t.groupby(["study", "arch", "dataset"])["variant"].transform("nunique") > 1
     t = t[multi]
     columns = KEYS + [

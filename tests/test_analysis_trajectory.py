@@ -200,3 +200,14 @@ def test_calibrate_reading_per_signal_source_and_eps():
     assert mean["theta_conf"] == pytest.approx(2.0) and mean["theta_stab"] == pytest.approx(0.1, rel=1e-6)
     with pytest.raises(ValueError, match="no completed 'fixed' run"):
         calibrate_reading(epochs, summary, "other", signal_reading({}))
+
+
+def test_a_run_still_going_is_not_ranked(tmp_path):
+    root = _store(tmp_path, deba_variants=("baseline", "either"))
+    # A third seed of "either" has epochs on disk but no runs row yet (a live store): listed, not ranked.
+    rows = trial_rows("s", "either3", "tiny_cnn", "digits", 3, "deba", "either", n_epochs=2, batch_size=[64, 32])
+    write_trial(root, "s", "either3", rows, None)
+    a = analyse(root)
+    assert a.trajectory.set_index("trial_id").loc["either3", "status"] == "incomplete"
+    r = a.reconstruction.set_index("variant")
+    assert r.loc["either", "n_seeds"] == 2 and r.loc["either", "final_bs"] == "216/216"
