@@ -32,7 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write a built-in dataset as DIR/<name>/{train,val}/<class>/*.png for imagefolder:<name>.",
         allow_abbrev=False,
     )
-    p.add_argument("--dataset", required=True, choices=[d for d in DATASETS if d != "synthetic"], help="dataset to write")
+    p.add_argument(
+        "--dataset", required=True, choices=[d for d in DATASETS if d != "synthetic"], help="dataset to write"
+    )
     p.add_argument("--data-dir", default=None, help="data directory (read from and written to; default $DEBA_DATA_DIR)")
     p.add_argument("--name", default=None, help="folder name under the data directory (default <dataset>_png)")
     p.add_argument("--train-limit", type=int, default=None, help="write a seeded random subset of the train split")
@@ -103,7 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     name = os.path.basename(path)
-    print(f"wrote {path} (train/ and val/); train on it with --dataset imagefolder:{name} --data-dir {os.path.dirname(path)}")
+    print(
+        f"wrote {path} (train/ and val/); train on it with --dataset imagefolder:{name} "
+        f"--data-dir {os.path.dirname(path)}"
+    )
     return 0
 
 

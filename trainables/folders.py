@@ -133,7 +133,9 @@ def unreadable_reason(path: str) -> str | None:
     return None
 
 
-def scan_folder(dataset: str, data_dir: str | None, skip_unreadable: bool = False, check_files: bool = True) -> FolderIndex:
+def scan_folder(
+    dataset: str, data_dir: str | None, skip_unreadable: bool = False, check_files: bool = True
+) -> FolderIndex:
     """The checked index of folder dataset `dataset`; `FolderError` naming every problem (module
     docstring). `check_files`: open every file's header (False: listing only, for planning)."""
     root = dataset_root(dataset, data_dir)
@@ -191,3 +193,10 @@ def folder_sizes(dataset: str, data_dir: str | None) -> tuple[int, int, int]:
     planning; cached per process."""
     index = scan_folder(dataset, data_dir, skip_unreadable=True, check_files=False)
     return index.num_classes, len(index.train), len(index.val)
+
+
+def check_study_folders(datasets: tuple[str, ...], data_dir: str | None, skip_unreadable: bool = False) -> None:
+    """Check every folder dataset of a study (`scan_folder`) before Ray starts; FolderError names the problems."""
+    for dataset in datasets:
+        if is_folder_dataset(dataset):
+            scan_folder(dataset, data_dir, skip_unreadable=skip_unreadable)

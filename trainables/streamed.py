@@ -114,7 +114,9 @@ def _open_rgb(path: str) -> Any:
         raise OSError(f"cannot decode image {path}: {type(exc).__name__}: {exc}") from exc
 
 
-def decode_images(paths: Sequence[str], size: int, mode: str = "none", draws: dict[str, np.ndarray] | None = None) -> np.ndarray:
+def decode_images(
+    paths: Sequence[str], size: int, mode: str = "none", draws: dict[str, np.ndarray] | None = None
+) -> np.ndarray:
     """uint8 [N, 3, size, size] images of `paths`, augmented by `mode` with the per-row `draws`
     (``dy``/``dx``/``flip`` or ``u``/``flip``; see the module docstring)."""
     from PIL import Image
@@ -148,9 +150,13 @@ def normalise(x: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> np.ndarray
     return out
 
 
-def decode_block(batch: dict[str, np.ndarray], size: int, mode: str, scale: np.ndarray, shift: np.ndarray) -> dict[str, np.ndarray]:
+def decode_block(
+    batch: dict[str, np.ndarray], size: int, mode: str, scale: np.ndarray, shift: np.ndarray
+) -> dict[str, np.ndarray]:
     """Ray Data's map function: a block of rows (path, y, draws) to {"x": float32 [n,3,S,S], "y": int64}."""
-    draws = {k: np.asarray(batch[k]) for k in ("dy", "dx", "flip", "u") if k in batch}
+    draws = {k: np.asarray(batch[k]) for k in ("dy", "dx", "flip") if k in batch}
+    if "u0" in batch:
+        draws["u"] = np.stack([np.asarray(batch[f"u{j}"], dtype=np.float64) for j in range(4)], axis=1)
     x = decode_images(list(batch["path"]), size, mode, draws)
     return {"x": normalise(x, scale, shift), "y": np.asarray(batch["y"], dtype=np.int64)}
 
@@ -195,6 +201,16 @@ def subset_split(split: FolderSplit, limit: int | None, seed: int) -> FolderSpli
 
 
 # ------------------------------------------------------------------------------ Ray Data
+def trial_bundles(configs: Sequence[Any], resources: dict[str, float]) -> list[dict[str, float]]:
+    """Placement-group bundles of a study's trials under Tune: the trial's own {CPU, GPU}, plus one bundle of
+    the largest ``data_cpus`` among the configs (TrialConfig or mapping) that stream a folder dataset."""
+    from trainables.folders import is_folder_dataset
+
+    own = {"CPU": float(resources["cpu"]), "GPU": float(resources["gpu"])}
+    data = [int(c["data_cpus"]) for c in configs if is_folder_dataset(c["dataset"]) and c["data_loader"] != "resident"]
+    return [own, {"CPU": float(max(data))}] if data else [own]
+
+
 def ensure_ray(data_cpus: int) -> None:
     """Connect to Ray when this process is not yet (a trial under Tune already is): a local Ray of
     `data_cpus` CPUs for the pipeline, its workers importing this checkout. Ray Data keeps the row order."""
@@ -222,30 +238,45 @@ def ensure_ray(data_cpus: int) -> None:
         ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     ctx.enable_auto_log_stats = False
+    ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(cpu=data_cpus)
 
 
 def _dataset(columns: dict[str, np.ndarray], cpus: int) -> Any:
-    """A Ray Dataset of the rows `columns`, in order, cut into blocks of `block_rows` rows."""
-    import pyarrow as pa
+    """A Ray Dataset of the rows `columns` (1-D arrays), in order, in blocks of about `block_rows` rows.
+
+    Built locally (``from_items`` puts the blocks; ``from_arrow`` would run metadata tasks outside the
+    trial's placement group, which a full cluster never schedules)."""
     import ray.data
 
     n = len(columns["path"])
-    step = block_rows(n, cpus)
-    tables = []
-    for lo in range(0, n, step):
-        part = {}
-        for key, value in columns.items():
-            chunk = value[lo : lo + step]
-            part[key] = pa.array(chunk.tolist()) if chunk.ndim > 1 or chunk.dtype == object else pa.array(chunk)
-        tables.append(pa.table(part))
-    return ray.data.from_arrow(tables)
+    names = list(columns)
+    values = [columns[k].tolist() for k in names]
+    items = [dict(zip(names, row)) for row in zip(*values)]
+    return ray.data.from_items(items, override_num_blocks=max(1, math.ceil(n / block_rows(n, cpus))))
+
+
+def _task_options(cpus: int) -> dict[str, Any]:
+    """Ray options of the pipeline's map tasks: one CPU each, inside the trial's placement group when there
+    is one (Tune's: the trial's data bundle), else Ray Data's default placement."""
+    import ray
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    pg = ray.util.get_current_placement_group()
+    if pg is None:
+        return {"num_cpus": 1}
+    return {
+        "num_cpus": 1,
+        "scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_capture_child_tasks=True),
+    }
 
 
 def folder_statistics(split: FolderSplit, size: int, cpus: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Normalisation statistics of a train split (module docstring), decoded through Ray Data."""
     idx = stats_sample(len(split))
     paths = np.array([split.paths[i] for i in idx], dtype=object)
-    ds = _dataset({"path": paths}, cpus).map_batches(histogram_block, batch_size=None, fn_kwargs={"size": size})
+    ds = _dataset({"path": paths}, cpus).map_batches(
+        histogram_block, batch_size=None, fn_kwargs={"size": size}, **_task_options(cpus)
+    )
     total = np.zeros((3, 256), dtype=np.int64)
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         total += np.asarray(batch["hist"]).sum(axis=0)
@@ -302,7 +333,9 @@ class StreamLoader:
             offsets = torch.randint(0, 2 * CROP_PADDING + 1, (n, 2), generator=generator, device=gen_device)
             columns["dy"], columns["dx"] = offsets[:, 0].cpu().numpy(), offsets[:, 1].cpu().numpy()
         elif augment == "resized_crop_flip":
-            columns["u"] = torch.rand((n, 4), generator=generator, device=gen_device).double().cpu().numpy()
+            u = torch.rand((n, 4), generator=generator, device=gen_device).double().cpu().numpy()
+            for j in range(4):
+                columns[f"u{j}"] = u[:, j]
         if augment in ("crop_flip", "resized_crop_flip"):
             columns["flip"] = torch.randint(0, 2, (n,), generator=generator, device=gen_device).bool().cpu().numpy()
         return columns
@@ -327,16 +360,20 @@ class StreamLoader:
         columns = {k: v[keep] for k, v in columns.items()}
         return self._stream(columns, batch_size // world, drop_last)
 
-    def _stream(self, columns: dict[str, np.ndarray], batch_size: int, drop_last: bool) -> Iterator[tuple[Tensor, Tensor]]:
+    def _stream(
+        self, columns: dict[str, np.ndarray], batch_size: int, drop_last: bool
+    ) -> Iterator[tuple[Tensor, Tensor]]:
         ensure_ray(self.data_cpus)
-        mode = "none" if not any(k in columns for k in ("dy", "u", "flip")) else self.augment
+        mode = "none" if not any(k in columns for k in ("dy", "u0", "flip")) else self.augment
         ds = _dataset(columns, self.data_cpus).map_batches(
             decode_block,
             batch_size=None,  # one task per block: the block's rows are decoded together
-            num_cpus=1,
             fn_kwargs={"size": self.image_size[0], "mode": mode, "scale": self._scale, "shift": self._shift},
+            **_task_options(self.data_cpus),
         )
-        for batch in ds.iter_torch_batches(batch_size=batch_size, drop_last=drop_last, device="cpu", prefetch_batches=2):
+        for batch in ds.iter_torch_batches(
+            batch_size=batch_size, drop_last=drop_last, device="cpu", prefetch_batches=2
+        ):
             x = batch["x"].to(self.device, non_blocking=True)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
