@@ -40,7 +40,8 @@ def make_folder(root: Path, name: str = "tiny", classes: int = 3, train: int = 1
             for i in range(count):
                 pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
                 pixels[..., k] //= 2  # a class signal
-                Image.fromarray(pixels).save(folder / f"{i:03d}.png")
+                suffix = "jpg" if i % 5 == 4 else "png"  # JPEGs too: decoded the same way on both paths
+                Image.fromarray(pixels).save(folder / f"{i:03d}.{suffix}")
     return root / name
 
 
@@ -51,7 +52,7 @@ def test_a_good_folder_is_indexed_in_class_then_file_order(tmp_path: Path) -> No
     index = scan_folder("imagefolder:tiny", str(tmp_path))
     assert index.classes == ("c0", "c1", "c2") and len(index.train) == 36 and len(index.val) == 12
     assert list(index.train.labels) == sorted(index.train.labels)
-    assert index.train.paths[0].endswith("train/c0/000.png")
+    assert index.train.paths[0].endswith("train/c0/000.png") and index.train.paths[4].endswith("004.jpg")
 
 
 @pytest.mark.parametrize(
@@ -75,7 +76,7 @@ def test_a_malformed_folder_is_refused_naming_what_is_wrong(tmp_path: Path, dama
 
 def test_unreadable_files_are_each_named_and_skipped_only_when_allowed(tmp_path: Path) -> None:
     root = make_folder(tmp_path)
-    bad = [root / "train" / "c0" / "000.png", root / "val" / "c2" / "001.png"]
+    bad = [root / "train" / "c0" / "000.png", root / "val" / "c2" / "001.png"]  # a broken PNG, a GIF
     bad[0].write_bytes(b"not a png")
     Image.new("RGB", (8, 8)).save(bad[1], format="GIF")  # readable, but no PNG/JPEG
     with pytest.raises(FolderError, match="2 unreadable file") as err:
