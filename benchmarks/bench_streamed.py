@@ -155,9 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 # The pipeline's CPU limit is the process-wide DataContext's: set for this arm.
                 ensure_ray(cpus)
                 rate = _epoch_rate(stream, b, device, args.epochs)
-                loader_rows.append(
-                    {"arm": f"streamed {aug}", "batch_size": b, "data_cpus": cpus, "images_per_s": rate}
-                )
+                loader_rows.append({"arm": f"streamed {aug}", "batch_size": b, "data_cpus": cpus, "images_per_s": rate})
                 print(json.dumps(loader_rows[-1]), flush=True)
     parts = breakdown(train.paths[: args.breakdown_images], device)
     train_rows = []

@@ -252,3 +252,13 @@ def test_run_grid_refuses_a_malformed_folder_before_ray(tmp_path: Path, capsys: 
     assert main(args) == 2
     assert "the val split is empty" in capsys.readouterr().err and not ray.is_initialized()
     assert not (tmp_path / "res" / "bad").exists()
+
+
+def test_a_streamed_trial_that_cannot_be_placed_is_refused() -> None:
+    from trainables.folders import check_stream_cpus, streamed_data_cpus
+
+    assert streamed_data_cpus(("digits",), {}) == 0 and streamed_data_cpus(("imagefolder:a",), {"data_cpus": 3}) == 3
+    assert streamed_data_cpus(("imagefolder:a",), {"data_loader": "resident"}) == 0
+    check_stream_cpus(("imagefolder:a",), {}, 1.0, 2)
+    with pytest.raises(ValueError, match="data_cpus=1 is not allowed with cpus_per_trial=2"):
+        check_stream_cpus(("imagefolder:a",), {}, 2.0, 2)

@@ -200,3 +200,22 @@ def check_study_folders(datasets: tuple[str, ...], data_dir: str | None, skip_un
     for dataset in datasets:
         if is_folder_dataset(dataset):
             scan_folder(dataset, data_dir, skip_unreadable=skip_unreadable)
+
+
+def streamed_data_cpus(datasets: tuple[str, ...], loop: dict) -> int:
+    """The Ray Data CPUs each trial of a study adds to its own (0 when no dataset is streamed): the study's
+    `data_cpus` (default 1) when a folder dataset streams (`data_loader` not resident)."""
+    if loop.get("data_loader") == "resident" or not any(is_folder_dataset(d) for d in datasets):
+        return 0
+    return int(loop.get("data_cpus", 1))
+
+
+def check_stream_cpus(datasets: tuple[str, ...], loop: dict, cpus_per_trial: float, cpus: int) -> None:
+    """Refuse, before a local Ray starts, a streamed trial whose CPUs and data CPUs together exceed this
+    machine's `cpus` (its placement group would never be placed: Tune would wait forever)."""
+    data = streamed_data_cpus(datasets, loop)
+    if data and cpus_per_trial + data > cpus:
+        raise ValueError(
+            f"data_cpus={data} is not allowed with cpus_per_trial={cpus_per_trial:g}: a streamed trial holds both "
+            f"({cpus_per_trial + data:g} CPUs) and this machine has {cpus}; lower --cpus-per-trial or --data-cpus"
+        )
