@@ -135,6 +135,13 @@ def test_resized_crop_boxes_stay_inside_the_image() -> None:
         assert 0 <= left < right <= w and 0 <= top < bottom <= h
 
 
+def test_blocks_stay_small_at_large_input_sizes() -> None:
+    from trainables.streamed import block_rows
+
+    assert block_rows(60_000, 2) == 1024 and block_rows(100, 2) == 13
+    assert block_rows(1_281_167, 8, 224) * 4 * 3 * 224 * 224 <= 64 * 2**20
+
+
 def test_trial_bundles_give_a_streamed_study_a_data_bundle() -> None:
     res = {"cpu": 1.0, "gpu": 0.0}
     configs = [{"dataset": "imagefolder:a", "data_loader": "auto", "data_cpus": 2}, {"dataset": "digits"}]

@@ -53,8 +53,9 @@ STATS_SEED = 0  # the same sample for every trial
 RRC_SCALE = (0.08, 1.0)  # torchvision RandomResizedCrop's defaults
 RRC_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 MODES: tuple[str, ...] = ("none", "crop", "crop_flip", "resized_crop_flip")
-MIN_BLOCK_ROWS = 64  # rows of one Ray Data block at least (per-task overhead), at most MAX_BLOCK_ROWS
+MIN_BLOCK_ROWS = 8  # rows of one Ray Data block at least (per-task overhead), at most MAX_BLOCK_ROWS
 MAX_BLOCK_ROWS = 1024
+MAX_BLOCK_BYTES = 64 * 2**20  # of decoded float32 images per block (the object store holds a few per CPU)
 
 
 # ------------------------------------------------------------------------------ pure pieces (numpy)
@@ -71,9 +72,12 @@ def shard_positions(count: int, batch_size: int, rank: int, world: int) -> np.nd
     return (starts[:, None] + rank * per + np.arange(per)[None, :]).reshape(-1)
 
 
-def block_rows(count: int, cpus: int) -> int:
-    """Rows per Ray Data block: about four blocks per data CPU, within [MIN_BLOCK_ROWS, MAX_BLOCK_ROWS]."""
-    return max(MIN_BLOCK_ROWS, min(MAX_BLOCK_ROWS, math.ceil(count / (4 * max(cpus, 1)))))
+def block_rows(count: int, cpus: int, input_size: int = 32) -> int:
+    """Rows per Ray Data block: about four blocks per data CPU, at least MIN_BLOCK_ROWS, and at most
+    MAX_BLOCK_ROWS or MAX_BLOCK_BYTES of float32 images (ImageNet at 224 px: 111 rows, 64 MiB)."""
+    by_bytes = max(1, MAX_BLOCK_BYTES // (4 * 3 * input_size * input_size))
+    upper = max(MIN_BLOCK_ROWS, min(MAX_BLOCK_ROWS, by_bytes))
+    return max(MIN_BLOCK_ROWS, min(upper, math.ceil(count / (4 * max(cpus, 1)))))
 
 
 def resized_crop_box(width: int, height: int, u: Sequence[float]) -> tuple[int, int, int, int]:
@@ -241,7 +245,7 @@ def ensure_ray(data_cpus: int) -> None:
     ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(cpu=data_cpus)
 
 
-def _dataset(columns: dict[str, np.ndarray], cpus: int) -> Any:
+def _dataset(columns: dict[str, np.ndarray], cpus: int, input_size: int = 32) -> Any:
     """A Ray Dataset of the rows `columns` (1-D arrays), in order, in blocks of about `block_rows` rows.
 
     Built locally (``from_items`` puts the blocks; ``from_arrow`` would run metadata tasks outside the
@@ -252,7 +256,7 @@ def _dataset(columns: dict[str, np.ndarray], cpus: int) -> Any:
     names = list(columns)
     values = [columns[k].tolist() for k in names]
     items = [dict(zip(names, row)) for row in zip(*values)]
-    return ray.data.from_items(items, override_num_blocks=max(1, math.ceil(n / block_rows(n, cpus))))
+    return ray.data.from_items(items, override_num_blocks=max(1, math.ceil(n / block_rows(n, cpus, input_size))))
 
 
 def _task_options(cpus: int) -> dict[str, Any]:
@@ -274,7 +278,7 @@ def folder_statistics(split: FolderSplit, size: int, cpus: int) -> tuple[tuple[f
     """Normalisation statistics of a train split (module docstring), decoded through Ray Data."""
     idx = stats_sample(len(split))
     paths = np.array([split.paths[i] for i in idx], dtype=object)
-    ds = _dataset({"path": paths}, cpus).map_batches(
+    ds = _dataset({"path": paths}, cpus, size).map_batches(
         histogram_block, batch_size=None, fn_kwargs={"size": size}, **_task_options(cpus)
     )
     total = np.zeros((3, 256), dtype=np.int64)
@@ -328,7 +332,8 @@ class StreamLoader:
         n = self.num_samples
         gen_device = generator.device if generator is not None else torch.device("cpu")
         order = torch.randperm(n, generator=generator, device=gen_device) if shuffle else torch.arange(n)
-        columns = {"path": self._paths[order.cpu().numpy()], "y": self._labels[order.cpu().numpy()]}
+        rows = order.cpu().numpy()
+        columns = {"path": self._paths[rows], "y": self._labels[rows]}
         if augment in ("crop", "crop_flip"):
             offsets = torch.randint(0, 2 * CROP_PADDING + 1, (n, 2), generator=generator, device=gen_device)
             columns["dy"], columns["dx"] = offsets[:, 0].cpu().numpy(), offsets[:, 1].cpu().numpy()
@@ -365,7 +370,7 @@ class StreamLoader:
     ) -> Iterator[tuple[Tensor, Tensor]]:
         ensure_ray(self.data_cpus)
         mode = "none" if not any(k in columns for k in ("dy", "u0", "flip")) else self.augment
-        ds = _dataset(columns, self.data_cpus).map_batches(
+        ds = _dataset(columns, self.data_cpus, self.image_size[0]).map_batches(
             decode_block,
             batch_size=None,  # one task per block: the block's rows are decoded together
             fn_kwargs={"size": self.image_size[0], "mode": mode, "scale": self._scale, "shift": self._shift},
