@@ -269,3 +269,22 @@ def test_a_streamed_trial_that_cannot_be_placed_is_refused() -> None:
     check_stream_cpus(("imagefolder:a",), {}, 1.0, 2)
     with pytest.raises(ValueError, match="data_cpus=1 is not allowed with cpus_per_trial=2"):
         check_stream_cpus(("imagefolder:a",), {}, 2.0, 2)
+
+
+@pytest.mark.slow
+def test_run_grid_trains_a_streamed_folder_under_tune(tmp_path: Path) -> None:
+    """Through run_grid and Ray Tune: the trial's placement group holds the pipeline's tasks (a data bundle),
+    and the epochs table gets the streamed trial's rows."""
+    import pyarrow.parquet as pq
+
+    make_folder(tmp_path, train=16, val=4)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": "", "RAY_USAGE_STATS_ENABLED": "0"}
+    env["RAY_AUTH_MODE"] = "disabled"
+    cmd = [sys.executable, str(REPO / "orchestrator" / "run_grid.py"), "--preset", "demo", "--study", "folder"]
+    cmd += ["--results", str(tmp_path / "res"), "--archs", "tiny_cnn", "--datasets", "imagefolder:tiny"]
+    cmd += ["--data-dir", str(tmp_path), "--methods", "deba", "--seeds", "0", "--epochs", "2"]
+    cmd += ["--gpus-per-trial", "0", "--threads", "1", "--quiet", "--verbose", "0"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=400)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    rows = pq.read_table(tmp_path / "res" / "folder" / "epochs").to_pandas()
+    assert rows["dataset"].tolist() == ["imagefolder:tiny"] * 2 and sorted(rows["epoch"]) == [1, 2]
