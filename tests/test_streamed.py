@@ -127,6 +127,16 @@ def test_worker_shards_of_a_step_are_the_single_worker_batch() -> None:
         shard_positions(40, 8, 0, 3)
 
 
+def test_two_workers_stream_the_halves_of_every_single_worker_batch(tmp_path: Path) -> None:
+    index = scan_folder("imagefolder:tiny", str(make_folder(tmp_path).parent))
+    loader = StreamLoader(index.train, 32, (0.5,) * 3, (0.25,) * 3, "cpu", augment="crop_flip")
+    whole = loader.epoch_rows(8, torch.Generator().manual_seed(3))
+    halves = [loader.epoch_rows(8, torch.Generator().manual_seed(3), rank=r, world=2) for r in range(2)]
+    for key, value in whole.items():
+        steps = np.concatenate([h[key].reshape(-1, 4) for h in halves], axis=1).reshape(-1)
+        assert steps.tolist() == value.tolist(), key
+
+
 def test_resized_crop_boxes_stay_inside_the_image() -> None:
     rng = np.random.default_rng(1)
     for _ in range(500):

@@ -226,6 +226,7 @@ def ensure_ray(data_cpus: int) -> None:
     # One progress line per epoch is the loop's; Ray Data's per-dataset INFO lines would drown it.
     for name in ("ray.data", "ray.data._internal.execution.streaming_executor"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled": we did
     if not ray.is_initialized():
         repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         path = os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p)
@@ -357,13 +358,27 @@ class StreamLoader:
     ) -> Iterator[tuple[Tensor, Tensor]]:
         """Iterate one epoch: (float32 normalised images [B/world, 3, S, S], int64 labels) on the device.
         ``augment`` False evaluates un-augmented; ``rank``/``world``: this worker's shard (`shard_positions`)."""
+        columns = self.epoch_rows(batch_size, generator, shuffle, drop_last, augment, rank, world)
+        return self._stream(columns, batch_size // world, drop_last)
+
+    def epoch_rows(
+        self,
+        batch_size: int,
+        generator: torch.Generator | None,
+        shuffle: bool = True,
+        drop_last: bool = True,
+        augment: bool | None = None,
+        rank: int = 0,
+        world: int = 1,
+    ) -> dict[str, np.ndarray]:
+        """The rows (path, y, draws) worker `rank` of `world` streams this epoch, in order (`epoch`'s
+        arguments); the draws are made here, eagerly, whatever the shard."""
         count = self.num_batches(batch_size, drop_last)
         mode = self.augment if augment is None or augment else "none"
         columns = self.draw(generator, shuffle, mode)
         rows = count * batch_size if drop_last else self.num_samples
         keep = shard_positions(rows, batch_size, rank, world) if world > 1 else np.arange(rows)
-        columns = {k: v[keep] for k, v in columns.items()}
-        return self._stream(columns, batch_size // world, drop_last)
+        return {k: v[keep] for k, v in columns.items()}
 
     def _stream(
         self, columns: dict[str, np.ndarray], batch_size: int, drop_last: bool
