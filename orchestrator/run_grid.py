@@ -163,7 +163,8 @@ def _main(argv: list[str] | None) -> int:
         if driver.storage:
             check_location(driver.storage, "storage")  # Tune would only fail on it after Ray started
         check_local_resources(study, driver.address)
-        check_study_folders(study.datasets, study.data_dir, study.loop.get("skip_unreadable", False))  # before Ray
+        for note in check_study_folders(study.datasets, study.data_dir, study.loop.get("skip_unreadable", False)):
+            print(note, file=sys.stderr)  # the folders are checked before Ray; files left out are named
         if not (driver.address or os.environ.get("RAY_ADDRESS")):
             check_stream_cpus(study.datasets, study.loop, study.cpus_per_trial, os.cpu_count() or 1)
         if driver.dry_run:  # planning reads only: no lock, no file written or moved

@@ -84,6 +84,10 @@ def test_unreadable_files_are_each_named_and_skipped_only_when_allowed(tmp_path:
     assert all(str(p) in str(err.value) for p in bad) and "--skip-unreadable true" in str(err.value)
     index = scan_folder("imagefolder:tiny", str(tmp_path), skip_unreadable=True)
     assert len(index.train) == 35 and len(index.val) == 11 and index.skipped == tuple(sorted(map(str, bad)))
+    from trainables.folders import check_study_folders
+
+    (note,) = check_study_folders(("imagefolder:tiny", "digits"), str(tmp_path), skip_unreadable=True)
+    assert "2 unreadable file(s) left out" in note and all(str(p) in note for p in bad)
 
 
 def test_trainables_run_refuses_a_malformed_folder_before_ray(tmp_path: Path) -> None:

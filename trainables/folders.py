@@ -195,11 +195,25 @@ def folder_sizes(dataset: str, data_dir: str | None) -> tuple[int, int, int]:
     return index.num_classes, len(index.train), len(index.val)
 
 
-def check_study_folders(datasets: tuple[str, ...], data_dir: str | None, skip_unreadable: bool = False) -> None:
-    """Check every folder dataset of a study (`scan_folder`) before Ray starts; FolderError names the problems."""
+def skipped_note(dataset: str, index: FolderIndex) -> str | None:
+    """One line naming the unreadable files a run leaves out (``skip_unreadable``), or None."""
+    if not index.skipped:
+        return None
+    named = ", ".join(index.skipped[:MAX_NAMED]) + (
+        f" and {len(index.skipped) - MAX_NAMED} more" if len(index.skipped) > MAX_NAMED else ""
+    )
+    return f"note: dataset {dataset!r}: {len(index.skipped)} unreadable file(s) left out (skip_unreadable): {named}"
+
+
+def check_study_folders(datasets: tuple[str, ...], data_dir: str | None, skip_unreadable: bool = False) -> list[str]:
+    """Check every folder dataset of a study (`scan_folder`) before Ray starts; FolderError names the problems.
+    Returns the notes naming the files left out (`skipped_note`)."""
+    notes = []
     for dataset in datasets:
         if is_folder_dataset(dataset):
-            scan_folder(dataset, data_dir, skip_unreadable=skip_unreadable)
+            note = skipped_note(dataset, scan_folder(dataset, data_dir, skip_unreadable=skip_unreadable))
+            notes += [note] if note else []
+    return notes
 
 
 def streamed_data_cpus(datasets: tuple[str, ...], loop: dict) -> int:

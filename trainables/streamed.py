@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -46,7 +47,7 @@ import torch
 from torch import Tensor
 
 from trainables.data import CROP_PADDING, GpuLoader
-from trainables.folders import FolderIndex, FolderSplit, scan_folder
+from trainables.folders import FolderIndex, FolderSplit, scan_folder, skipped_note
 
 STATS_SAMPLE = 10_000  # images the normalisation statistics are computed from [choice: ~1 min of decoding]
 STATS_SEED = 0  # the same sample for every trial
@@ -405,6 +406,9 @@ def open_folder(cfg: Any, device: torch.device, channels_last: bool) -> tuple[in
     """(num_classes, train loader, test loader) of a folder-dataset TrialConfig: streamed (StreamLoader)
     or, with data_loader=resident, decoded once into data.GpuLoader (the same rows: tests/test_streamed.py)."""
     index: FolderIndex = scan_folder(cfg.dataset, cfg.data_dir, skip_unreadable=cfg.skip_unreadable)
+    note = skipped_note(cfg.dataset, index)
+    if note:
+        print(note, file=sys.stderr, flush=True)
     subset_seed = cfg.seed if cfg.subset_seed is None else cfg.subset_seed
     train = subset_split(index.train, cfg.train_limit, subset_seed)
     val = subset_split(index.val, cfg.test_limit, subset_seed + 1)
