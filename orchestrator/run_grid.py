@@ -45,6 +45,7 @@ from orchestrator.runner import (  # noqa: E402
 from orchestrator.schedule import format_duration, makespan  # noqa: E402
 from orchestrator.store import ResultsStore, check_location, finished_ids  # noqa: E402
 from orchestrator.studies import StudySpec, expand  # noqa: E402
+from trainables.folders import check_stream_cpus, check_study_folders  # noqa: E402
 
 
 def format_plan(plan: Plan, results: str, resources: str, storage: str | None = None, slots: int | None = None) -> str:
@@ -162,6 +163,10 @@ def _main(argv: list[str] | None) -> int:
         if driver.storage:
             check_location(driver.storage, "storage")  # Tune would only fail on it after Ray started
         check_local_resources(study, driver.address)
+        for note in check_study_folders(study.datasets, study.data_dir, study.loop.get("skip_unreadable", False)):
+            print(note, file=sys.stderr)  # the folders are checked before Ray; files left out are named
+        if not (driver.address or os.environ.get("RAY_ADDRESS")):
+            check_stream_cpus(study.datasets, study.loop, study.cpus_per_trial, os.cpu_count() or 1)
         if driver.dry_run:  # planning reads only: no lock, no file written or moved
             plan = make_plan(study, driver.results, storage=driver.storage)
         else:

@@ -457,8 +457,13 @@ def _trainable(payloads: dict[str, dict[str, Any]], resources: dict[str, float])
     from ray import tune
 
     from trainables.ray_trainable import train_trial
+    from trainables.streamed import trial_bundles
 
-    return tune.with_resources(tune.with_parameters(train_trial, payloads=payloads), resources)
+    # A streamed folder dataset's Ray Data pipeline gets a bundle of its own in the trial's placement group
+    # (which captures the trial's tasks): the trial's own CPUs stay the model's, and no deadlock.
+    bundles = trial_bundles([p["config"] for p in payloads.values()], resources)
+    request = tune.PlacementGroupFactory(bundles) if len(bundles) > 1 else resources
+    return tune.with_resources(tune.with_parameters(train_trial, payloads=payloads), request)
 
 
 def _tuner(

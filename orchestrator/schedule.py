@@ -36,8 +36,18 @@ class CostEstimate:
 def flop_cost(config: dict[str, Any]) -> float:
     """Training + evaluation FLOPs of a trial config (SPEC-free estimate; see the module docstring)."""
     from trainables.data import NUM_CLASSES, split_sizes
+    from trainables.folders import folder_sizes, is_folder_dataset
     from trainables.models import model_flops_per_sample
 
+    if is_folder_dataset(config["dataset"]):  # from the folder's listing; FLOPs scale with the input's pixels
+        classes, n_train, n_test = folder_sizes(config["dataset"], config.get("data_dir"))
+        n_train, n_test = (
+            min(n_train, config.get("train_limit") or n_train),
+            min(n_test, config.get("test_limit") or n_test),
+        )
+        pixels = (config.get("input_size") or 32) ** 2 / 32**2
+        flops = (model_flops_per_sample(config["arch"], classes, None) or 0.0) * pixels
+        return flops * (3 * n_train + n_test) * config["epochs"]
     flops = model_flops_per_sample(config["arch"], NUM_CLASSES[config["dataset"]], config.get("timm_input")) or 0.0
     n_train, n_test = split_sizes(config["dataset"], config.get("train_limit"), config.get("test_limit"))
     return flops * (3 * n_train + n_test) * config["epochs"]

@@ -515,6 +515,7 @@ def validate_study(study: StudySpec) -> None:
     """Every setting of the study checked (the one wording of trainables/settings.py), then the checks
     across settings; per-trial checks happen in `expand`."""
     from trainables.data import DATASETS
+    from trainables.folders import folder_name, is_folder_dataset
     from trainables.models import check_arch
 
     validate(study)  # normalises too: lists become tuples, an int given for a float a float
@@ -535,8 +536,13 @@ def validate_study(study: StudySpec) -> None:
         except ValueError as exc:
             raise ValueError(f"archs: {exc}") from None
     for dataset in study.datasets:
-        if dataset not in DATASETS:
-            fail("datasets", dataset, "one of " + ", ".join(DATASETS))
+        if is_folder_dataset(dataset):
+            try:
+                folder_name(dataset)
+            except ValueError as exc:
+                raise ValueError(f"datasets: {exc}") from None
+        elif dataset not in DATASETS:
+            fail("datasets", dataset, "one of " + ", ".join(DATASETS) + ", imagefolder:<name> or imagenet")
     variants = variant_table(study)
     for variant in study.variants:
         if variant not in variants:

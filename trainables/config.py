@@ -39,7 +39,8 @@ COMPILE_MODES: tuple[Any, ...] = (False, True, "reduce-overhead", "max-autotune"
 AUTO_ON_OFF: tuple[Any, ...] = ("auto", True, False)
 # Training augmentation: random crop (4 px zero padding) with or without a horizontal flip; auto = the
 # dataset's default (trainables/data.py DEFAULT_AUGMENTATION).
-AUGMENT_CHOICES: tuple[str, ...] = ("auto", "crop_flip", "crop", "none")
+# resized_crop_flip (random-resized crop + flip) is the folder datasets' default (trainables/streamed.py).
+AUGMENT_CHOICES: tuple[str, ...] = ("auto", "crop_flip", "crop", "none", "resized_crop_flip")
 SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit
 
 
@@ -53,7 +54,12 @@ class TrialConfig:
         "mobilenetv3, vit_b16, tiny_cnn, tiny_mlp) or timm/<name> for any timm model",
         kind="str",
     )
-    dataset: str = setting(MISSING, "dataset: cifar10, cifar100, fashion_mnist, digits or synthetic", kind="str")
+    dataset: str = setting(
+        MISSING,
+        "dataset: cifar10, cifar100, fashion_mnist, digits, synthetic, or a folder of images streamed through "
+        "Ray Data: imagefolder:<name> (DIR/<name>/{train,val}/<class>/*.png|jpg) or imagenet",
+        kind="str",
+    )
     seed: int = setting(
         0, "seed of the weights, the data order and the augmentation", kind="int", minimum=0, maximum=SEED_MAX
     )
@@ -151,9 +157,47 @@ class TrialConfig:
         neutral=None,
     )
 
+    # Folder datasets (trainables/folders.py, trainables/streamed.py); each setting is neutral for the others.
+    input_size: int | None = setting(
+        None,
+        "side in pixels of a folder dataset's images once resized (default 32: the registry's archs are built "
+        "for 32x32); recorded; null for the built-in datasets, which are 32x32",
+        kind="int",
+        minimum=8,
+        maximum=1024,
+        nullable=True,
+        neutral=None,
+    )
+    data_loader: str = setting(
+        "auto",
+        "how a folder dataset is fed: stream (Ray Data, any size) or resident (decoded once onto the device); "
+        "auto = stream; built-in datasets are always resident",
+        kind="choice",
+        choices=("auto", "stream", "resident"),
+        execution=True,
+        neutral="auto",
+    )
+    data_cpus: int = setting(
+        1,
+        "CPUs of a streamed dataset's Ray Data pipeline (decode, augment, normalise)",
+        kind="int",
+        minimum=1,
+        execution=True,
+        neutral=1,
+    )
+    skip_unreadable: bool = setting(
+        False,
+        "train a folder dataset without its unreadable files (each is named) instead of refusing it",
+        kind="bool",
+        execution=True,
+        neutral=False,
+    )
+
     def __post_init__(self) -> None:
         from trainables import timm_archs
         from trainables.data import DATASETS, DEFAULT_AUGMENTATION, NUM_CLASSES
+        from trainables.folder_config import FOLDER_AUGMENTATION, check_data_settings
+        from trainables.folders import is_folder_dataset
         from trainables.models import check_arch
         from trainables.policies import POLICY_NAMES, policy_context_check, policy_options_object
         from trainables.policies.variants import VARIANTS
@@ -164,8 +208,13 @@ class TrialConfig:
             object.__setattr__(self, "policy", {})
         validate(self)
         check_arch(self.arch)
-        if self.dataset not in DATASETS:
-            fail("dataset", self.dataset, "one of " + ", ".join(map(repr, DATASETS)))
+        folder = is_folder_dataset(self.dataset)
+        if not folder and self.dataset not in DATASETS:
+            fail(
+                "dataset",
+                self.dataset,
+                "one of " + ", ".join(map(repr, DATASETS)) + ", 'imagefolder:<name>' or 'imagenet'",
+            )
         if self.method not in POLICY_NAMES:
             fail("method", self.method, "one of " + ", ".join(map(repr, POLICY_NAMES)))
         if "arch" in self.policy:
@@ -173,7 +222,8 @@ class TrialConfig:
         if self.dataset == "synthetic" or (self.train_limit is None and self.test_limit is None):
             object.__setattr__(self, "subset_seed", None)  # no subset is drawn: nothing to seed
         if self.augment == "auto":
-            object.__setattr__(self, "augment", DEFAULT_AUGMENTATION[self.dataset])
+            object.__setattr__(self, "augment", FOLDER_AUGMENTATION if folder else DEFAULT_AUGMENTATION[self.dataset])
+        check_data_settings(self, folder)  # input size, loader and augmentation against the dataset's kind
         if timm_archs.is_timm(self.arch):  # the input choice is recorded, never left to "auto" at run time
             choice = timm_archs.resolve_input(self.arch, NUM_CLASSES[self.dataset], self.timm_input or "auto")
             object.__setattr__(self, "timm_input", choice)

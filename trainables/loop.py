@@ -64,12 +64,14 @@ import torch.nn.functional as F
 from trainables.config import IDENTITY_FIELDS, TrialConfig, resolve_stored
 from trainables.data import GpuLoader, load_dataset
 from trainables.estimators import DeviceTimer
+from trainables.folders import is_folder_dataset
 from trainables.grad_stats import EpochGradAccumulator, grad_moments, moments_to_stats, trainable_params
 from trainables.measurements import MEASUREMENTS, MeasureContext, Measurement
 from trainables.models import build_model
 from trainables.policies import POLICIES
 from trainables.policies.signal_tracker import SOURCE_COLUMNS
 from trainables.records import CHECKPOINT_FILE, CHECKPOINT_META_FILE, EPOCH_COLUMNS
+from trainables.streamed import open_folder
 
 __all__ = ["CHECKPOINT_FILE", "MEASUREMENTS", "RECORD_COLUMNS", "TrialLoop"]
 
@@ -115,36 +117,19 @@ class TrialLoop:
             torch.backends.cudnn.benchmark = self.cudnn_benchmark
 
         _seed_everything(cfg.seed)
-        self.data = load_dataset(
-            cfg.dataset,
-            data_dir=cfg.data_dir,
-            download=cfg.download,
-            train_limit=cfg.train_limit,
-            test_limit=cfg.test_limit,
-            seed=cfg.seed if cfg.subset_seed is None else cfg.subset_seed,
-        )
-        d = self.data
-        self.train_loader = GpuLoader(
-            d.train_x,
-            d.train_y,
-            d.mean,
-            d.std,
-            self.device,
-            augment=cfg.augment != "none",
-            flip=cfg.augment == "crop_flip",
-            channels_last=self.channels_last,
-        )
-        self.test_loader = GpuLoader(
-            d.test_x, d.test_y, d.mean, d.std, self.device, augment=False, channels_last=self.channels_last
-        )
-        self.n_train, self.n_test = int(d.train_y.shape[0]), int(d.test_y.shape[0])
+        if is_folder_dataset(cfg.dataset):  # streamed through Ray Data (trainables/streamed.py)
+            self.data = None
+            num_classes, self.train_loader, self.test_loader = open_folder(cfg, self.device, self.channels_last)
+        else:
+            num_classes = self._resident(cfg)
+        self.n_train, self.n_test = self.train_loader.num_samples, self.test_loader.num_samples
         if self.n_train == 0 or self.n_test == 0:
             raise ValueError(f"dataset {cfg['dataset']!r}: empty train or test split")
         # The loader's generator drives the shuffle and the augmentation; its state is checkpointed.
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(cfg.seed)
 
-        self.model = build_model(cfg.arch, d.num_classes, cfg.timm_input).to(self.device)
+        self.model = build_model(cfg.arch, num_classes, cfg.timm_input).to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         # `net` is what runs forward; `model` (uncompiled) owns the parameters and the state_dict.
@@ -171,6 +156,32 @@ class TrialLoop:
         self.status = "running"
         self.history: list[dict[str, Any]] = []
         self._wall_offset = 0.0  # wall time of earlier processes of this trial
+
+    def _resident(self, cfg: TrialConfig) -> int:
+        """Load a built-in dataset onto the device (data.GpuLoader); returns its number of classes."""
+        self.data = load_dataset(
+            cfg.dataset,
+            data_dir=cfg.data_dir,
+            download=cfg.download,
+            train_limit=cfg.train_limit,
+            test_limit=cfg.test_limit,
+            seed=cfg.seed if cfg.subset_seed is None else cfg.subset_seed,
+        )
+        d = self.data
+        self.train_loader = GpuLoader(
+            d.train_x,
+            d.train_y,
+            d.mean,
+            d.std,
+            self.device,
+            augment=cfg.augment != "none",
+            flip=cfg.augment == "crop_flip",
+            channels_last=self.channels_last,
+        )
+        self.test_loader = GpuLoader(
+            d.test_x, d.test_y, d.mean, d.std, self.device, augment=False, channels_last=self.channels_last
+        )
+        return d.num_classes
 
     # ------------------------------------------------------------------ state
     @property
