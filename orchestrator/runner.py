@@ -34,6 +34,7 @@ import pyarrow.fs as pafs
 
 from orchestrator.calibration import StudyCalibration, study_calibration
 from orchestrator.checkpoints import find_checkpoints, prune, resume_points
+from orchestrator.gangs import tune_resources
 from orchestrator.migrate import Rename, apply_renames, plan_renames, renamed_ids, renamed_view, stored_configs
 from orchestrator.reaper import start_reaper
 from orchestrator.schedule import CostEstimate, estimate_costs, longest_first
@@ -453,12 +454,27 @@ def pause_after_save(seconds: float) -> Any:
     return PauseAfterSave()
 
 
+class TrialResources:
+    """`tune.with_resources` function: one slot for a one-worker trial, the driver only for a W-worker
+    trial, whose gang Ray Train reserves (orchestrator/gangs.py; picklable)."""
+
+    def __init__(self, payloads: dict[str, dict[str, Any]], resources: dict[str, float]) -> None:
+        self.workers = {tid: int(p["config"].workers) for tid, p in payloads.items()}
+        self.resources = dict(resources)
+
+    def __call__(self, config: dict[str, Any]) -> dict[str, float]:
+        return tune_resources(self.workers.get(config["trial_id"], 1), self.resources)
+
+
 def _trainable(payloads: dict[str, dict[str, Any]], resources: dict[str, float]) -> Any:
     from ray import tune
 
     from trainables.ray_trainable import train_trial
 
-    return tune.with_resources(tune.with_parameters(train_trial, payloads=payloads), resources)
+    trainable = tune.with_parameters(train_trial, payloads=payloads, resources=resources)
+    if all(int(p["config"].workers) == 1 for p in payloads.values()):
+        return tune.with_resources(trainable, resources)  # as before data-parallel trials existed
+    return tune.with_resources(trainable, TrialResources(payloads, resources))
 
 
 def _tuner(

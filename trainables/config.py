@@ -150,6 +150,16 @@ class TrialConfig:
         nullable=True,
         neutral=None,
     )
+    workers: int = setting(
+        1,
+        "data-parallel workers (Ray Train DDP ranks) of the trial; the policy adapts the global batch "
+        "(trainables/data_parallel.py); set per arch by the study's workers_per_trial",
+        kind="int",
+        minimum=1,
+        maximum=1024,
+        neutral=1,
+        cli=False,
+    )
 
     def __post_init__(self) -> None:
         from trainables import timm_archs
@@ -196,6 +206,10 @@ class TrialConfig:
                     + " (drop the variant name, or the option that differs)",
                 )
         object.__setattr__(self, "_options", options)
+        if self.workers > 1:
+            from trainables.data_parallel import check_data_parallel
+
+            check_data_parallel(self, options)
         # The policy as every option's checked value, defaults included (what is stored and what ran):
         # `{"alpha": 1.5}` and `{}`, or `alpha=2` and `alpha=2.0`, are one config.
         object.__setattr__(self, "policy", {f.name: getattr(options, f.name) for f in fields_of(options)})
