@@ -44,11 +44,14 @@ def _worker(config: dict[str, Any]) -> None:
     import ray.train
     import torch
     import torch.distributed as dist
+    from ray.train.v2._internal.execution import context as train_context
 
     from trainables.ddp_loop import DataParallelLoop
     from trainables.ray_trainable import _checkpoint_tmp, checkpoint_due, resume
 
     logging.getLogger("ray.train").setLevel(logging.WARNING)
+    # Train logs every report's whole record at INFO, under its file's path; the driver prints one line.
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
     context = ray.train.get_context()
     rank, workers = context.get_world_rank(), context.get_world_size()
     cfg = TrialConfig.from_stored(config["config"])
