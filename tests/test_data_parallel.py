@@ -74,8 +74,9 @@ def test_study_sets_w_per_arch_and_refuses_unknown_archs_before_ray():
 
 def test_trials_w_cannot_run_are_refused_with_a_reason():
     base = dict(arch="tiny_cnn", dataset="digits", epochs=3, workers=2)
-    with pytest.raises(ValueError, match="measures"):
-        TrialConfig(**base, method="gns")
+    with pytest.raises(ValueError, match="measures per_sample"):
+        TrialConfig(**base, method="divebatch", policy={"resize_every": 1})
+    TrialConfig(**base, method="gns")  # its two-batch statistics come from the replicas
     with pytest.raises(ValueError, match="compile"):
         TrialConfig(**base, method="fixed", compile=True)
     with pytest.raises(ValueError, match="every rank needs a sample"):
@@ -147,3 +148,20 @@ def test_two_workers_match_one_worker_and_resume_exactly(tmp_path):
     timing = {"epoch_time_s", "eval_time_s", "wall_time_s", "samples_per_s", "peak_mem_mb"}
     strip = [{k: v for k, v in r.items() if k not in timing} for r in first + rest]
     assert strip == [{k: v for k, v in r.items() if k not in timing} for r in two]
+
+
+@pytest.mark.slow
+def test_gns_reads_the_replicas_as_its_two_batches():
+    """tiny_mlp: gns at W = 2 (the two shards as the small batches, no extra pass) estimates the noise scale
+    that W = 1's two-batch meter does with 2 micro-batches (the same halves of each global batch)."""
+    from trainables.ddp_local import run_local
+    from trainables.loop import TrialLoop
+
+    base = dict(arch="tiny_mlp", dataset="digits", method="gns", threads=1, device="cpu", train_limit=512)
+    base.update(eval_batch_size=512, epochs=2, policy={"micro_batches": 2, "cooldown": 5})
+    loop = TrialLoop(TrialConfig(**base))
+    one = [loop.run_epoch() for _ in range(2)]
+    two = run_local(TrialConfig(**base, workers=2))
+    assert [r["estimator"] for r in two] == ["noise_scale_replicas"] * 2
+    for a, b in zip(one, two):
+        assert math.isfinite(b["noise_scale"]) and b["noise_scale"] == pytest.approx(a["noise_scale"], rel=1e-3)

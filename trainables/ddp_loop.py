@@ -34,7 +34,9 @@ from torch.nn.parallel import DistributedDataParallel
 from trainables.config import TrialConfig
 from trainables.data import GpuLoader
 from trainables.data_parallel import loss_weight, shard_sizes
+from trainables.estimators import _sq_norm
 from trainables.loop import TrialLoop
+from trainables.policies import MEASURE_TWO_BATCH
 
 
 class ShardedLoader(GpuLoader):
@@ -63,6 +65,43 @@ class ShardedLoader(GpuLoader):
             yield self._normalise(images), self._y[idx]
 
 
+class ReplicaNoise:
+    """ "two_batch" from the replicas (SPEC §6.2): every step, each rank's own gradient over its b_r samples
+    (read before the all-reduce) is a small batch and the all-reduced gradient over B the big one; the
+    estimates of tr(Sigma) and |G|^2 are those of `TwoBatchMeter` with the W shards as its micro-batches,
+    with no extra pass. Its result sums over ranks (a collective: every rank calls it, once per epoch)."""
+
+    estimator = "noise_scale_replicas"
+
+    def __init__(self, loop: DataParallelLoop) -> None:
+        self.loop = loop
+        self.sums = torch.zeros(2, dtype=torch.float64, device=loop.device)
+        self.steps = 0
+        self.batch = 0
+
+    def on_step(self, step: int, x: Tensor, y: Tensor, loss: Tensor) -> None:
+        """After the all-reduce, before the optimizer step: fold in this step's estimates."""
+        loop = self.loop
+        big = loop._batch
+        b = shard_sizes(big, loop.workers)[loop.rank]
+        small_sq = loop._step_sq / loop._weight**2  # the rank's own mean gradient over its b samples
+        big_sq = _sq_norm([p.grad for p in loop.params if p.grad is not None])
+        trace = (small_sq - big_sq) * (1.0 / (1.0 / b - 1.0 / big))
+        sqnorm = (big * big_sq - b * small_sq) * (1.0 / (big - b))
+        self.sums += torch.stack([trace, sqnorm])
+        self.steps += 1
+        self.batch = big
+
+    def result(self) -> dict[str, Any]:
+        """noise_trace, noise_sqnorm (means over steps and ranks) and n_samples, as `TwoBatchMeter`'s."""
+        sums = self.sums.clone()
+        dist.all_reduce(sums)
+        if self.steps == 0:
+            return {"noise_trace": float("nan"), "noise_sqnorm": float("nan"), "n_samples": 0}
+        trace, sqnorm = (sums / (self.steps * self.loop.workers)).tolist()
+        return {"noise_trace": trace, "noise_sqnorm": sqnorm, "n_samples": self.steps * self.batch}
+
+
 class DataParallelLoop(TrialLoop):
     """One rank's `TrialLoop` of a W-worker trial; see the module docstring."""
 
@@ -80,26 +119,39 @@ class DataParallelLoop(TrialLoop):
         self._weight = 1.0
         self._step = self._steps_total = 0
         self._local_sq = torch.zeros((), dtype=torch.float64, device=self.device)
+        self._step_sq = torch.zeros((), dtype=torch.float64, device=self.device)
+        self._every_step = False
+        self._batch = 0
         self._replica_sq: float | None = None
 
     def _comm_hook(self, state, bucket):  # noqa: ANN001, ANN202 (DDP checks the annotations; strings fail)
-        """Before the all-reduce, at the epoch's last step: add this bucket's share of the rank's own
-        (weighted) gradient's squared norm (state: None; bucket: a dist.GradBucket)."""
-        if self._step == self._steps_total:
-            self._local_sq += bucket.buffer().detach().double().pow(2).sum()
+        """Before the all-reduce, at the epoch's last step (every step while `ReplicaNoise` measures): add
+        this bucket's share of the rank's own (weighted) gradient's squared norm (state: None; bucket: a
+        dist.GradBucket)."""
+        if self._every_step or self._step == self._steps_total:
+            self._step_sq += bucket.buffer().detach().double().pow(2).sum()
         return default_hooks.allreduce_hook(None, bucket)
 
     def loss_and_logits(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """The rank's mean loss weighted to the global batch (`loss_weight`), and logits."""
         self._step += 1
+        self._step_sq.zero_()
         loss, out = super().loss_and_logits(x, y)
         return (loss if self._weight == 1.0 else loss * self._weight), out
 
+    def _collectors(self, epoch: int) -> dict[str, Any]:
+        # "two_batch" comes from the replicas (no micro-batch passes); anything else the config refused.
+        requested = self.policy.measurements(epoch)
+        self._every_step = MEASURE_TWO_BATCH in requested
+        rest = super()._collectors(epoch) if requested - {MEASURE_TWO_BATCH} else {}
+        return {**rest, **({MEASURE_TWO_BATCH: ReplicaNoise(self)} if self._every_step else {})}
+
     def _train(self, batch_size: int, collectors: dict[str, Any]) -> tuple[Tensor, int, float, float]:
         self._weight = loss_weight(batch_size, self.workers, self.rank)
+        self._batch = batch_size
         self._step, self._steps_total = 0, self.train_loader.num_batches(batch_size)
-        self._local_sq.zero_()
         stats, steps, seconds, measure_time = super()._train(batch_size, collectors)
+        self._local_sq = self._step_sq.clone()  # the last step's
         # [weighted loss sum, correct, own |g|^2]: summed over ranks (DDP averaged the weighted losses).
         head = torch.stack([stats[0], stats[1], self._local_sq / self._weight**2])
         dist.all_reduce(head)
