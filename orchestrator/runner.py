@@ -289,6 +289,16 @@ def resolve_resources(
             f"cpus_per_trial={study.cpus_per_trial:g} is not allowed: this Ray has {cluster_cpus:g} CPU(s), and "
             "a trial that asks for more would wait forever"
         )
+    widest = max(workers_for(study.workers_per_trial, arch) for arch in study.archs)
+    too_wide = widest * gpus > cluster_gpus or (
+        cluster_cpus is not None and widest * study.cpus_per_trial > cluster_cpus
+    )
+    if widest > 1 and not autoscaling and too_wide:
+        raise ValueError(
+            f"workers_per_trial={study.workers_per_trial!r} is not allowed: a trial of {widest} workers needs "
+            f"{widest * gpus:g} GPU(s) and {widest * study.cpus_per_trial:g} CPU(s) at once, and this Ray has "
+            f"{cluster_gpus:g} GPU(s) and {cluster_cpus or 0:g} CPU(s); its gang would wait forever"
+        )
     if gpus == 0 and study.loop.get("device") == "cuda":
         # A CPU-only trial runs on the CPU whatever its config says: refuse rather than ignore it.
         raise ValueError(

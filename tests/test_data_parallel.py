@@ -165,3 +165,13 @@ def test_gns_reads_the_replicas_as_its_two_batches():
     assert [r["estimator"] for r in two] == ["noise_scale_replicas"] * 2
     for a, b in zip(one, two):
         assert math.isfinite(b["noise_scale"]) and b["noise_scale"] == pytest.approx(a["noise_scale"], rel=1e-3)
+
+
+def test_a_gang_wider_than_the_ray_is_refused_before_trials_start():
+    from orchestrator.runner import resolve_resources
+
+    study = with_overrides(preset("demo"), workers_per_trial="tiny_cnn=2")
+    assert resolve_resources(study, 0.0, cluster_cpus=2.0) == {"cpu": 1.0, "gpu": 0.0}
+    with pytest.raises(ValueError, match="gang would wait forever"):
+        resolve_resources(with_overrides(study, workers_per_trial="3"), 0.0, cluster_cpus=2.0)
+    assert resolve_resources(with_overrides(study, workers_per_trial="3"), 0.0, autoscaling=True, cluster_cpus=2.0)

@@ -53,6 +53,7 @@ def test_two_worker_trial_through_tune_survives_a_dead_worker(tmp_path):
     assert os.listdir(tmp_path / "markers") == [f"{trial.trial_id}.failed"]  # a worker died once
     runs = pq.read_table(os.path.join(results, "ddp", "runs")).to_pylist()
     assert [r["status"] for r in runs] == ["completed"] and json.loads(runs[0]["config_json"])["workers"] == 2
+    assert runs[0]["workers"] == 2
     rows = sorted(pq.read_table(os.path.join(results, "ddp", "epochs")).to_pylist(), key=lambda r: r["epoch"])
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4] and {r["workers"] for r in rows} == {2}
     assert [r["batch_size"] for r in rows] == [64, 64, 128, 128]

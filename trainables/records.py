@@ -84,6 +84,7 @@ RUN_COLUMNS: tuple[tuple[str, str], ...] = ID_COLUMNS + (
     ("host", "string"),
     ("gpus_per_trial", "float64"),  # packing: timings under packing are not comparable
     ("cpus_per_trial", "float64"),
+    ("workers", "int64"),  # data-parallel workers of the trial, each with the resources above (null: before W)
     ("python_version", "string"),
     ("torch_version", "string"),
     ("ray_version", "string"),
