@@ -316,17 +316,17 @@ def check_local_resources(study: StudySpec, address: str | None) -> None:
     if address or os.environ.get("RAY_ADDRESS"):
         return
     cpus = os.cpu_count() or 1
-    widest = max(workers_for(study.workers_per_trial, arch) for arch in study.archs)
-    if widest * study.cpus_per_trial > cpus:
-        raise ValueError(
-            f"workers_per_trial={study.workers_per_trial!r} is not allowed here: a trial of {widest} workers x "
-            f"{study.cpus_per_trial:g} CPU needs {widest * study.cpus_per_trial:g} CPUs at once and this machine has "
-            f"{cpus} (give --address for a cluster, or fewer workers)"
-        )
     if study.cpus_per_trial > cpus:
         raise ValueError(
             f"cpus_per_trial={study.cpus_per_trial:g} is not allowed; expected at most {cpus}: this machine has "
             f"{cpus} CPU(s), and a trial that asks for more would wait forever (give --address for a cluster)"
+        )
+    widest = max(workers_for(study.workers_per_trial, arch) for arch in study.archs)
+    if widest > 1 and widest * study.cpus_per_trial > cpus:
+        raise ValueError(
+            f"workers_per_trial={study.workers_per_trial!r} is not allowed here: a trial of {widest} workers x "
+            f"{study.cpus_per_trial:g} CPU needs {widest * study.cpus_per_trial:g} CPUs at once and this machine has "
+            f"{cpus} (give --address for a cluster, or fewer workers)"
         )
 
 
