@@ -175,3 +175,60 @@ def test_a_gang_wider_than_the_ray_is_refused_before_trials_start():
     with pytest.raises(ValueError, match="gang would wait forever"):
         resolve_resources(with_overrides(study, workers_per_trial="3"), 0.0, cluster_cpus=2.0)
     assert resolve_resources(with_overrides(study, workers_per_trial="3"), 0.0, autoscaling=True, cluster_cpus=2.0)
+
+
+def test_batchnorm_setting_is_no_part_of_a_one_worker_trial():
+    base = dict(arch="tiny_cnn", dataset="digits", method="fixed", epochs=3)
+    assert TrialConfig(**base, batchnorm="per_worker").trial_id() == TrialConfig(**base).trial_id()
+    two = TrialConfig(**base, workers=2)
+    assert two.batchnorm == "global" and TrialConfig(**base, workers=2, batchnorm="per_worker").trial_id() != (
+        two.trial_id()
+    )
+
+
+def _one_step(rank: int, port: int, out: str, mode: str) -> None:
+    """Rank `rank` of 2: tiny_cnn's gradient on its half of one batch of 64, all-reduced by DDP."""
+    import copy
+    import os
+
+    import torch.distributed as dist
+    import torch.nn.functional as F
+
+    from trainables.global_bn import to_global
+    from trainables.models import build_model
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    model = build_model("tiny_cnn", 10, None)
+    x, y = torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,))
+    if rank == 0:
+        ref = copy.deepcopy(model)
+        F.cross_entropy(ref(x), y).backward()
+    if mode == "global":
+        to_global(model)
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    F.cross_entropy(ddp(x[32 * rank : 32 * (rank + 1)]), y[32 * rank : 32 * (rank + 1)]).backward()
+    if rank == 0:
+        worst = max(
+            ((a.grad - b.grad).norm() / a.grad.norm()).item() for a, b in zip(ref.parameters(), model.parameters())
+        )
+        with open(out, "w") as f:
+            f.write(str(worst))
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_global_batchnorm_gives_the_one_worker_gradient(tmp_path):
+    """tiny_cnn at W = 2: with batchnorm=global the all-reduced gradient of one step is the one-worker
+    gradient of the whole batch (to float rounding); with per_worker BatchNorm it is not."""
+    import torch.multiprocessing as mp
+
+    from trainables.ddp_local import _free_port
+
+    worst = {}
+    for mode in ("global", "per_worker"):
+        out = str(tmp_path / mode)
+        mp.spawn(_one_step, args=(_free_port(), out, mode), nprocs=2)
+        worst[mode] = float(open(out).read())
+    assert worst["global"] < 1e-4 < 1e-2 < worst["per_worker"], worst

@@ -161,6 +161,16 @@ class TrialConfig:
         cli=False,
     )
 
+    batchnorm: str = setting(
+        "global",
+        "BatchNorm of a data-parallel trial (workers > 1): global = batch statistics over the global batch, "
+        "summed over the workers (the one-worker computation); per_worker = each worker's own (DDP's default, "
+        "no extra communication); recorded as global when workers = 1",
+        kind="choice",
+        choices=("global", "per_worker"),
+        neutral="global",
+    )
+
     def __post_init__(self) -> None:
         from trainables import timm_archs
         from trainables.data import DATASETS, DEFAULT_AUGMENTATION, NUM_CLASSES
@@ -206,6 +216,8 @@ class TrialConfig:
                     + " (drop the variant name, or the option that differs)",
                 )
         object.__setattr__(self, "_options", options)
+        if self.workers == 1:  # one worker's BatchNorm is the global batch's: one identity for both spellings
+            object.__setattr__(self, "batchnorm", "global")
         if self.workers > 1:
             from trainables.data_parallel import check_data_parallel
 

@@ -14,8 +14,10 @@ What changes against one worker (trainables/data_parallel.py has the rules, SPEC
 - Statistics: loss sums and correct counts are summed over ranks once per epoch. A DDP communication
   hook reads each rank's own gradient at the epoch's last step before the all-reduce (the cross-replica
   statistics, `replica_grad_sqnorm`).
-- BatchNorm: batch statistics are per rank (B/W samples), DDP's default; running statistics are rank 0's
-  (DDP broadcasts buffers before each training forward, and before evaluation this loop does).
+- BatchNorm: `batchnorm="global"` (default) computes batch statistics over the global batch, summed over
+  the ranks (trainables/global_bn.py): the one-worker computation. "per_worker": each rank's own (B/W
+  samples), DDP's default, no extra communication. Running statistics are rank 0's either way (DDP
+  broadcasts buffers before each training forward, and before evaluation this loop does).
 - Checkpoints: the state of every rank is the same, so rank 0's `save_checkpoint` is the trial's, and
   every rank restores from it.
 """
@@ -35,6 +37,7 @@ from trainables.config import TrialConfig
 from trainables.data import GpuLoader
 from trainables.data_parallel import loss_weight, shard_sizes
 from trainables.estimators import _sq_norm
+from trainables.global_bn import to_global
 from trainables.loop import TrialLoop
 from trainables.policies import MEASURE_TWO_BATCH
 
@@ -112,6 +115,8 @@ class DataParallelLoop(TrialLoop):
         self.rank, self.workers = rank, workers
         self.train_loader = ShardedLoader(self.train_loader, rank, workers)
         self.test_loader = ShardedLoader(self.test_loader, rank, workers)
+        if config.batchnorm == "global":
+            to_global(self.model)  # in place: same parameters, buffers and state_dict
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         self.ddp = DistributedDataParallel(self.model, device_ids=device_ids)
         self.ddp.register_comm_hook(None, self._comm_hook)
