@@ -232,3 +232,16 @@ def test_global_batchnorm_gives_the_one_worker_gradient(tmp_path):
         mp.spawn(_one_step, args=(_free_port(), out, mode), nprocs=2)
         worst[mode] = float(open(out).read())
     assert worst["global"] < 1e-4 < 1e-2 < worst["per_worker"], worst
+
+
+def test_global_batchnorm_converts_torch_batchnorm_only():
+    from trainables.global_bn import GlobalBatchNorm, to_global
+
+    class WithAct(torch.nn.BatchNorm2d):  # a subclass that does more in its forward (timm's BatchNormAct2d)
+        pass
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    keys = list(model.state_dict())
+    assert to_global(model) == 1 and isinstance(model[1], GlobalBatchNorm) and list(model.state_dict()) == keys
+    with pytest.raises(ValueError, match="per_worker"):
+        to_global(torch.nn.Sequential(WithAct(4)))

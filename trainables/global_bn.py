@@ -80,14 +80,24 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         return y
 
 
+PLAIN_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
 def to_global(model: nn.Module) -> int:
-    """Turn every affine, tracking BatchNorm layer of `model` into a GlobalBatchNorm in place; returns how many."""
+    """Turn every BatchNorm layer of `model` into a GlobalBatchNorm in place; returns how many. Only torch's
+    own BatchNorm classes, affine and tracking running statistics, are converted: a subclass may do more
+    in its forward (timm's BatchNormAct2d adds its activation), so one is refused, naming it."""
     count = 0
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, nn.SyncBatchNorm):
-            if module.affine and module.track_running_stats:
-                module.__class__ = GlobalBatchNorm
-                count += 1
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.modules.batchnorm._BatchNorm) or isinstance(module, GlobalBatchNorm):
+            continue
+        if type(module) not in PLAIN_BATCHNORMS or not (module.affine and module.track_running_stats):
+            raise ValueError(
+                f"batchnorm='global' cannot convert layer {name!r} ({type(module).__name__}): only torch's own "
+                "affine BatchNorm1d/2d/3d that track running statistics are; give batchnorm='per_worker'"
+            )
+        module.__class__ = GlobalBatchNorm
+        count += 1
     return count
 
 
