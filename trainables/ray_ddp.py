@@ -125,6 +125,8 @@ def train_data_parallel(payload: dict[str, Any], trial_id: str, resources: dict[
     use_gpu = resources.get("gpu", 0.0) > 0
     per_worker = {"CPU": resources.get("cpu", 1.0), **({"GPU": resources["gpu"]} if use_gpu else {})}
     storage = get_session().storage  # Tune's trial folder: Train's run lives under it (shared storage)
+    run_name = f"train-{trial_id}-{time.time_ns()}"  # a fresh run per attempt: Tune owns the resume
+    train_root = os.path.join(storage.trial_fs_path, "train")
     reports = Queue(1, actor_options={"num_cpus": 0})
     acks = Queue(1, actor_options={"num_cpus": 0})
     trainer = TorchTrainer(
@@ -148,8 +150,8 @@ def train_data_parallel(payload: dict[str, Any], trial_id: str, resources: dict[
         },
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker=per_worker),
         run_config=RunConfig(
-            name=f"train-{trial_id}-{time.time_ns()}",  # a fresh run per attempt: Tune owns the resume
-            storage_path=os.path.join(storage.trial_fs_path, "train"),
+            name=run_name,
+            storage_path=train_root,
             storage_filesystem=storage.storage_filesystem,
             failure_config=FailureConfig(max_failures=0),
             checkpoint_config=CheckpointConfig(num_to_keep=1),
@@ -187,3 +189,8 @@ def train_data_parallel(payload: dict[str, Any], trial_id: str, resources: dict[
     finally:
         for queue in (reports, acks):
             queue.shutdown(force=True)
+        # Train's copy of the checkpoints: Tune holds its own (what the orchestrator resumes from).
+        try:
+            storage.storage_filesystem.delete_dir(os.path.join(train_root, run_name))
+        except OSError:
+            pass  # never written (the run failed before its first report) or already gone
