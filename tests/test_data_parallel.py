@@ -245,3 +245,14 @@ def test_global_batchnorm_converts_torch_batchnorm_only():
     assert to_global(model) == 1 and isinstance(model[1], GlobalBatchNorm) and list(model.state_dict()) == keys
     with pytest.raises(ValueError, match="per_worker"):
         to_global(torch.nn.Sequential(WithAct(4)))
+
+
+def test_dry_run_shows_the_gangs(tmp_path, capsys):
+    from orchestrator.run_grid import main
+
+    argv = ["--preset", "demo", "--seeds", "0", "--methods", "fixed", "--workers-per-trial", "tiny_cnn=2"]
+    assert main(argv + ["--results", str(tmp_path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "gangs: 1 trial(s) run data-parallel, holding 3 slots" in out
+    assert [line.split()[-1] for line in out.splitlines() if "tiny_cnn-digits" in line] == ["2"]
+    assert "gang of" not in next(line for line in out.splitlines() if "tiny_mlp-digits" in line)
