@@ -25,8 +25,9 @@ class _GlobalBatchNormFn(torch.autograd.Function):
     def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
         dims = [0] + list(range(2, x.dim()))
         xf = x.float()
-        count = torch.tensor([xf.numel() / xf.shape[1]], dtype=torch.float32, device=x.device)
-        stats = torch.cat([xf.sum(dims), (xf * xf).sum(dims), count])
+        s1 = xf.sum(dims)
+        # new_full fills on the device (a torch.tensor([...]) would be a host-to-device copy every layer).
+        stats = torch.cat([s1, (xf * xf).sum(dims), s1.new_full((1,), xf.numel() / xf.shape[1])])
         dist.all_reduce(stats)
         c = x.shape[1]
         n = stats[-1]
