@@ -1,9 +1,11 @@
 """A 2-worker trial through Tune and Ray Train on a local Ray (2 CPUs, gloo): one Tune trial, one set of
-rows recording W = 2, the one-worker batch-size path, and a worker killed after epoch 2 retried by Tune
-from rank 0's checkpoint, giving the rows of an uninterrupted run."""
+rows recording W = 2, the one-worker batch-size path, a worker killed after epoch 2 retried by Tune from
+rank 0's checkpoint, and a second driver resuming the trial from the first one's checkpoint, giving the
+rows of an uninterrupted run."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -57,6 +59,13 @@ def test_two_worker_trial_through_tune_survives_a_dead_worker(tmp_path):
     rows = sorted(pq.read_table(os.path.join(results, "ddp", "epochs")).to_pylist(), key=lambda r: r["epoch"])
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4] and {r["workers"] for r in rows} == {2}
     assert [r["batch_size"] for r in rows] == [64, 64, 128, 128]
-    reference = run_local(trial.config)  # the same trial, uninterrupted, without Ray
+    # A new driver (what re-running the command after a killed driver does): a new experiment whose trial
+    # starts from the checkpoint the first one left, here to extend the trial by one epoch.
+    longer = dataclasses.replace(study, epochs=5)
+    plan = make_plan(longer, results)
+    run_plan(plan, results, {"cpu": 1.0, "gpu": 0.0}, echo=False, verbose=0)
+    rows = sorted(pq.read_table(os.path.join(results, "ddp", "epochs")).to_pylist(), key=lambda r: r["epoch"])
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5]
+    reference = run_local(plan.trials[0].config)  # the same trial, uninterrupted, without Ray
     keep = [k for k in reference[0] if k not in TIMING]
     assert [{k: r[k] for k in keep} for r in rows] == [{k: r[k] for k in keep} for r in reference]
