@@ -23,6 +23,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from analysis.report import summarize  # noqa: E402
+from orchestrator import gangs  # noqa: E402
 from orchestrator.checkpoints import prune_finished  # noqa: E402
 from orchestrator.cli import DriverOptions, build_parser, driver_from_args, study_from_args  # noqa: E402
 from orchestrator.lock import StudyLock, StudyLocked  # noqa: E402
@@ -90,12 +91,14 @@ def format_plan(plan: Plan, results: str, resources: str, storage: str | None = 
                 for n, span in spans
             )
         )
+        lines += gangs.plan_lines(pending, costs, sorted({*(slots and [slots] or []), 8, 16, 64}))
     finished = [t for t in plan.trials if t.trial_id in plan.finished]
     for t in pending + finished:
         state = runs.get(t.trial_id, "pending")
         action = "skip" if t.trial_id in plan.finished else "run"
         cost = format_duration(est.costs[t.trial_id], est.unit) if est and action == "run" else ""
-        lines.append(f"    {t.trial_id}  {t.label:<52} {action:<4} ({state}) {cost}".rstrip())
+        gang = f"  gang of {t.config.workers}" if t.config.workers > 1 else ""
+        lines.append(f"    {t.trial_id}  {t.label:<52} {action:<4} ({state}) {cost}{gang}".rstrip())
     if plan.waiting:
         lines.append(
             f"  phase 2: {len(plan.waiting)} trial(s) wait for thresholds calibrated from the study's own "

@@ -34,6 +34,7 @@ import pyarrow.fs as pafs
 
 from orchestrator.calibration import StudyCalibration, study_calibration
 from orchestrator.checkpoints import find_checkpoints, prune, resume_points
+from orchestrator.gangs import tune_resources
 from orchestrator.migrate import Rename, apply_renames, plan_renames, renamed_ids, renamed_view, stored_configs
 from orchestrator.reaper import start_reaper
 from orchestrator.schedule import CostEstimate, estimate_costs, longest_first
@@ -48,6 +49,7 @@ from orchestrator.studies import (
     waiting_for_calibration,
 )
 from trainables.config import TrialConfig
+from trainables.data_parallel import workers_for
 
 PLAN_FILE = "orchestrator_plan.json"
 # The five identifiers of a trial's cell in the study grid (its label; shown in Tune's views).
@@ -287,6 +289,16 @@ def resolve_resources(
             f"cpus_per_trial={study.cpus_per_trial:g} is not allowed: this Ray has {cluster_cpus:g} CPU(s), and "
             "a trial that asks for more would wait forever"
         )
+    widest = max(workers_for(study.workers_per_trial, arch) for arch in study.archs)
+    too_wide = widest * gpus > cluster_gpus or (
+        cluster_cpus is not None and widest * study.cpus_per_trial > cluster_cpus
+    )
+    if widest > 1 and not autoscaling and too_wide:
+        raise ValueError(
+            f"workers_per_trial={study.workers_per_trial!r} is not allowed: a trial of {widest} workers needs "
+            f"{widest * gpus:g} GPU(s) and {widest * study.cpus_per_trial:g} CPU(s) at once, and this Ray has "
+            f"{cluster_gpus:g} GPU(s) and {cluster_cpus or 0:g} CPU(s); its gang would wait forever"
+        )
     if gpus == 0 and study.loop.get("device") == "cuda":
         # A CPU-only trial runs on the CPU whatever its config says: refuse rather than ignore it.
         raise ValueError(
@@ -308,6 +320,13 @@ def check_local_resources(study: StudySpec, address: str | None) -> None:
         raise ValueError(
             f"cpus_per_trial={study.cpus_per_trial:g} is not allowed; expected at most {cpus}: this machine has "
             f"{cpus} CPU(s), and a trial that asks for more would wait forever (give --address for a cluster)"
+        )
+    widest = max(workers_for(study.workers_per_trial, arch) for arch in study.archs)
+    if widest > 1 and widest * study.cpus_per_trial > cpus:
+        raise ValueError(
+            f"workers_per_trial={study.workers_per_trial!r} is not allowed here: a trial of {widest} workers x "
+            f"{study.cpus_per_trial:g} CPU needs {widest * study.cpus_per_trial:g} CPUs at once and this machine has "
+            f"{cpus} (give --address for a cluster, or fewer workers)"
         )
 
 
@@ -453,17 +472,32 @@ def pause_after_save(seconds: float) -> Any:
     return PauseAfterSave()
 
 
+class TrialResources:
+    """`tune.with_resources` function: one slot for a one-worker trial, the driver only for a W-worker
+    trial, whose gang Ray Train reserves (orchestrator/gangs.py; picklable)."""
+
+    def __init__(self, payloads: dict[str, dict[str, Any]], resources: dict[str, float]) -> None:
+        self.workers = {tid: int(p["config"].workers) for tid, p in payloads.items()}
+        self.resources = dict(resources)
+
+    def __call__(self, config: dict[str, Any]) -> dict[str, float]:
+        return tune_resources(self.workers.get(config["trial_id"], 1), self.resources)
+
+
 def _trainable(payloads: dict[str, dict[str, Any]], resources: dict[str, float]) -> Any:
     from ray import tune
 
     from trainables.ray_trainable import train_trial
     from trainables.streamed import trial_bundles
 
+    trainable = tune.with_parameters(train_trial, payloads=payloads, resources=resources)
+    if any(int(p["config"].workers) > 1 for p in payloads.values()):
+        return tune.with_resources(trainable, TrialResources(payloads, resources))
     # A streamed folder dataset's Ray Data pipeline gets a bundle of its own in the trial's placement group
     # (which captures the trial's tasks): the trial's own CPUs stay the model's, and no deadlock.
     bundles = trial_bundles([p["config"] for p in payloads.values()], resources)
     request = tune.PlacementGroupFactory(bundles) if len(bundles) > 1 else resources
-    return tune.with_resources(tune.with_parameters(train_trial, payloads=payloads), request)
+    return tune.with_resources(trainable, request)
 
 
 def _tuner(

@@ -201,6 +201,7 @@ class ParquetSink(tune.Callback):
                 host=meta.get("host"),
                 gpus_per_trial=self.resources.get("gpu", 0.0),
                 cpus_per_trial=self.resources.get("cpu"),
+                workers=spec.config.workers,
                 python_version=meta.get("python_version") or platform.python_version(),
                 torch_version=meta.get("torch_version"),
                 ray_version=ray.__version__,

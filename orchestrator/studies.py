@@ -25,6 +25,7 @@ from trainables.config import (
     canonical_json,
     trial_id_of,
 )
+from trainables.data_parallel import check_workers_archs, workers_for
 from trainables.policies import POLICY_NAMES
 from trainables.policies.deba import TEST_ARCH_THRESHOLDS
 from trainables.policies.variants import ABLATIONS, BASELINE, READINGS, VARIANTS
@@ -54,7 +55,7 @@ DEMO_THRESHOLDS: dict[str, dict[str, float]] = {
 EXECUTION_KEYS: frozenset[str] = EXECUTION_FIELDS
 # TrialConfig fields a study sets itself, never through `loop`: the grid's, and data_dir (--data-dir).
 RESERVED_LOOP_KEYS: frozenset[str] = frozenset(
-    {"arch", "dataset", "seed", "method", "variant", "policy", "epochs", "data_dir"}
+    {"arch", "dataset", "seed", "method", "variant", "policy", "epochs", "data_dir", "workers"}
 )
 # Test hooks: a trial process dying after an epoch (trainables.ray_trainable), and the driver pausing
 # right after Tune registered a checkpoint, before its experiment snapshot (runner.PauseAfterSave),
@@ -109,6 +110,12 @@ class StudySpec:
         nullable=True,
     )
     cpus_per_trial: float = setting(1.0, "CPUs per trial", kind="float", minimum=0.0, strict=True)
+    workers_per_trial: str = setting(
+        "1",
+        "data-parallel workers per trial (Ray Train DDP; each takes the CPUs and GPUs of one trial): W, or per "
+        "arch ARCH=W,...[,W] (vit_b16=4,resnet50=2,1); the policy adapts the global batch",
+        kind="str",
+    )
     max_failures: int = setting(
         2, "retries per trial, each resuming from the last checkpoint (-1: unlimited)", kind="int", minimum=-1
     )
@@ -543,6 +550,7 @@ def validate_study(study: StudySpec) -> None:
                 raise ValueError(f"datasets: {exc}") from None
         elif dataset not in DATASETS:
             fail("datasets", dataset, "one of " + ", ".join(DATASETS) + ", imagefolder:<name> or imagenet")
+    check_workers_archs(study.workers_per_trial, study.archs)
     variants = variant_table(study)
     for variant in study.variants:
         if variant not in variants:
@@ -682,6 +690,7 @@ def expand(study: StudySpec, calibration: Calibration | None = None) -> list[Tri
                     "policy": opts,
                     "epochs": study.epochs,
                     "data_dir": study.data_dir,
+                    "workers": workers_for(study.workers_per_trial, arch),
                 }
             )
         except ValueError as exc:

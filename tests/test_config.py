@@ -59,6 +59,8 @@ def test_every_trial_setting_shows_in_both_command_lines_with_its_help():
     trial_help = " ".join(trial_parser().format_help().split())
     grid_help = " ".join(grid_parser().format_help().split())
     for f in fields_of(TrialConfig):
+        if not f.metadata["cli"]:  # set by the study only (workers: --workers-per-trial)
+            continue
         flag = "--" + f.name.replace("_", "-") + " "
         first_words = " ".join(f.metadata["help"].split()[:4])
         helps = ([trial_help] if f.name != "policy" else []) + ([grid_help] if f.name not in GRID_FIELDS else [])

@@ -156,6 +156,26 @@ class TrialConfig:
         nullable=True,
         neutral=None,
     )
+    workers: int = setting(
+        1,
+        "data-parallel workers (Ray Train DDP ranks) of the trial; the policy adapts the global batch "
+        "(trainables/data_parallel.py); set per arch by the study's workers_per_trial",
+        kind="int",
+        minimum=1,
+        maximum=1024,
+        neutral=1,
+        cli=False,
+    )
+
+    batchnorm: str = setting(
+        "global",
+        "BatchNorm of a data-parallel trial (workers > 1): global = batch statistics over the global batch, "
+        "summed over the workers (the one-worker computation); per_worker = each worker's own (DDP's default, "
+        "no extra communication); recorded as global when workers = 1",
+        kind="choice",
+        choices=("global", "per_worker"),
+        neutral="global",
+    )
 
     # Folder datasets (trainables/folders.py, trainables/streamed.py); each setting is neutral for the others.
     input_size: int | None = setting(
@@ -246,6 +266,12 @@ class TrialConfig:
                     + " (drop the variant name, or the option that differs)",
                 )
         object.__setattr__(self, "_options", options)
+        if self.workers == 1:  # one worker's BatchNorm is the global batch's: one identity for both spellings
+            object.__setattr__(self, "batchnorm", "global")
+        if self.workers > 1:
+            from trainables.data_parallel import check_data_parallel
+
+            check_data_parallel(self, options)
         # The policy as every option's checked value, defaults included (what is stored and what ran):
         # `{"alpha": 1.5}` and `{}`, or `alpha=2` and `alpha=2.0`, are one config.
         object.__setattr__(self, "policy", {f.name: getattr(options, f.name) for f in fields_of(options)})

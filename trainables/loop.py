@@ -377,6 +377,7 @@ class TrialLoop:
         values["measure_time_s"] = measure_time if collectors else None
         labels = sorted({c.estimator for c in collectors.values() if getattr(c, "estimator", None)})
         values["estimator"] = "+".join(labels) if labels else None
+        values.update(self._parallel_values(batch_size))
         record = {name: values[name] for name in RECORD_COLUMNS}
 
         self.epochs_done = epoch
@@ -386,6 +387,10 @@ class TrialLoop:
         elif self.epochs_done >= cfg.epochs:
             self.status = "completed"
         return record
+
+    def _parallel_values(self, batch_size: int) -> dict[str, Any]:
+        """The data-parallel columns of a record (trainables/ddp_loop.py fills them for W > 1)."""
+        return {"workers": self.config.workers, "worker_batch_sizes": None, "replica_grad_sqnorm": None}
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:

@@ -150,13 +150,21 @@ def checkpoint_due(epoch: int, every: int, done: bool) -> bool:
     return done or epoch % every == 0
 
 
-def train_trial(config: dict[str, Any], payloads: dict[str, dict[str, Any]]) -> None:
-    """Run one trial to completion (or divergence), resuming from Tune's checkpoint when there is one."""
+def train_trial(
+    config: dict[str, Any], payloads: dict[str, dict[str, Any]], resources: dict[str, float] | None = None
+) -> None:
+    """Run one trial to completion (or divergence), resuming from Tune's checkpoint when there is one.
+    A trial of W > 1 workers runs on Ray Train (trainables/ray_ddp.py), each worker with `resources`."""
     # Ray Train logs every persisted checkpoint at INFO; the driver prints one line per epoch instead.
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     trial_id = config["trial_id"]
     payload = payloads[trial_id]
     loop_cfg: TrialConfig = payload["config"]
+    if loop_cfg.workers > 1:
+        from trainables.ray_ddp import train_data_parallel
+
+        train_data_parallel(payload, trial_id, resources or {"cpu": 1.0, "gpu": 0.0})
+        return
     hooks = payload.get("hooks") or {}
     if not ray.get_gpu_ids():
         # A CPU-only trial must not touch a GPU it was not given; hide them before torch looks. Device and

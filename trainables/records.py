@@ -59,6 +59,12 @@ EPOCH_COLUMNS: tuple[tuple[str, str], ...] = ID_COLUMNS + (
     # epoch_mean, or the loop option record_epoch_mean); null otherwise.
     ("grad_var_epoch_mean", "float64"),
     ("grad_norm_epoch_mean", "float64"),
+    # Data-parallel trials (trainables/data_parallel.py): the trial's workers W, each rank's share of
+    # this epoch's global batch ("37,37"; null when W = 1), and the mean over ranks of the squared norm
+    # of each rank's own gradient at the epoch's last step, before the all-reduce (null when W = 1).
+    ("workers", "int64"),
+    ("worker_batch_sizes", "string"),
+    ("replica_grad_sqnorm", "float64"),
 )
 
 # One row per trial with its final state.
@@ -78,6 +84,7 @@ RUN_COLUMNS: tuple[tuple[str, str], ...] = ID_COLUMNS + (
     ("host", "string"),
     ("gpus_per_trial", "float64"),  # packing: timings under packing are not comparable
     ("cpus_per_trial", "float64"),
+    ("workers", "int64"),  # data-parallel workers of the trial, each with the resources above (null: before W)
     ("python_version", "string"),
     ("torch_version", "string"),
     ("ray_version", "string"),
@@ -103,6 +110,9 @@ NULLABLE_EPOCH_COLUMNS: frozenset[str] = frozenset(
         "measure_time_s",
         "grad_var_epoch_mean",
         "grad_norm_epoch_mean",
+        "workers",
+        "worker_batch_sizes",
+        "replica_grad_sqnorm",
     }
 )
 
