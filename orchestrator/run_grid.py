@@ -23,6 +23,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from analysis.report import summarize  # noqa: E402
+from orchestrator.capacity import Target, hours, makespan_lines, observe_cluster, plan_targets, trial_seconds  # noqa: E402
 from orchestrator.checkpoints import prune_finished  # noqa: E402
 from orchestrator.cli import DriverOptions, build_parser, driver_from_args, study_from_args  # noqa: E402
 from orchestrator.lock import StudyLock, StudyLocked  # noqa: E402
@@ -33,6 +34,7 @@ from orchestrator.runner import (  # noqa: E402
     cluster_gpus,
     cluster_slots,
     connect,
+    local_gpus,
     local_slots,
     make_plan,
     ray_overhead,
@@ -42,14 +44,22 @@ from orchestrator.runner import (  # noqa: E402
     run_plan,
     storage_root,
 )
-from orchestrator.schedule import format_duration, makespan  # noqa: E402
 from orchestrator.store import ResultsStore, check_location, finished_ids  # noqa: E402
 from orchestrator.studies import StudySpec, expand  # noqa: E402
 
 
-def format_plan(plan: Plan, results: str, resources: str, storage: str | None = None, slots: int | None = None) -> str:
+def format_plan(
+    plan: Plan,
+    results: str,
+    resources: str,
+    storage: str | None = None,
+    slots: int | None = None,
+    targets: list[Target] | None = None,
+    speed: float = 1.0,
+) -> str:
     """The plan as text: study, trials in launch order with their cost estimates and state, the
-    predicted makespan on `slots` parallel trials (and on 8/16/64 GPUs), where results go."""
+    predicted makespan in hours on `targets` (default: `slots` parallel trials here and 8/16/64 GPUs;
+    orchestrator/capacity.py) at `speed` x the reference GPU, where results go."""
     study = plan.study
     runs = plan.statuses
     est = plan.estimate
@@ -74,26 +84,14 @@ def format_plan(plan: Plan, results: str, resources: str, storage: str | None = 
         ]
     pending = plan.launch_order()
     if est is not None and pending:
-        costs = [est.costs[t.trial_id] for t in pending]
-        source = (
-            f"measured epoch times of {est.measured} trial(s)' arch/dataset, FLOPs for the rest"
-            if est.unit == "s"
-            else "FLOPs x samples x epochs (no trial measured yet)"
-        )
-        spans = [(n, makespan(costs, n)) for n in sorted({*(slots and [slots] or []), 8, 16, 64})]
-        lines.append(
-            f"  cost of the {len(pending)} trial(s) to run: {format_duration(sum(costs), est.unit)} in all "
-            f"({source}); launched longest first; predicted makespan: "
-            + ", ".join(
-                f"{format_duration(span, est.unit)} on {n} {'slots here' if n == slots else 'GPUs'}"
-                for n, span in spans
-            )
-        )
+        if targets is None:
+            targets, _ = plan_targets(study.gpus_per_trial, study.cpus_per_trial, here=slots)
+        lines += makespan_lines(est, [t.trial_id for t in pending], targets, speed)
     finished = [t for t in plan.trials if t.trial_id in plan.finished]
     for t in pending + finished:
         state = runs.get(t.trial_id, "pending")
         action = "skip" if t.trial_id in plan.finished else "run"
-        cost = format_duration(est.costs[t.trial_id], est.unit) if est and action == "run" else ""
+        cost = hours(trial_seconds(est, [t.trial_id], speed)[0]) if est and action == "run" else ""
         lines.append(f"    {t.trial_id}  {t.label:<52} {action:<4} ({state}) {cost}".rstrip())
     if plan.waiting:
         lines.append(
@@ -163,7 +161,7 @@ def _main(argv: list[str] | None) -> int:
             check_location(driver.storage, "storage")  # Tune would only fail on it after Ray started
         check_local_resources(study, driver.address)
         if driver.dry_run:  # planning reads only: no lock, no file written or moved
-            plan = make_plan(study, driver.results, storage=driver.storage)
+            plan = make_plan(study, driver.results, storage=driver.storage, epoch_times=driver.epoch_times)
         else:
             expand(study)  # every trial's settings checked before the lock creates the study folder
     except ValueError as exc:
@@ -177,11 +175,25 @@ def _main(argv: list[str] | None) -> int:
     if driver.dry_run:
         g = study.gpus_per_trial
         gpu = f"{g:g} GPU" if g is not None else "1 GPU if the cluster has GPUs, else CPU-only"
+        address = driver.address or os.environ.get("RAY_ADDRESS")
+        view = observe_cluster(address) if address else None  # a dry run plans for the cluster it names
+        # This machine's slots only when it has GPUs: the plan's times are GPU times.
+        here = local_slots(study) if view is None and local_gpus() else None
+        targets, notes = plan_targets(study.gpus_per_trial, study.cpus_per_trial, driver.gpus, view, here)
+        if view is not None:
+            print(view.describe())
         print(
             format_plan(
-                plan, driver.results, f"{study.cpus_per_trial:g} CPU, {gpu}", driver.storage, slots=local_slots(study)
-            )
+                plan,
+                driver.results,
+                f"{study.cpus_per_trial:g} CPU, {gpu}",
+                driver.storage,
+                targets=targets,
+                speed=driver.gpu_speed,
+            )  # fmt: skip
         )
+        for note in notes:
+            print(f"note: {note}")
         for line in plan.repairs.lines() if plan.repairs else []:
             print(f"  would first: {line}")
         holder = lock.holder()
@@ -197,7 +209,7 @@ def _main(argv: list[str] | None) -> int:
         return 2
     try:
         try:
-            plan = make_plan(study, driver.results, storage=driver.storage)
+            plan = make_plan(study, driver.results, storage=driver.storage, epoch_times=driver.epoch_times)
         except ValueError as exc:
             print(f"run_grid: invalid study: {exc}", file=sys.stderr)
             return 2
@@ -267,7 +279,7 @@ def _run(driver: DriverOptions, study: StudySpec, plan: Plan, t0: float) -> int:
     if plan.waiting and not report.interrupted:  # a calibrating study: phase 2 with the thresholds phase 1 gave
         ran = {t.trial_id for t in plan.pending}
         try:
-            phase2 = make_plan(study, driver.results, storage=driver.storage)
+            phase2 = make_plan(study, driver.results, storage=driver.storage, epoch_times=driver.epoch_times)
         except ValueError as exc:
             print(f"run_grid: phase 2 cannot be planned: {exc}", file=sys.stderr)
             return 1

@@ -107,7 +107,7 @@ class Plan:
         return tuple(t for t in self.trials if t.trial_id not in self.finished)
 
 
-def make_plan(study: StudySpec, results: str, storage: str | None = None) -> Plan:
+def make_plan(study: StudySpec, results: str, storage: str | None = None, epoch_times: str | None = None) -> Plan:
     """Expand and validate `study`, then consult the ledger in `results`. Reads only: nothing is
     written, renamed or moved (`repair` does what `plan.repairs` describes, under the study lock).
 
@@ -164,11 +164,32 @@ def make_plan(study: StudySpec, results: str, storage: str | None = None) -> Pla
             trials,
             epoch_seconds(started),
             {tid: contiguous_epochs(rows) for tid, rows in started.items() if tid not in finished},
+            *reference_seconds(trials, epoch_times),
         ),
         statuses={tid: row["status"] for tid, row in runs.items()},
         notes=tuple(sorted(calibration.problems.values()) if calibration is not None else []),
         repairs=repairs,
     )
+
+
+def reference_seconds(trials: tuple[TrialSpec, ...], path: str | None = None) -> tuple[dict[str, float], str]:
+    """trial_id -> seconds per epoch from the shared GPU epoch-time table at `path` (default
+    orchestrator.epoch_times.DEFAULT_PATH; none when it does not exist), and the table's name."""
+    from orchestrator.epoch_times import DEFAULT_PATH, read_epoch_times
+    from trainables.data import split_sizes
+
+    table = read_epoch_times(path or DEFAULT_PATH)
+    if path and table is None:
+        raise ValueError(f"epoch_times={path!r} is not allowed; expected an existing epoch-time table (JSON)")
+    if table is None:
+        return {}, ""
+    seconds = {}
+    for t in trials:
+        cfg = t.config
+        s = table.epoch_seconds(t.arch, *split_sizes(t.dataset, cfg.get("train_limit"), cfg.get("test_limit")))
+        if s is not None:
+            seconds[t.trial_id] = s
+    return seconds, f"{table.device}, B = {table.batch_size}, measured {table.measured[:10]}"
 
 
 def repair(plan: Plan) -> list[str]:
@@ -319,6 +340,13 @@ def local_slots(study: StudySpec) -> int:
     if gpus and study.gpus_per_trial != 0:
         return max(1, int(gpus / (study.gpus_per_trial or 1.0)))
     return max(1, int((os.cpu_count() or 1) / study.cpus_per_trial))
+
+
+def local_gpus() -> int:
+    """GPUs this machine has (torch's count)."""
+    import torch
+
+    return torch.cuda.device_count()
 
 
 def cluster_slots(resources: dict[str, float]) -> int:
