@@ -447,14 +447,15 @@ def payload(
 
 
 class TrialField:
-    """`tune.sample_from` function: one identifier of the trial the grid point names (picklable)."""
+    """`tune.sample_from` function: one identifier of the trial the grid point names (picklable). It takes
+    the config dict (the old spec form made Tune warn once per identifier)."""
 
     def __init__(self, key: str, values: dict[str, Any]) -> None:
         self.key = key
         self.values = values
 
-    def __call__(self, spec: Any) -> Any:
-        return self.values[spec.config.trial_id]
+    def __call__(self, config: dict[str, Any]) -> Any:
+        return self.values[config["trial_id"]]
 
 
 class TrialNamer:
@@ -503,6 +504,7 @@ def _tuner(
     from ray import tune
 
     from orchestrator.sink import ParquetSink
+    from orchestrator.tune_views import NameTrials
 
     ids = plan_doc.get("order") or list(plan_doc["trials"])  # launch order: Tune starts grid points in order
     labels = {tid: plan_doc["trials"][tid]["label"] for tid in ids}
@@ -530,6 +532,7 @@ def _tuner(
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             callbacks=[
                 ParquetSink(results, plan_doc["study"], {t: specs[t] for t in ids}, plan_doc["resources"], echo=echo),
+                NameTrials(IDENTIFIERS),
                 *extra_callbacks,
             ],
             verbose=verbose,
