@@ -28,10 +28,12 @@ DEFAULT_GPU_COUNTS = (8, 16, 64)  # what an offline plan shows without --gpus
 
 @dataclass(frozen=True)
 class Target:
-    """What a makespan is planned for: `slots` trials at once, named for people ("8 GPUs")."""
+    """What a makespan is planned for: `slots` trials at once, named for people ("8 GPUs"); `gpu`: the
+    trials there get GPUs (the table's and the assumed throughput's times are GPU times)."""
 
     slots: int
     name: str
+    gpu: bool = True
 
 
 @dataclass(frozen=True)
@@ -126,7 +128,15 @@ def makespan_lines(
     """The plan's cost lines: trial time in hours, where it came from, the makespan of launching `order`
     (trial ids, longest first) on each target."""
     seconds = trial_seconds(estimate, order, speed)
-    spans = ", ".join(f"{hours(makespan(seconds, t.slots))} on {t.name}" for t in targets if t.slots >= 1)
+    # GPU times say nothing of CPU-only trials: those are predicted from this store's measurements only.
+    gpu_times = estimate.unit == "FLOP" or any(estimate.sources.get(i) == "table" for i in order)
+    spans = ", ".join(
+        f"{hours(makespan(seconds, t.slots))} on {t.name}"
+        if t.gpu or not gpu_times
+        else f"not predicted on {t.name} (CPU-only trials; these are GPU times)"
+        for t in targets
+        if t.slots >= 1
+    )
     lines = [
         f"  cost of the {len(order)} trial(s) to run: {hours(sum(seconds))} of trial time in all; launched longest "
         f"first; predicted makespan: {spans or 'none (no slot: see the note above)'}",
@@ -158,9 +168,11 @@ def plan_targets(
     gpus: int | None = None,
     view: ClusterView | None = None,
     here: int | None = None,
+    here_gpu: bool = True,
 ) -> tuple[list[Target], list[str]]:
     """What a dry run plans the makespan for, and notes: `--gpus N`; the attached cluster (`view`); else
-    this machine's `here` slots and 8/16/64 GPUs. A cluster with no GPU up also gets the 8/16/64 plan."""
+    `here` slots (GPU trials or not: `here_gpu`) and 8/16/64 GPUs. A cluster with no GPU up also gets
+    the 8/16/64 plan."""
     targets: list[Target] = []
     notes: list[str] = []
     if view is not None:
@@ -173,14 +185,14 @@ def plan_targets(
             )
         if slots >= 1:
             kind = f"{view.gpus:g} GPUs" if gpu_trials else f"CPU-only trials on {view.cpus:g} CPUs"
-            targets.append(Target(slots=slots, name=f"the attached cluster ({kind}, {slots} at once)"))
+            targets.append(Target(slots, f"the attached cluster ({kind}, {slots} at once)", gpu=bool(gpu_trials)))
         else:
             notes.append(
                 f"no trial fits the cluster as it is now ({gpus_per_trial or 0:g} GPU, {cpus_per_trial:g} CPU per "
                 f"trial; {view.gpus:g} GPU(s), {view.cpus:g} CPU(s) up)"
             )
     elif here is not None and gpus is None:
-        targets.append(Target(slots=here, name=f"{here} slots here"))
+        targets.append(Target(slots=here, name=f"{here} slots here", gpu=here_gpu))
     if gpus is not None:
         targets.append(gpu_target(gpus, gpus_per_trial))
     elif view is None or view.gpus == 0 or not targets:

@@ -56,10 +56,12 @@ def format_plan(
     slots: int | None = None,
     targets: list[Target] | None = None,
     speed: float = 1.0,
+    here_gpu: bool = True,
 ) -> str:
     """The plan as text: study, trials in launch order with their cost estimates and state, the
     predicted makespan in hours on `targets` (default: `slots` parallel trials here and 8/16/64 GPUs;
-    orchestrator/capacity.py) at `speed` x the reference GPU, where results go."""
+    orchestrator/capacity.py; `here_gpu`: whether those trials get GPUs) at `speed` x the reference GPU,
+    where results go."""
     study = plan.study
     runs = plan.statuses
     est = plan.estimate
@@ -85,7 +87,7 @@ def format_plan(
     pending = plan.launch_order()
     if est is not None and pending:
         if targets is None:
-            targets, _ = plan_targets(study.gpus_per_trial, study.cpus_per_trial, here=slots)
+            targets, _ = plan_targets(study.gpus_per_trial, study.cpus_per_trial, here=slots, here_gpu=here_gpu)
         lines += makespan_lines(est, [t.trial_id for t in pending], targets, speed)
     finished = [t for t in plan.trials if t.trial_id in plan.finished]
     for t in pending + finished:
@@ -190,7 +192,7 @@ def _main(argv: list[str] | None) -> int:
                 driver.storage,
                 targets=targets,
                 speed=driver.gpu_speed,
-            )  # fmt: skip
+            )
         )
         for note in notes:
             print(f"note: {note}")
@@ -262,6 +264,7 @@ def _run(driver: DriverOptions, study: StudySpec, plan: Plan, t0: float) -> int:
             f"{resources['cpu']:g} CPU, {resources['gpu']:g} GPU",
             driver.storage,
             slots=cluster_slots(resources),
+            here_gpu=resources["gpu"] > 0,
         ),
         flush=True,
     )

@@ -104,3 +104,12 @@ def test_planning_flags_are_refused_outside_a_dry_run_and_a_missing_table(tmp_pa
     missing = str(tmp_path / "none.json")
     assert main(["--study", "demo", "--dry-run", "--epoch-times", missing, "--results", str(tmp_path)]) == 2
     assert "expected an existing epoch-time table" in capsys.readouterr().err
+
+
+def test_cpu_only_slots_are_not_predicted_from_gpu_times():
+    flops = CostEstimate(costs={"a": 1e18}, unit="FLOP", measured=0, sources={"a": "flops"})
+    targets, _ = plan_targets(None, 1, here=2, here_gpu=False)
+    line = makespan_lines(flops, ["a"], targets)[0]
+    assert "not predicted on 2 slots here (CPU-only trials; these are GPU times)" in line and "on 8 GPUs" in line
+    stored = CostEstimate(costs={"a": 7200.0}, unit="s", measured=1, sources={"a": "store"})
+    assert "2 h on 2 slots here" in makespan_lines(stored, ["a"], targets)[0]  # measured on this store's hardware
