@@ -178,7 +178,11 @@ def _main(argv: list[str] | None) -> int:
         g = study.gpus_per_trial
         gpu = f"{g:g} GPU" if g is not None else "1 GPU if the cluster has GPUs, else CPU-only"
         address = driver.address or os.environ.get("RAY_ADDRESS")
-        view = observe_cluster(address) if address else None  # a dry run plans for the cluster it names
+        try:
+            view = observe_cluster(address) if address else None  # a dry run plans for the cluster it names
+        except (ConnectionError, RuntimeError) as exc:  # unreachable, or token auth without the token
+            print(f"run_grid: cannot attach to the cluster at {address}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 1
         # This machine's slots only when it has GPUs: the plan's times are GPU times.
         here = local_slots(study) if view is None and local_gpus() else None
         targets, notes = plan_targets(study.gpus_per_trial, study.cpus_per_trial, driver.gpus, view, here)
