@@ -118,8 +118,9 @@ def source_text(estimate: CostEstimate, ids: Sequence[str], speed: float = 1.0) 
 
 
 def hours(seconds: float) -> str:
-    """Seconds as hours for a plan (three significant digits)."""
-    return f"{seconds / 3600:.3g} h"
+    """Seconds as hours for a plan (three significant digits; whole hours from 100 h)."""
+    h = seconds / 3600
+    return f"{h:.0f} h" if h >= 100 else f"{h:.3g} h"
 
 
 def makespan_lines(

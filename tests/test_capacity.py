@@ -12,6 +12,7 @@ from orchestrator.capacity import (
     ASSUMED_FLOPS_PER_S,
     ClusterView,
     cluster_view,
+    hours,
     makespan_lines,
     plan_targets,
     trial_seconds,
@@ -31,6 +32,7 @@ def test_trial_seconds_from_flops_at_the_assumed_throughput_and_speed():
     # one GPU: 2 h + 1 h in a row; the source names the assumption
     assert "3 h of trial time" in lines[0] and "predicted makespan: 3 h on 1 GPUs" in lines[0]
     assert "2 from FLOPs at an assumed 99 TFLOP/s per GPU" in lines[1]
+    assert (hours(36.6 * 3600), hours(1234.4 * 3600), hours(18)) == ("36.6 h", "1234 h", "0.005 h")
     with pytest.raises(ValueError, match="gpu_speed=0"):
         trial_seconds(est, ["a"], speed=0)
 
