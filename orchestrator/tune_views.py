@@ -21,7 +21,7 @@ from typing import Any
 
 from ray import tune
 
-from orchestrator.runner import PLAN_FILE, _trainable
+from orchestrator.runner import PLAN_FILE, _join, _trainable, read_plans, storage_root
 from orchestrator.store import resolve_uri
 
 
@@ -49,3 +49,10 @@ def experiment_trainable(path: str) -> Any:
     what `tune.Tuner.restore(path, trainable=...)` needs (another one fails with a ValueError)."""
     doc = experiment_plan(path)
     return _trainable(doc["trials"], doc["resources"])
+
+
+def study_experiments(results: str, study: str, storage: str | None = None) -> list[str]:
+    """The paths of the study's Tune experiments (one per run_grid call that ran trials; sorted by path),
+    each of which opens with `Tuner.restore` or `ExperimentAnalysis`."""
+    root = storage_root(results, study, storage)
+    return sorted(_join(root, name) for name, doc in read_plans(root).items() if doc.get("study") == study)

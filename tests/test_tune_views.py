@@ -72,7 +72,9 @@ def test_tune_views_name_trials_and_count_epochs_across_experiments(tmp_path, ca
         # The README's call: the experiment's own trainable, rebuilt from its plan file.
         from ray import tune
 
-        from orchestrator.tune_views import experiment_trainable
+        from orchestrator.tune_views import experiment_trainable, study_experiments
+
+        assert study_experiments(results, "views") == sorted(os.path.join(root, name) for name in plans)
 
         grid = tune.Tuner.restore(path, trainable=experiment_trainable(path)).get_results()
         df = grid.get_dataframe()
