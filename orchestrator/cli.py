@@ -67,6 +67,30 @@ class DriverOptions:
     )
     dashboard: bool = setting(False, "start the Ray dashboard with a local Ray", kind="bool", switch=True)
     dry_run: bool = setting(False, "print the plan (trials, resources, done) and exit", kind="bool", switch=True)
+    # Planning cluster time (orchestrator/capacity.py): --dry-run only.
+    gpus: int | None = setting(
+        None,
+        "--dry-run: plan the makespan in hours for a cluster of this many GPUs (one trial per GPU unless "
+        "--gpus-per-trial says otherwise); default: the attached cluster's (--address), else 8, 16 and 64",
+        kind="int",
+        minimum=1,
+        nullable=True,
+    )
+    gpu_speed: float = setting(
+        1.0,
+        "--dry-run: the GPU's speed relative to the one the epoch times refer to (the epoch-time table's "
+        "device, the store's measurements, or the assumed H100); every time is divided by it",
+        kind="float",
+        minimum=0,
+        strict=True,
+    )
+    epoch_times: str | None = setting(
+        None,
+        "a table of per-arch GPU epoch times (orchestrator/epoch_times.py) for the plan's costs; default "
+        "benchmarks/gpu_epoch_times.json when it exists",
+        kind="path",
+        nullable=True,
+    )
     quiet: bool = setting(False, "no per-epoch progress lines", kind="bool", switch=True)
     verbose: int = setting(1, "Ray Tune verbosity", kind="choice", choices=(0, 1, 2))
     no_analysis: bool = setting(False, "skip the analysis tables at the end", kind="bool", switch=True)
@@ -80,6 +104,11 @@ class DriverOptions:
 
     def __post_init__(self) -> None:
         validate(self)
+        if not self.dry_run:  # a run uses the GPUs of the Ray it runs on, at their own speed
+            if self.gpus is not None:
+                fail("gpus", self.gpus, "--gpus only with --dry-run (it plans cluster time; a run uses its Ray's GPUs)")
+            if self.gpu_speed != 1.0:
+                fail("gpu_speed", self.gpu_speed, "--gpu-speed only with --dry-run (it plans cluster time)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,6 +24,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 
 from analysis.report import summarize  # noqa: E402
 from orchestrator import gangs  # noqa: E402
+from orchestrator.capacity import Target, hours, makespan_lines, observe_cluster, plan_targets, trial_seconds  # noqa: E402
 from orchestrator.checkpoints import prune_finished  # noqa: E402
 from orchestrator.cli import DriverOptions, build_parser, driver_from_args, study_from_args  # noqa: E402
 from orchestrator.lock import StudyLock, StudyLocked  # noqa: E402
@@ -34,6 +35,7 @@ from orchestrator.runner import (  # noqa: E402
     cluster_gpus,
     cluster_slots,
     connect,
+    local_gpus,
     local_slots,
     make_plan,
     ray_overhead,
@@ -43,15 +45,25 @@ from orchestrator.runner import (  # noqa: E402
     run_plan,
     storage_root,
 )
-from orchestrator.schedule import format_duration, makespan  # noqa: E402
 from orchestrator.store import ResultsStore, check_location, finished_ids  # noqa: E402
 from orchestrator.studies import StudySpec, expand  # noqa: E402
 from trainables.folders import check_stream_cpus, check_study_folders  # noqa: E402
 
 
-def format_plan(plan: Plan, results: str, resources: str, storage: str | None = None, slots: int | None = None) -> str:
+def format_plan(
+    plan: Plan,
+    results: str,
+    resources: str,
+    storage: str | None = None,
+    slots: int | None = None,
+    targets: list[Target] | None = None,
+    speed: float = 1.0,
+    here_gpu: bool = True,
+) -> str:
     """The plan as text: study, trials in launch order with their cost estimates and state, the
-    predicted makespan on `slots` parallel trials (and on 8/16/64 GPUs), where results go."""
+    predicted makespan in hours on `targets` (default: `slots` parallel trials here and 8/16/64 GPUs;
+    orchestrator/capacity.py; `here_gpu`: whether those trials get GPUs) at `speed` x the reference GPU,
+    where results go."""
     study = plan.study
     runs = plan.statuses
     est = plan.estimate
@@ -76,27 +88,17 @@ def format_plan(plan: Plan, results: str, resources: str, storage: str | None = 
         ]
     pending = plan.launch_order()
     if est is not None and pending:
-        costs = [est.costs[t.trial_id] for t in pending]
-        source = (
-            f"measured epoch times of {est.measured} trial(s)' arch/dataset, FLOPs for the rest"
-            if est.unit == "s"
-            else "FLOPs x samples x epochs (no trial measured yet)"
+        if targets is None:
+            targets, _ = plan_targets(study.gpus_per_trial, study.cpus_per_trial, here=slots, here_gpu=here_gpu)
+        lines += makespan_lines(est, [t.trial_id for t in pending], targets, speed)
+        lines += gangs.plan_lines(
+            pending, trial_seconds(est, [t.trial_id for t in pending], speed), [t.slots for t in targets]
         )
-        spans = [(n, makespan(costs, n)) for n in sorted({*(slots and [slots] or []), 8, 16, 64})]
-        lines.append(
-            f"  cost of the {len(pending)} trial(s) to run: {format_duration(sum(costs), est.unit)} in all "
-            f"({source}); launched longest first; predicted makespan: "
-            + ", ".join(
-                f"{format_duration(span, est.unit)} on {n} {'slots here' if n == slots else 'GPUs'}"
-                for n, span in spans
-            )
-        )
-        lines += gangs.plan_lines(pending, costs, sorted({*(slots and [slots] or []), 8, 16, 64}))
     finished = [t for t in plan.trials if t.trial_id in plan.finished]
     for t in pending + finished:
         state = runs.get(t.trial_id, "pending")
         action = "skip" if t.trial_id in plan.finished else "run"
-        cost = format_duration(est.costs[t.trial_id], est.unit) if est and action == "run" else ""
+        cost = hours(trial_seconds(est, [t.trial_id], speed)[0]) if est and action == "run" else ""
         gang = f"  gang of {t.config.workers}" if t.config.workers > 1 else ""
         lines.append(f"    {t.trial_id}  {t.label:<52} {action:<4} ({state}) {cost}{gang}".rstrip())
     if plan.waiting:
@@ -165,13 +167,14 @@ def _main(argv: list[str] | None) -> int:
         check_location(driver.results, "results", study=study.name)
         if driver.storage:
             check_location(driver.storage, "storage")  # Tune would only fail on it after Ray started
-        check_local_resources(study, driver.address)
+        if not (driver.dry_run and driver.gpus is not None):  # a plan for --gpus N is not a run here
+            check_local_resources(study, driver.address)
         for note in check_study_folders(study.datasets, study.data_dir, study.loop.get("skip_unreadable", False)):
             print(note, file=sys.stderr)  # the folders are checked before Ray; files left out are named
         if not (driver.address or os.environ.get("RAY_ADDRESS")):
             check_stream_cpus(study.datasets, study.loop, study.cpus_per_trial, os.cpu_count() or 1)
         if driver.dry_run:  # planning reads only: no lock, no file written or moved
-            plan = make_plan(study, driver.results, storage=driver.storage)
+            plan = make_plan(study, driver.results, storage=driver.storage, epoch_times=driver.epoch_times)
         else:
             expand(study)  # every trial's settings checked before the lock creates the study folder
     except ValueError as exc:
@@ -185,11 +188,29 @@ def _main(argv: list[str] | None) -> int:
     if driver.dry_run:
         g = study.gpus_per_trial
         gpu = f"{g:g} GPU" if g is not None else "1 GPU if the cluster has GPUs, else CPU-only"
+        address = driver.address or os.environ.get("RAY_ADDRESS")
+        try:
+            view = observe_cluster(address) if address else None  # a dry run plans for the cluster it names
+        except (ConnectionError, RuntimeError) as exc:  # unreachable, or token auth without the token
+            print(f"run_grid: cannot attach to the cluster at {address}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 1
+        # This machine's slots only when it has GPUs: the plan's times are GPU times.
+        here = local_slots(study) if view is None and local_gpus() else None
+        targets, notes = plan_targets(study.gpus_per_trial, study.cpus_per_trial, driver.gpus, view, here)
+        if view is not None:
+            print(view.describe())
         print(
             format_plan(
-                plan, driver.results, f"{study.cpus_per_trial:g} CPU, {gpu}", driver.storage, slots=local_slots(study)
+                plan,
+                driver.results,
+                f"{study.cpus_per_trial:g} CPU, {gpu}",
+                driver.storage,
+                targets=targets,
+                speed=driver.gpu_speed,
             )
         )
+        for note in notes:
+            print(f"note: {note}")
         for line in plan.repairs.lines() if plan.repairs else []:
             print(f"  would first: {line}")
         holder = lock.holder()
@@ -205,7 +226,7 @@ def _main(argv: list[str] | None) -> int:
         return 2
     try:
         try:
-            plan = make_plan(study, driver.results, storage=driver.storage)
+            plan = make_plan(study, driver.results, storage=driver.storage, epoch_times=driver.epoch_times)
         except ValueError as exc:
             print(f"run_grid: invalid study: {exc}", file=sys.stderr)
             return 2
@@ -258,6 +279,7 @@ def _run(driver: DriverOptions, study: StudySpec, plan: Plan, t0: float) -> int:
             f"{resources['cpu']:g} CPU, {resources['gpu']:g} GPU",
             driver.storage,
             slots=cluster_slots(resources),
+            here_gpu=resources["gpu"] > 0,
         ),
         flush=True,
     )
@@ -275,7 +297,7 @@ def _run(driver: DriverOptions, study: StudySpec, plan: Plan, t0: float) -> int:
     if plan.waiting and not report.interrupted:  # a calibrating study: phase 2 with the thresholds phase 1 gave
         ran = {t.trial_id for t in plan.pending}
         try:
-            phase2 = make_plan(study, driver.results, storage=driver.storage)
+            phase2 = make_plan(study, driver.results, storage=driver.storage, epoch_times=driver.epoch_times)
         except ValueError as exc:
             print(f"run_grid: phase 2 cannot be planned: {exc}", file=sys.stderr)
             return 1

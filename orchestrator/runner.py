@@ -48,6 +48,7 @@ from orchestrator.studies import (
     trial_label,
     waiting_for_calibration,
 )
+from orchestrator.study_gauges import METRICS_REPORT_INTERVAL_MS, StudyCounts, study_gauges
 from trainables.config import TrialConfig
 from trainables.data_parallel import workers_for
 
@@ -109,7 +110,7 @@ class Plan:
         return tuple(t for t in self.trials if t.trial_id not in self.finished)
 
 
-def make_plan(study: StudySpec, results: str, storage: str | None = None) -> Plan:
+def make_plan(study: StudySpec, results: str, storage: str | None = None, epoch_times: str | None = None) -> Plan:
     """Expand and validate `study`, then consult the ledger in `results`. Reads only: nothing is
     written, renamed or moved (`repair` does what `plan.repairs` describes, under the study lock).
 
@@ -166,11 +167,32 @@ def make_plan(study: StudySpec, results: str, storage: str | None = None) -> Pla
             trials,
             epoch_seconds(started),
             {tid: contiguous_epochs(rows) for tid, rows in started.items() if tid not in finished},
+            *reference_seconds(trials, epoch_times),
         ),
         statuses={tid: row["status"] for tid, row in runs.items()},
         notes=tuple(sorted(calibration.problems.values()) if calibration is not None else []),
         repairs=repairs,
     )
+
+
+def reference_seconds(trials: tuple[TrialSpec, ...], path: str | None = None) -> tuple[dict[str, float], str]:
+    """trial_id -> seconds per epoch from the shared GPU epoch-time table at `path` (default
+    orchestrator.epoch_times.DEFAULT_PATH; none when it does not exist), and the table's name."""
+    from orchestrator.epoch_times import DEFAULT_PATH, read_epoch_times
+    from trainables.data import split_sizes
+
+    table = read_epoch_times(path or DEFAULT_PATH)
+    if path and table is None:
+        raise ValueError(f"epoch_times={path!r} is not allowed; expected an existing epoch-time table (JSON)")
+    if table is None:
+        return {}, ""
+    seconds = {}
+    for t in trials:
+        cfg = t.config
+        s = table.epoch_seconds(t.arch, *split_sizes(t.dataset, cfg.get("train_limit"), cfg.get("test_limit")))
+        if s is not None:
+            seconds[t.trial_id] = s
+    return seconds, f"{table.device}, B = {table.batch_size}, measured {table.measured[:10]}"
 
 
 def repair(plan: Plan) -> list[str]:
@@ -264,7 +286,12 @@ def connect(address: str | None = None, dashboard: bool = False) -> Connection:
     start_reaper(temp_dir)
     # Local workers import the project from this checkout.
     path = os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH")) if p)
-    ray.init(include_dashboard=dashboard, runtime_env={"env_vars": {"PYTHONPATH": path, TMPDIR_ENV: temp_dir}})
+    ray.init(
+        include_dashboard=dashboard,
+        runtime_env={"env_vars": {"PYTHONPATH": path, TMPDIR_ENV: temp_dir}},
+        # live gauges every 2 s rather than Ray's 10 s (orchestrator/study_gauges.py: the lag)
+        _system_config={"metrics_report_interval_ms": METRICS_REPORT_INTERVAL_MS},
+    )
     return Connection(attached=False, description="started local Ray")
 
 
@@ -338,6 +365,13 @@ def local_slots(study: StudySpec) -> int:
     if gpus and study.gpus_per_trial != 0:
         return max(1, int(gpus / (study.gpus_per_trial or 1.0)))
     return max(1, int((os.cpu_count() or 1) / study.cpus_per_trial))
+
+
+def local_gpus() -> int:
+    """GPUs this machine has (torch's count)."""
+    import torch
+
+    return torch.cuda.device_count()
 
 
 def cluster_slots(resources: dict[str, float]) -> int:
@@ -438,14 +472,15 @@ def payload(
 
 
 class TrialField:
-    """`tune.sample_from` function: one identifier of the trial the grid point names (picklable)."""
+    """`tune.sample_from` function: one identifier of the trial the grid point names (picklable). It takes
+    the config dict (the old spec form made Tune warn once per identifier)."""
 
     def __init__(self, key: str, values: dict[str, Any]) -> None:
         self.key = key
         self.values = values
 
-    def __call__(self, spec: Any) -> Any:
-        return self.values[spec.config.trial_id]
+    def __call__(self, config: dict[str, Any]) -> Any:
+        return self.values[config["trial_id"]]
 
 
 class TrialNamer:
@@ -514,6 +549,7 @@ def _tuner(
     from ray import tune
 
     from orchestrator.sink import ParquetSink
+    from orchestrator.tune_views import NameTrials
 
     ids = plan_doc.get("order") or list(plan_doc["trials"])  # launch order: Tune starts grid points in order
     labels = {tid: plan_doc["trials"][tid]["label"] for tid in ids}
@@ -541,6 +577,7 @@ def _tuner(
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             callbacks=[
                 ParquetSink(results, plan_doc["study"], {t: specs[t] for t in ids}, plan_doc["resources"], echo=echo),
+                NameTrials(IDENTIFIERS),
                 *extra_callbacks,
             ],
             verbose=verbose,
@@ -588,7 +625,8 @@ def run_plan(
     # Only this study's experiments: another study sharing --storage may hold the same trial ids.
     ours = {name for name, doc in plans.items() if doc.get("study") == study.name}
     found = find_checkpoints(root, set(ids), experiments=ours)
-    starts = resume_points(found, store.stored_epochs(ids))
+    stored = store.stored_epochs([t.trial_id for t in plan.trials])  # every trial's: the study's gauges count them
+    starts = resume_points(found, stored)
     pruned = prune(found, starts)
     for tid in ids:  # printed even with echo off (--quiet drops the per-epoch lines only)
         point = starts[tid]
@@ -612,6 +650,10 @@ def run_plan(
     }
     write_plan(root, name, doc)
     extra = [stop] if stop is not None else []
+    counts = StudyCounts.from_plan(
+        plan.trials, plan.finished, plan.statuses, stored, len(plan.waiting), len(plan.waiting) * study.epochs
+    )
+    extra.append(study_gauges(study.name, counts))  # live for as long as this driver runs
     if study.hooks.get("driver_pause_after_save_s"):
         extra.append(pause_after_save(float(study.hooks["driver_pause_after_save_s"])))
     tuner = _tuner(doc, specs, results, root, name, study.max_failures, echo, verbose, extra_callbacks=extra)

@@ -4,12 +4,14 @@ Tune starts a study's trials in the order of its grid (FIFO, whenever a GPU free
 100-epoch ViT trial that starts last sets the makespan. Launching the longest first (LPT list
 scheduling) keeps the cluster busy: its makespan is at most 4/3 of the optimum.
 
-A trial's cost, for the epochs it has left, in seconds when the store has measurements, else in FLOPs:
-- measured: the mean train + eval time per epoch stored for the trials of the same (arch,
+A trial's cost, for the epochs it has left, in seconds when anything was measured, else in FLOPs:
+- measured ("store"): the mean train + eval time per epoch stored for the trials of the same (arch,
   dataset) in this study's store, times the trial's epochs;
-- estimated: forward FLOPs per sample x (3 x train samples + test samples) x epochs (a training
-  step costs about three forwards, evaluation one), converted to seconds with the median
-  seconds-per-FLOP of the measured groups when there are any.
+- reference ("table"): the per-arch GPU epoch time of a shared table (orchestrator/epoch_times.py),
+  scaled to the trial's split, when the store has none for its (arch, dataset);
+- estimated ("flops"): forward FLOPs per sample x (3 x train samples + test samples) x epochs (a
+  training step costs about three forwards, evaluation one), converted to seconds with the median
+  seconds-per-FLOP of the timed trials when there are any.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import math
 import random
 import statistics
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -31,6 +33,9 @@ class CostEstimate:
     costs: dict[str, float]
     unit: str
     measured: int
+    # trial_id -> where its cost came from: "store", "table" or "flops" (module docstring)
+    sources: dict[str, str] = field(default_factory=dict)
+    reference: str = ""  # the shared table's device and date, when it gave any cost
 
 
 def flop_cost(config: dict[str, Any]) -> float:
@@ -54,24 +59,35 @@ def flop_cost(config: dict[str, Any]) -> float:
 
 
 def estimate_costs(
-    trials: Sequence[Any], measured: dict[tuple[str, str], float], done: dict[str, int] | None = None
+    trials: Sequence[Any],
+    measured: dict[tuple[str, str], float],
+    done: dict[str, int] | None = None,
+    reference: dict[str, float] | None = None,
+    reference_name: str = "",
 ) -> CostEstimate:
     """Costs of `trials` (TrialSpecs) for the epochs they have left (`done`: trial_id -> epochs
-    already stored); `measured` maps (arch, dataset) -> seconds per epoch."""
+    already stored); `measured` maps (arch, dataset) -> seconds per epoch in this store, `reference`
+    trial_id -> seconds per epoch from a shared table (used where the store has no measurement)."""
     done = done or {}
+    reference = reference or {}
     left = {t.trial_id: max(t.config["epochs"] - done.get(t.trial_id, 0), 0) / t.config["epochs"] for t in trials}
     flops = {t.trial_id: flop_cost(t.config) for t in trials}  # whole trial
-    seconds = {
-        t.trial_id: measured[(t.arch, t.dataset)] * t.config["epochs"]
-        for t in trials
-        if (t.arch, t.dataset) in measured
-    }
+    seconds, sources = {}, {}
+    for t in trials:
+        if (t.arch, t.dataset) in measured:
+            seconds[t.trial_id], sources[t.trial_id] = measured[(t.arch, t.dataset)] * t.config["epochs"], "store"
+        elif t.trial_id in reference:
+            seconds[t.trial_id], sources[t.trial_id] = reference[t.trial_id] * t.config["epochs"], "table"
+        else:
+            sources[t.trial_id] = "flops"
     rates = [seconds[i] / flops[i] for i in seconds if flops[i] > 0]
     if not rates:
-        return CostEstimate(costs={i: flops[i] * left[i] for i in flops}, unit="FLOP", measured=0)
+        flop_only = {i: "flops" for i in flops}
+        return CostEstimate(costs={i: flops[i] * left[i] for i in flops}, unit="FLOP", measured=0, sources=flop_only)
     rate = statistics.median(rates)  # seconds per FLOP on this cluster
     costs = {i: seconds.get(i, flops[i] * rate) * left[i] for i in flops}
-    return CostEstimate(costs=costs, unit="s", measured=len(seconds))
+    stored = sum(1 for s in sources.values() if s == "store")
+    return CostEstimate(costs=costs, unit="s", measured=stored, sources=sources, reference=reference_name)
 
 
 def longest_first(ids: Iterable[str], costs: dict[str, float]) -> list[str]:

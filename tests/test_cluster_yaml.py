@@ -54,3 +54,30 @@ def test_schema_check_is_real(cluster):
     over["available_node_types"]["worker.gpu"]["min_workers"] = 9  # more than max_workers: 8
     with pytest.raises(ValueError, match="max_workers"):
         validate_config(over)
+
+
+def _submit_line(text: str) -> str:
+    """The `ray job submit ... -- python orchestrator/run_grid.py ...` command in `text`, on one line."""
+    lines = [line.lstrip("# ").rstrip() for line in text.splitlines()]
+    start = next(i for i, line in enumerate(lines) if line.startswith("RAY_AUTH_MODE=token ray job submit"))
+    command, i = lines[start], start
+    while command.endswith("\\"):
+        i += 1
+        command = command[:-1].rstrip() + " " + lines[i].strip()
+    return command
+
+
+def test_cluster_yaml_submit_line_is_the_readmes():
+    header = open(os.path.join(ROOT, "cluster.yaml")).read().split("cluster_name:")[0]
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    ours = _submit_line(header)
+    assert ours == _submit_line(readme)
+    # GPU workers start only when trials ask for GPUs: the line must ask.
+    assert "--gpus-per-trial 1" in ours and "--study paper" in ours
+
+
+def test_gpu_workers_have_an_instance_profile_for_s3_results(cluster):
+    worker = cluster["available_node_types"]["worker.gpu"]["node_config"]
+    # Ray's AWS provider creates ray-autoscaler-v1 (with S3 access) for the head only.
+    assert worker["IamInstanceProfile"] == {"Name": "ray-autoscaler-v1"}
+    assert any("metrics_report_interval_ms" in c for c in cluster["head_start_ray_commands"])

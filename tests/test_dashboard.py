@@ -6,11 +6,15 @@ import json
 import os
 import re
 
+from orchestrator.study_gauges import METRICS as STUDY_METRICS
+from orchestrator.study_gauges import STUDY_GAUGE_TAGS
 from trainables.ray_trainable import GAUGE_TAGS, TrialGauges
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DASHBOARD = os.path.join(ROOT, "orchestrator", "dashboards", "deba_trials.json")
-PROMQL_WORDS = {"count", "sum", "avg", "or", "vector", "unless", "on", "group_left", "label_values", "by"}
+PROMQL_WORDS = {"count", "sum", "avg", "max", "or", "vector", "unless", "on", "group_left", "label_values", "by",
+                "last_over_time"}  # fmt: skip
+GRAFANA_BUILTINS = {"__range", "__interval", "__rate_interval"}
 
 
 def _queries(dash: dict) -> list[str]:
@@ -31,13 +35,14 @@ def test_dashboard_is_grafana_dashboard_json():
         assert all(t["refId"] and t["expr"] for t in p["targets"])
     names = {v["name"] for v in dash["templating"]["list"]}
     used = {m for e in _queries(dash) for m in re.findall(r"\$(\w+)", e)}
-    assert used <= names, used - names
+    assert used <= names | GRAFANA_BUILTINS, used - names
     assert {"study", "arch", "method"} <= names
 
 
 def test_every_query_names_an_exported_gauge_and_its_tags():
     dash = json.load(open(DASHBOARD))
     exported = {f"ray_deba_trial_{name}" for name in TrialGauges.METRICS}
+    exported |= {f"ray_deba_study_{name}" for name in STUDY_METRICS}
     seen = set()
     for expr in _queries(dash):
         without_selectors = re.sub(r"\{[^}]*\}", "", expr)
@@ -45,10 +50,14 @@ def test_every_query_names_an_exported_gauge_and_its_tags():
         metrics = {w for w in words if w.startswith("ray_")}
         assert metrics and metrics <= exported, (expr, metrics - exported)
         seen |= metrics
+        tags = GAUGE_TAGS if any(m.startswith("ray_deba_trial_") for m in metrics) else STUDY_GAUGE_TAGS
         for label in re.findall(r"(\w+)=~", expr):
-            assert label in GAUGE_TAGS or label == "SessionName", label
-        for label in re.findall(r"on\((\w+)\)", expr):
-            assert label in GAUGE_TAGS
+            assert label in tags or label == "SessionName", (label, expr)
+        for labels in re.findall(r"(?:on|by) \(?([\w, ]+)\)", expr.replace("on(", "on (")):
+            assert {x.strip() for x in labels.split(",")} <= set(tags), (labels, expr)
+        # Per-trial series join on the study too: the same trial_id may exist in two studies.
+        for joined in re.findall(r"on \(([\w, ]+)\)", expr.replace("on(", "on (")):
+            assert {x.strip() for x in joined.split(",")} == {"study", "trial_id"}, expr
     # Progress and the finished signal are what let finished trials drop out.
     assert {
         "ray_deba_trial_finished",
@@ -57,3 +66,5 @@ def test_every_query_names_an_exported_gauge_and_its_tags():
         "ray_deba_trial_batch_size",
         "ray_deba_trial_test_acc",
     } <= seen
+    # The study-level panels: every state the driver counts, and epochs done of the total.
+    assert {f"ray_deba_study_{name}" for name in STUDY_METRICS if name != "trials_total"} <= seen

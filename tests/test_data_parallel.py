@@ -258,3 +258,14 @@ def test_dry_run_shows_the_gangs(tmp_path, capsys):
     assert "gangs: 1 trial(s) run data-parallel, holding 3 slots" in out
     assert [line.split()[-1] for line in out.splitlines() if "tiny_cnn-digits" in line] == ["2"]
     assert "gang of" not in next(line for line in out.splitlines() if "tiny_mlp-digits" in line)
+
+
+def test_a_dry_run_for_a_cluster_plans_gangs_wider_than_this_machine(capsys, tmp_path):
+    from orchestrator.run_grid import main
+
+    argv = ["--study", "paper", "--dry-run", "--workers-per-trial", "vit_b16=8,1", "--results", str(tmp_path)]
+    assert main(argv + ["--gpus", "64"]) == 0  # a plan for 64 GPUs, not a run on this machine's CPUs
+    out = capsys.readouterr().out
+    assert "on 64 GPUs" in out and "gangs: 20 trial(s) run data-parallel" in out and "gang of 8" in out
+    assert main(argv) == 2  # without --gpus the dry run plans this machine, where a gang of 8 does not fit
+    assert "needs 8 CPUs at once" in capsys.readouterr().err

@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -173,3 +174,18 @@ def test_killed_driver_resumes_from_the_trials_checkpoints(cluster, tmp_path):
         if r.get("resumed_from_epoch")
     ]
     assert resumed and min(resumed) >= 1  # trials continued from checkpoints, not from scratch
+
+
+def test_dry_run_attaches_and_names_the_clusters_gpus_and_cpus(cluster, tmp_path):
+    # --dry-run --address plans for the cluster it names (here: CPUs only, no GPU up), not for this machine.
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    cmd = [sys.executable, os.path.join(ROOT, "orchestrator", "run_grid.py"), "--study", "paper", "--dry-run",
+           "--address", cluster.address, "--results", str(tmp_path / "results")]  # fmt: skip
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    cpus = int(ray.cluster_resources().get("CPU", 0))
+    assert re.search(rf"cluster at {re.escape(cluster.address)}: 0 GPU\(s\), {cpus} CPU\(s\) on \d node\(s\) up now",
+                     out.stdout), out.stdout[:2000]  # fmt: skip
+    assert "note: the cluster has no GPU up now" in out.stdout and "slots here" not in out.stdout
+    assert re.search(rf"not predicted on the attached cluster \(CPU-only trials on {cpus} CPUs", out.stdout)
+    assert re.search(r"[\d.]+ h on 8 GPUs", out.stdout)

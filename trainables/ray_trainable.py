@@ -197,6 +197,9 @@ def train_trial(
     while not loop.done:
         rec = loop.run_epoch()
         metrics = {**rec, **static, "loop_status": loop.status, "report_prev_s": report_prev_s}
+        # Tune's iteration = the epoch, also in an experiment that resumed the trial at a later epoch (Tune
+        # fills training_iteration only when the result lacks it).
+        metrics["training_iteration"] = rec["epoch"]
         if checkpoint_due(rec["epoch"], every, loop.done):
             t0 = time.perf_counter()
             with tempfile.TemporaryDirectory(prefix="deba-ckpt-", dir=_checkpoint_tmp()) as ckpt_dir:
