@@ -23,6 +23,7 @@ from ray import tune
 
 from orchestrator.runner import PLAN_FILE, _join, _trainable, read_plans, storage_root
 from orchestrator.store import resolve_uri
+from trainables.config import TrialConfig
 
 
 class NameTrials(tune.Callback):
@@ -48,7 +49,9 @@ def experiment_trainable(path: str) -> Any:
     """The trainable the experiment at `path` ran (its trial payloads and resources, from its plan file):
     what `tune.Tuner.restore(path, trainable=...)` needs (another one fails with a ValueError)."""
     doc = experiment_plan(path)
-    return _trainable(doc["trials"], doc["resources"])
+    # The plan file holds each config as its stored document; the trainable takes the typed config.
+    payloads = {tid: {**p, "config": TrialConfig.from_stored(p["config"])} for tid, p in doc["trials"].items()}
+    return _trainable(payloads, doc["resources"])
 
 
 def study_experiments(results: str, study: str, storage: str | None = None) -> list[str]:

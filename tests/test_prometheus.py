@@ -125,9 +125,11 @@ def test_every_dashboard_query_returns_series_during_and_after_a_study(tmp_path)
     prom = None
     try:
         prom = Prometheus(f"127.0.0.1:{metrics_port}", str(tmp_path))
+        # Trials long enough (~5 s each on an idle 2-core machine) to export their per-epoch gauges over several
+        # report intervals while they train: dashboards drop finished trials.
         study = StudySpec(
-            name=STUDY, archs=("tiny_cnn",), datasets=("digits",), seeds=(0,), methods=("fixed", "deba"), epochs=8,
-            loop={"train_limit": 256, "test_limit": 64, "threads": 1}, policy={"cooldown": 1, "window": 3},
+            name=STUDY, archs=("tiny_cnn",), datasets=("digits",), seeds=(0,), methods=("fixed", "deba"), epochs=16,
+            loop={"train_limit": 1024, "test_limit": 256, "threads": 1}, policy={"cooldown": 1, "window": 3},
             thresholds={"tiny_cnn": {"theta_stab": 0.3, "theta_conf": 1.1}}, gpus_per_trial=0.0, max_failures=0,
         )  # fmt: skip
         results = str(tmp_path / "results")

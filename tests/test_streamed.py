@@ -265,6 +265,7 @@ def test_run_grid_refuses_a_malformed_folder_before_ray(tmp_path: Path, capsys: 
 
     from orchestrator.run_grid import main
 
+    ray.shutdown()  # an earlier test's in-process run_grid may have left its local Ray up
     make_folder(tmp_path)
     for p in (tmp_path / "tiny" / "val").rglob("*.png"):
         p.unlink()
