@@ -454,13 +454,18 @@ class GpuLoader:
         self, batch_size: int, count: int, order: Tensor | None, offsets: Tensor | None, flips: Tensor | None
     ) -> Iterator[tuple[Tensor, Tensor]]:
         for i in range(count):
-            lo, hi = i * batch_size, min((i + 1) * batch_size, self.num_samples)
-            idx = order[lo:hi] if order is not None else slice(lo, hi)
-            if offsets is not None:
-                images = self._crop_flip(idx, lo, hi, offsets[lo:hi], None if flips is None else flips[lo:hi])
-            else:
-                images = self._plain(idx, lo, hi)
-            yield self._normalise(images), self._y[idx]
+            yield self._batch(i * batch_size, min((i + 1) * batch_size, self.num_samples), order, offsets, flips)
+
+    def _batch(
+        self, lo: int, hi: int, order: Tensor | None, offsets: Tensor | None, flips: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """Positions lo:hi of the epoch's order as one batch: normalised images and their labels."""
+        idx = order[lo:hi] if order is not None else slice(lo, hi)
+        if offsets is not None:
+            images = self._crop_flip(idx, lo, hi, offsets[lo:hi], None if flips is None else flips[lo:hi])
+        else:
+            images = self._plain(idx, lo, hi)
+        return self._normalise(images), self._y[idx]
 
     def _plain(self, idx: Tensor | slice, lo: int, hi: int) -> Tensor:
         """Un-augmented uint8 batch, NCHW view (the centre crop when storage is padded)."""

@@ -60,12 +60,7 @@ class ShardedLoader(GpuLoader):
             hi = lo + base + (1 if self.rank < extra else 0)
             if hi == lo:
                 continue
-            idx = order[lo:hi] if order is not None else slice(lo, hi)
-            if offsets is not None:
-                images = self._crop_flip(idx, lo, hi, offsets[lo:hi], None if flips is None else flips[lo:hi])
-            else:
-                images = self._plain(idx, lo, hi)
-            yield self._normalise(images), self._y[idx]
+            yield self._batch(lo, hi, order, offsets, flips)
 
 
 class ReplicaNoise:
